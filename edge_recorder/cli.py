@@ -1,0 +1,275 @@
+"""The ``edge-recorder`` command line (SPEC §2).
+
+Exit codes: 0 success, 2 bad usage/config/input, 1 anything else. Errors are one
+readable line (or one per config problem) on stderr; tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_recorder import __version__
+from edge_recorder.config import DEFAULT_CONFIG_PATH, MqttConfig, load_config
+from edge_recorder.errors import ConfigError, EdgeRecorderError, UsageError
+from edge_recorder.log import setup_logging
+
+log = logging.getLogger("edge_recorder")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit 2 with one line, as argparse does
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    common.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    p = _Parser(prog="edge-recorder", parents=[common],
+                description="Record I2C IMU sessions and deliver them over MQTT.")
+    p.add_argument("--version", action="version", version=f"edge-recorder {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def config_arg(q: argparse.ArgumentParser) -> None:
+        q.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                       help=f"YAML config (default {DEFAULT_CONFIG_PATH})")
+
+    q = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    config_arg(q)
+    q = sub.add_parser("check-config", parents=[common], help="validate a config file")
+    config_arg(q)
+    q = sub.add_parser("probe", parents=[common], help="find IMUs on an I2C bus")
+    q.add_argument("--bus", default="1", help="bus number (default 1) or 'emulated'")
+
+    q = sub.add_parser("collect", parents=[common], help="store sessions published over MQTT")
+    q.add_argument("--host", required=True)
+    q.add_argument("--port", type=int, default=1883)
+    q.add_argument("--store", type=Path, required=True)
+    q.add_argument("--topic-prefix", default="edge-recorder")
+    q.add_argument("--client-id", default="edge-recorder-collector",
+                   help="fixed, so the broker keeps this collector's session while it is down")
+    q.add_argument("--username")
+    q.add_argument("--password-file", type=Path)
+    q.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+
+    def store_arg(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--store", type=Path, required=True,
+                       help="the collector's store or the daemon's storage.dir")
+        q.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    sessions = sub.add_parser("sessions", parents=[common], help="stored sessions")
+    ssub = sessions.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    q = ssub.add_parser("list", parents=[common], help="list and filter sessions")
+    store_arg(q)
+    q.add_argument("--label", action="append", default=[],
+                   help="must have this label (repeat: must have all)")
+    q.add_argument("--journey")
+    q.add_argument("--device")
+    q.add_argument("--since", help="ISO 8601 UTC time or an age (30m, 2h, 7d)")
+    q.add_argument("--until", help="ISO 8601 UTC time or an age (30m, 2h, 7d)")
+    journeys = sub.add_parser("journeys", parents=[common], help="journeys")
+    jsub = journeys.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    store_arg(jsub.add_parser("list", parents=[common], help="one row per journeyId"))
+
+    q = sub.add_parser("export", parents=[common], help="export a session's samples")
+    q.add_argument("session_file", type=Path)
+    q.add_argument("--format", choices=["csv"], default="csv")
+    q.add_argument("-o", "--output", type=Path, required=True, help="output file ('-' = stdout)")
+    q = sub.add_parser("plot", parents=[common], help="PNG of every sensor channel over time")
+    q.add_argument("session_file", type=Path)
+    q.add_argument("-o", "--output", type=Path, required=True)
+    return p
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge_recorder.app import Daemon
+
+    config = load_config(args.config)
+    stop = _stop_on_signals()
+    Daemon(config).run(stop)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{args.config}: valid ({len(config.sensors)} sensor(s), device {config.device_id}, "
+          f"broker {config.mqtt.host}:{config.mqtt.port}, storage {config.storage.dir})")
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from edge_recorder.sensors.probe import config_snippet, scan
+
+    bus_id: int | str
+    if args.bus == "emulated":
+        from edge_recorder.sensors.emulation import EMULATORS, EmulatedBus
+
+        bus: Any = EmulatedBus({cls.default_address: cls() for cls in EMULATORS.values()})
+        bus_id = "emulated"
+    else:
+        try:
+            bus_id = int(args.bus)
+        except ValueError:
+            raise UsageError(f"--bus {args.bus!r}: give a bus number (1) or 'emulated'") from None
+        from edge_recorder.app import open_bus
+
+        bus = open_bus(bus_id, [], lambda: 0)
+    try:
+        found = scan(bus)
+    finally:
+        bus.close()
+    if not found:
+        print(f"no supported IMU found on bus {bus_id}; check wiring, power and "
+              f"`i2cdetect -y {bus_id}`")
+        return 1
+    for f in found:
+        print(f"0x{f.address:02x}  {f.variant:<12} driver: {f.driver}")
+    print("\n" + config_snippet(found, bus_id))
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from edge_recorder.collector.collector import Collector
+
+    settings = MqttConfig(host=args.host, port=args.port, username=args.username,
+                          password_file=args.password_file, protocol=args.protocol,
+                          topic_prefix=args.topic_prefix)
+    collector = Collector(settings, args.store, topic_prefix=args.topic_prefix,
+                          client_id=args.client_id)
+    collector.run(_stop_on_signals())
+    return 0
+
+
+def cmd_sessions_list(args: argparse.Namespace) -> int:
+    from edge_recorder.query.catalog import parse_time, scan, select
+
+    entries = select(scan(args.store), labels=args.label, journey=args.journey,
+                     device=args.device,
+                     since=parse_time(args.since) if args.since else None,
+                     until=parse_time(args.until) if args.until else None)
+    if args.json:
+        for e in entries:
+            print(json.dumps(e.as_json()))
+        return 0
+    device_store = any(e.published is not None for e in entries)
+    header = f"{'SESSION':<31} {'DEVICE':<16} {'STARTED (UTC)':<27} {'SECONDS':>8}  " \
+             f"{'STOP':<12} {'JOURNEY':<28} LABELS"
+    print(header + ("  PUBLISHED" if device_store else ""))
+    for e in entries:
+        m = e.manifest
+        line = (f"{m['session_id']:<31} {str(m.get('device_id')):<16} "
+                f"{m.get('started_at', ''):<27} {m.get('duration_s', 0):>8.2f}  "
+                f"{m.get('stop_reason', ''):<12} {str(m.get('journey_id')):<28} "
+                f"{','.join(m.get('labels') or [])}")
+        if device_store:
+            line += f"  {'yes' if e.published else 'no'}"
+        print(line)
+    print(f"({len(entries)} session(s))", file=sys.stderr)
+    return 0
+
+
+def cmd_journeys_list(args: argparse.Namespace) -> int:
+    from edge_recorder.query.catalog import journeys, scan
+
+    rows = journeys(scan(args.store))
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print(f"{'JOURNEY':<40} {'SESSIONS':>8}  {'FIRST (UTC)':<27} {'LAST (UTC)':<27} DEVICES")
+    for r in rows:
+        print(f"{r['journey_id']:<40} {r['sessions']:>8}  {r['first_started_at']:<27} "
+              f"{r['last_stopped_at']:<27} {','.join(map(str, r['devices']))}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from edge_recorder.query.export import write_csv
+
+    _need_file(args.session_file)
+    if str(args.output) == "-":
+        write_csv(args.session_file, sys.stdout)
+        return 0
+    tmp = args.output.with_name(f".{args.output.name}.tmp")
+    with open(tmp, "w", newline="") as out:
+        rows = write_csv(args.session_file, out)
+    tmp.replace(args.output)
+    print(f"{args.output}: {rows} rows", file=sys.stderr)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from edge_recorder.query.plot import plot_session
+
+    _need_file(args.session_file)
+    plot_session(args.session_file, args.output)
+    print(f"{args.output}: written", file=sys.stderr)
+    return 0
+
+
+def _need_file(path: Path) -> None:
+    if not path.is_file():
+        raise UsageError(f"{path}: no such session file")
+
+
+COMMANDS = {
+    ("run", None): cmd_run,
+    ("check-config", None): cmd_check_config,
+    ("probe", None): cmd_probe,
+    ("collect", None): cmd_collect,
+    ("sessions", "list"): cmd_sessions_list,
+    ("journeys", "list"): cmd_journeys_list,
+    ("export", None): cmd_export,
+    ("plot", None): cmd_plot,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, debug=args.debug)
+    command = COMMANDS[(args.command, getattr(args, "action", None))]
+    try:
+        return command(args)
+    except ConfigError as exc:
+        print(f"{exc.source}: invalid configuration:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"edge-recorder: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except (EdgeRecorderError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"edge-recorder: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"edge-recorder: unexpected error: {exc!r} (run with --debug for details)",
+              file=sys.stderr)
+        return 1

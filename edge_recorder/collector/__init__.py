@@ -1,0 +1,1 @@
+"""The receiving side: reassemble published sessions into a store on disk."""

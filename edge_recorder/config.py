@@ -1,0 +1,598 @@
+"""Configuration: one loader from YAML to typed, frozen dataclasses.
+
+Validation runs in two stages, as in ESPHome and mqtt-io: shape (types, ranges, unknown
+keys) and then cross-references (duplicate sensor names, two sensors at one address,
+a rate the chosen driver cannot do). Every problem is reported at once, each with its
+YAML path and what to change. Nothing past :func:`load_config` sees a raw dict.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge_recorder.errors import ConfigError
+from edge_recorder.sensors.registry import DRIVERS
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-recorder/config.yaml")
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+MAX_JOURNEY_ID_CHARS = 128
+
+
+@dataclass(frozen=True)
+class EmulationConfig:
+    """Knobs of the in-process chip emulator (only with ``bus: emulated``)."""
+
+    clock_error: float = 0.0  # fractional rate error of the chip's oscillator, e.g. 0.02
+    bus_error_rate: float = 0.0  # fraction of I2C transactions failing with EIO
+    motion: str = "rest"  # rest | rotation
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SensorConfig:
+    name: str
+    driver: str
+    bus: int | str  # an i2c-dev bus number, or "emulated"
+    address: int
+    rate_hz: float
+    accel_range_g: int
+    gyro_range_dps: int
+    emulation: EmulationConfig | None = None
+
+    @property
+    def emulated(self) -> bool:
+        return self.bus == "emulated"
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    duration_s: float | None = 10.0  # None = until stopped
+    max_duration_s: float = 600.0
+    pre_trigger_s: float = 0.0
+    labels: tuple[str, ...] = ()
+    allowed_labels: tuple[str, ...] | None = None  # None = any
+    journey_id: str | None = "auto"  # "auto" = generated once per daemon run
+    max_concurrent: int = 4
+
+
+@dataclass(frozen=True)
+class GpioTriggerConfig:
+    pin: int | str
+    action: str = "toggle"  # start | stop | toggle
+    labels: tuple[str, ...] = ()
+    duration_s: float | None = None
+    pre_trigger_s: float | None = None
+    bounce_s: float = 0.05
+
+
+@dataclass(frozen=True)
+class IntervalTriggerConfig:
+    every_s: float
+    duration_s: float
+    labels: tuple[str, ...] = ("periodic",)
+
+
+@dataclass(frozen=True)
+class TriggersConfig:
+    mqtt: bool = True
+    gpio: tuple[GpioTriggerConfig, ...] = ()
+    interval: IntervalTriggerConfig | None = None
+
+
+@dataclass(frozen=True)
+class StatusLedConfig:
+    pin: int | str
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = "localhost"
+    port: int = 1883
+    topic_prefix: str = "edge-recorder"
+    client_id: str | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    protocol: str = "5"  # "5" or "3.1.1"
+    max_payload_bytes: int = 131072
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    dir: Path = Path("/var/lib/edge-recorder")
+    max_bytes: int = 1 << 30
+
+
+@dataclass(frozen=True)
+class Config:
+    device_id: str
+    sensors: tuple[SensorConfig, ...]
+    buffer: BufferConfig
+    session: SessionConfig
+    triggers: TriggersConfig
+    status_led: StatusLedConfig | None
+    gpio_pin_factory: str | None
+    mqtt: MqttConfig
+    storage: StorageConfig
+
+    @property
+    def topic_root(self) -> str:
+        """``P`` in SPEC §4: ``{topic_prefix}/{device_id}``."""
+        return f"{self.mqtt.topic_prefix}/{self.device_id}"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"edge-recorder-{self.device_id}"
+
+
+# --- the validating reader ---------------------------------------------------------------
+
+_MISSING = object()
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value).lower() \
+        if isinstance(value, bool) else str(value)
+
+
+class _Reader:
+    """Collects problems while reading a YAML tree; each is ``path: what, and the fix``."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def section(self, value: Any, path: str, known: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping of keys ({', '.join(known)}), got {_show(value)}")
+            return {}
+        for key in value:
+            if key not in known:
+                hint = difflib.get_close_matches(str(key), known, n=1)
+                tip = f"; did you mean {hint[0]!r}?" if hint else \
+                    f"; known keys: {', '.join(known)}"
+                self.fail(_join(path, str(key)), f"unknown key{tip}")
+        return value
+
+    def get(
+        self,
+        data: dict[str, Any],
+        key: str,
+        path: str,
+        kind: str,
+        default: Any = _MISSING,
+        *,
+        nullable: bool = False,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        """Read ``data[key]`` as ``kind`` (int, number, str, bool, labels); on error record
+        it and return the default (or None)."""
+        where = _join(path, key)
+        if key not in data:
+            if default is _MISSING:
+                self.fail(where, f"is required ({_KIND_TEXT[kind]})")
+                return None
+            return default
+        value = data[key]
+        if value is None:
+            if nullable:
+                return None
+            self.fail(where, f"must be {_KIND_TEXT[kind]}, not null")
+            return None if default is _MISSING else default
+        converted = _CONVERT[kind](value)
+        if converted is _MISSING:
+            self.fail(where, f"must be {_KIND_TEXT[kind]}, got {_show(value)}")
+            return None if default is _MISSING else default
+        if check is not None:
+            message = check(converted)
+            if message:
+                self.fail(where, message)
+                return None if default is _MISSING else default
+        return converted
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _as_int(v: Any) -> Any:
+    return v if isinstance(v, int) and not isinstance(v, bool) else _MISSING
+
+
+def _as_number(v: Any) -> Any:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else _MISSING
+
+
+def _as_str(v: Any) -> Any:
+    return v if isinstance(v, str) else _MISSING
+
+
+def _as_bool(v: Any) -> Any:
+    return v if isinstance(v, bool) else _MISSING
+
+
+def _as_labels(v: Any) -> Any:
+    if isinstance(v, list) and all(isinstance(x, str) for x in v):
+        return tuple(v)
+    return _MISSING
+
+
+def _as_pin(v: Any) -> Any:
+    return v if (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str) \
+        else _MISSING
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "int": _as_int, "number": _as_number, "str": _as_str, "bool": _as_bool,
+    "labels": _as_labels, "pin": _as_pin,
+}
+_KIND_TEXT = {
+    "int": "a whole number", "number": "a number", "str": "a string",
+    "bool": "true or false", "labels": "a list of strings",
+    "pin": "a GPIO number (17) or a pin name (\"GPIO17\", \"BOARD11\")",
+}
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else f"must be greater than 0, got {_show(v)}"
+
+
+def _non_negative(v: float) -> str | None:
+    return None if v >= 0 else f"must be 0 or more, got {_show(v)}"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else \
+            f"{_show(v)} is not one of {', '.join(repr(c) for c in choices)}"
+    return check
+
+
+def _label_list(v: tuple[str, ...]) -> str | None:
+    from edge_recorder.recording.labels import label_problem
+
+    for label in v:
+        problem = label_problem(label)
+        if problem:
+            return problem
+    return None
+
+
+# --- sections -----------------------------------------------------------------------------
+
+def _read_sensor(r: _Reader, raw: Any, path: str) -> SensorConfig | None:
+    known = ("name", "driver", "bus", "address", "rate_hz", "accel_range_g",
+             "gyro_range_dps", "emulation")
+    d = r.section(raw, path, known)
+    if not isinstance(raw, dict):
+        return None
+    name = r.get(d, "name", path, "str", check=lambda v: None if NAME_RE.match(v) else
+                 f"{v!r} must be 1-32 characters of letters, digits, '_' or '-'")
+    driver_name = r.get(d, "driver", path, "str", check=lambda v: None if v in DRIVERS else
+                        f"{v!r} is not a supported driver (choose from "
+                        f"{', '.join(sorted(DRIVERS))})")
+    driver = DRIVERS.get(driver_name) if driver_name else None
+    bus = d.get("bus", _MISSING)
+    if bus is _MISSING:
+        r.fail(_join(path, "bus"), "is required (an I2C bus number such as 1, or \"emulated\")")
+        bus = None
+    elif not (bus == "emulated" or (isinstance(bus, int) and not isinstance(bus, bool)
+                                    and bus >= 0)):
+        r.fail(_join(path, "bus"),
+               f"must be an I2C bus number (1 for /dev/i2c-1) or \"emulated\", got {_show(bus)}")
+        bus = None
+    default_address = driver.default_address if driver else 0
+    address = r.get(d, "address", path, "int", default_address,
+                    check=lambda v: None if (not driver or v in driver.addresses) else
+                    f"0x{v:02x} is not an address a {driver.name} can have (choose from "
+                    f"{', '.join(f'0x{a:02x}' for a in driver.addresses)})")
+
+    def _choice(key: str, choices: tuple[Any, ...], what: str, unit: str) -> Callable[[Any], Any]:
+        def check(v: Any) -> str | None:
+            if driver is None or v in choices:
+                return None
+            shown = ", ".join(f"{c:g}" for c in choices)
+            return f"{v:g} is not {what} this {driver.name} supports (choose from {shown}) {unit}"
+        return check
+
+    rate = r.get(d, "rate_hz", path, "number", driver.default_rate_hz if driver else 200.0,
+                 check=_choice("rate_hz", driver.rates_hz if driver else (), "a rate", "Hz"))
+    accel = r.get(d, "accel_range_g", path, "int", driver.default_accel_range_g if driver else 4,
+                  check=_choice("accel_range_g", driver.accel_ranges_g if driver else (),
+                                "an accelerometer range", "g"))
+    gyro = r.get(d, "gyro_range_dps", path, "int",
+                 driver.default_gyro_range_dps if driver else 500,
+                 check=_choice("gyro_range_dps", driver.gyro_ranges_dps if driver else (),
+                               "a gyro range", "°/s"))
+    emulation = None
+    if "emulation" in d:
+        epath = _join(path, "emulation")
+        if bus != "emulated":
+            r.fail(epath, "only applies with bus: emulated")
+        e = r.section(d["emulation"], epath,
+                      ("clock_error", "bus_error_rate", "motion", "seed"))
+        emulation = EmulationConfig(
+            clock_error=r.get(e, "clock_error", epath, "number", 0.0,
+                              check=lambda v: None if abs(v) < 0.1 else
+                              "must be between -0.1 and 0.1 (a fraction, 0.02 = 2 %)"),
+            bus_error_rate=r.get(e, "bus_error_rate", epath, "number", 0.0,
+                                 check=lambda v: None if 0 <= v < 1 else
+                                 "must be a fraction from 0 up to 1"),
+            motion=r.get(e, "motion", epath, "str", "rest", check=_one_of("rest", "rotation")),
+            seed=r.get(e, "seed", epath, "int", 0),
+        )
+    if None in (name, driver_name, bus, address, rate, accel, gyro):
+        return None
+    return SensorConfig(name, driver_name, bus, address, rate, accel, gyro, emulation)
+
+
+def _read_session(r: _Reader, raw: Any) -> SessionConfig:
+    p = "session"
+    d = r.section(raw, p, ("duration_s", "max_duration_s", "pre_trigger_s", "labels",
+                           "allowed_labels", "journey_id", "max_concurrent"))
+    dflt = SessionConfig()
+    allowed = r.get(d, "allowed_labels", p, "labels", None, nullable=True, check=_label_list)
+    return SessionConfig(
+        duration_s=r.get(d, "duration_s", p, "number", dflt.duration_s, nullable=True,
+                         check=_positive),
+        max_duration_s=r.get(d, "max_duration_s", p, "number", dflt.max_duration_s,
+                             check=_positive),
+        pre_trigger_s=r.get(d, "pre_trigger_s", p, "number", 0.0, check=_non_negative),
+        labels=r.get(d, "labels", p, "labels", (), check=_label_list),
+        allowed_labels=allowed,
+        journey_id=r.get(d, "journey_id", p, "str", "auto", nullable=True,
+                         check=lambda v: None if 0 < len(v) <= MAX_JOURNEY_ID_CHARS else
+                         f"must be 1-{MAX_JOURNEY_ID_CHARS} characters"),
+        max_concurrent=r.get(d, "max_concurrent", p, "int", dflt.max_concurrent,
+                             check=lambda v: None if 1 <= v <= 64 else "must be 1 to 64"),
+    )
+
+
+def _read_triggers(r: _Reader, raw: Any) -> TriggersConfig:
+    p = "triggers"
+    d = r.section(raw, p, ("mqtt", "gpio", "interval"))
+    gpio: list[GpioTriggerConfig] = []
+    raw_gpio = d.get("gpio") or []
+    if not isinstance(raw_gpio, list):
+        r.fail("triggers.gpio", "must be a list of buttons, e.g. [{pin: 17, action: toggle}]")
+        raw_gpio = []
+    for i, item in enumerate(raw_gpio):
+        gp = f"triggers.gpio[{i}]"
+        g = r.section(item, gp, ("pin", "action", "labels", "duration_s", "pre_trigger_s",
+                                 "bounce_s"))
+        if not isinstance(item, dict):
+            continue
+        pin = r.get(g, "pin", gp, "pin")
+        if pin is None:
+            continue
+        gpio.append(GpioTriggerConfig(
+            pin=pin,
+            action=r.get(g, "action", gp, "str", "toggle",
+                         check=_one_of("start", "stop", "toggle")),
+            labels=r.get(g, "labels", gp, "labels", (), check=_label_list),
+            duration_s=r.get(g, "duration_s", gp, "number", None, nullable=True,
+                             check=_positive),
+            pre_trigger_s=r.get(g, "pre_trigger_s", gp, "number", None, nullable=True,
+                                check=_non_negative),
+            bounce_s=r.get(g, "bounce_s", gp, "number", 0.05, check=_non_negative),
+        ))
+    interval = None
+    if d.get("interval") is not None:
+        ip = "triggers.interval"
+        iv = r.section(d["interval"], ip, ("every_s", "duration_s", "labels"))
+        every = r.get(iv, "every_s", ip, "number", check=_positive)
+        duration = r.get(iv, "duration_s", ip, "number", check=_positive)
+        labels = r.get(iv, "labels", ip, "labels", ("periodic",), check=_label_list)
+        if every is not None and duration is not None:
+            interval = IntervalTriggerConfig(every, duration, labels)
+    return TriggersConfig(
+        mqtt=r.get(d, "mqtt", p, "bool", True),
+        gpio=tuple(gpio),
+        interval=interval,
+    )
+
+
+def _read_mqtt(r: _Reader, raw: Any, base: Path) -> MqttConfig:
+    p = "mqtt"
+    d = r.section(raw, p, ("host", "port", "topic_prefix", "client_id", "username",
+                           "password_file", "tls", "protocol", "max_payload_bytes"))
+    dflt = MqttConfig()
+    tls = None
+    if d.get("tls") is not None:
+        t = r.section(d["tls"], "mqtt.tls", ("ca_file", "cert_file", "key_file"))
+        tls = TlsConfig(*(_path(r.get(t, k, "mqtt.tls", "str", None, nullable=True), base)
+                          for k in ("ca_file", "cert_file", "key_file")))
+        if (tls.cert_file is None) != (tls.key_file is None):
+            r.fail("mqtt.tls", "cert_file and key_file go together: give both or neither")
+    protocol = d.get("protocol", 5)
+    if str(protocol) not in ("5", "3.1.1"):
+        r.fail("mqtt.protocol", f"{_show(protocol)} is not a supported MQTT version "
+               "(choose 5 or \"3.1.1\")")
+        protocol = 5
+    return MqttConfig(
+        host=r.get(d, "host", p, "str", dflt.host),
+        port=r.get(d, "port", p, "int", dflt.port,
+                   check=lambda v: None if 0 < v < 65536 else "must be 1 to 65535"),
+        topic_prefix=r.get(d, "topic_prefix", p, "str", dflt.topic_prefix,
+                           check=lambda v: None if v and not set(v) & set("+#") and
+                           not v.startswith("$") else
+                           "must be non-empty, without '+', '#' or a leading '$'"),
+        client_id=r.get(d, "client_id", p, "str", None, nullable=True),
+        username=r.get(d, "username", p, "str", None, nullable=True),
+        password_file=_path(r.get(d, "password_file", p, "str", None, nullable=True), base),
+        tls=tls,
+        protocol=str(protocol),
+        max_payload_bytes=r.get(d, "max_payload_bytes", p, "int", dflt.max_payload_bytes,
+                                check=lambda v: None if 1024 <= v <= 268_435_455 else
+                                "must be between 1024 and 268435455 bytes"),
+    )
+
+
+def _path(value: str | None, base: Path) -> Path | None:
+    return None if value is None else (base / Path(value).expanduser())
+
+
+def _read_pin_section(r: _Reader, raw: Any, path: str) -> StatusLedConfig | None:
+    if raw is None:
+        return None
+    d = r.section(raw, path, ("pin",))
+    pin = r.get(d, "pin", path, "pin")
+    return None if pin is None else StatusLedConfig(pin)
+
+
+def default_device_id() -> str:
+    """The hostname, with characters a device id cannot hold replaced by '-'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "edge-recorder"
+
+
+TOP_KEYS = ("device_id", "sensors", "buffer", "session", "triggers", "status_led",
+            "gpio_pin_factory", "mqtt", "storage")
+
+
+def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config") -> Config:
+    """Validate a parsed YAML document; raise :class:`ConfigError` listing every problem.
+
+    Relative paths (``storage.dir``, TLS and password files) are taken relative to
+    ``base_dir``, the config file's directory.
+    """
+    r = _Reader()
+    if data is None:
+        data = {}
+    top = r.section(data, "", TOP_KEYS) if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        r.problems.append(f"the file must hold a mapping of keys ({', '.join(TOP_KEYS)})")
+    device_id = r.get(top, "device_id", "", "str", None, nullable=True,
+                      check=lambda v: None if DEVICE_ID_RE.match(v) else
+                      f"{v!r} must be 1-64 characters of letters, digits, '_' or '-'")
+    sensors: list[SensorConfig] = []
+    raw_sensors = top.get("sensors", _MISSING)
+    if raw_sensors is _MISSING or raw_sensors is None:
+        r.fail("sensors", "is required: list at least one sensor, e.g. "
+               "[{name: imu0, driver: mpu6050, bus: 1}]")
+    elif not isinstance(raw_sensors, list) or not raw_sensors:
+        r.fail("sensors", "must be a non-empty list of sensors")
+    else:
+        for i, raw in enumerate(raw_sensors):
+            s = _read_sensor(r, raw, f"sensors[{i}]")
+            if s is not None:
+                sensors.append(s)
+    b = r.section(top.get("buffer"), "buffer", ("seconds",))
+    buffer = BufferConfig(r.get(b, "seconds", "buffer", "number", 30.0,
+                                check=lambda v: None if 0 < v <= 3600 else
+                                "must be more than 0 and at most 3600 seconds"))
+    session = _read_session(r, top.get("session"))
+    triggers = _read_triggers(r, top.get("triggers"))
+    status_led = _read_pin_section(r, top.get("status_led"), "status_led")
+    factory = r.get(top, "gpio_pin_factory", "", "str", None, nullable=True,
+                    check=_one_of("mock", "lgpio", "rpigpio", "pigpio", "native"))
+    mqtt = _read_mqtt(r, top.get("mqtt"), base_dir)
+    s = r.section(top.get("storage"), "storage", ("dir", "max_bytes"))
+    storage = StorageConfig(
+        dir=_path(r.get(s, "dir", "storage", "str", str(StorageConfig.dir)), base_dir)
+        or StorageConfig.dir,
+        max_bytes=r.get(s, "max_bytes", "storage", "int", StorageConfig.max_bytes,
+                        check=lambda v: None if v >= 1 << 20 else "must be at least 1048576"),
+    )
+    _cross_check(r, sensors, session, triggers, buffer, status_led)
+    if r.problems:
+        raise ConfigError(r.problems, source)
+    return Config(
+        device_id=device_id or default_device_id(),
+        sensors=tuple(sensors),
+        buffer=buffer,
+        session=session,
+        triggers=triggers,
+        status_led=status_led,
+        gpio_pin_factory=factory,
+        mqtt=mqtt,
+        storage=storage,
+    )
+
+
+def _cross_check(r: _Reader, sensors: list[SensorConfig], session: SessionConfig,
+                 triggers: TriggersConfig, buffer: BufferConfig,
+                 status_led: StatusLedConfig | None) -> None:
+    seen_names: dict[str, int] = {}
+    seen_addr: dict[tuple[int | str, int], int] = {}
+    for i, s in enumerate(sensors):
+        if s.name in seen_names:
+            r.fail(f"sensors[{i}].name", f"{s.name!r} is already used by "
+                   f"sensors[{seen_names[s.name]}]; names must be unique")
+        seen_names.setdefault(s.name, i)
+        key = (s.bus, s.address)
+        if key in seen_addr:
+            r.fail(f"sensors[{i}].address", f"0x{s.address:02x} on bus {s.bus} is already "
+                   f"used by sensors[{seen_addr[key]}]")
+        seen_addr.setdefault(key, i)
+    if session.duration_s is not None and session.duration_s > session.max_duration_s:
+        r.fail("session.duration_s", f"{session.duration_s:g} is longer than "
+               f"session.max_duration_s ({session.max_duration_s:g})")
+    pre_triggers = [("session.pre_trigger_s", session.pre_trigger_s)] + [
+        (f"triggers.gpio[{i}].pre_trigger_s", g.pre_trigger_s)
+        for i, g in enumerate(triggers.gpio) if g.pre_trigger_s is not None]
+    for path, value in pre_triggers:
+        if value > buffer.seconds:
+            r.fail(path, f"{value:g} s reaches further back than the ring buffer holds "
+                   f"(buffer.seconds = {buffer.seconds:g}); raise buffer.seconds or lower this")
+    if session.allowed_labels is not None:
+        allowed = set(session.allowed_labels)
+        for path, labels in [("session.labels", session.labels)] + [
+                (f"triggers.gpio[{i}].labels", g.labels) for i, g in enumerate(triggers.gpio)] + (
+                [("triggers.interval.labels", triggers.interval.labels)]
+                if triggers.interval else []):
+            bad = [x for x in labels if x not in allowed]
+            if bad:
+                r.fail(path, f"{', '.join(bad)} not in session.allowed_labels "
+                       f"({', '.join(session.allowed_labels)})")
+    pins: dict[str, str] = {}
+    for i, g in enumerate(triggers.gpio):
+        where = f"triggers.gpio[{i}].pin"
+        if str(g.pin) in pins:
+            r.fail(where, f"pin {g.pin} is already used by {pins[str(g.pin)]}")
+        pins.setdefault(str(g.pin), where)
+    if status_led is not None and str(status_led.pin) in pins:
+        r.fail("status_led.pin", f"pin {status_led.pin} is already used by "
+               f"{pins[str(status_led.pin)]}")
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the config file: {exc.strerror or exc}"],
+                          str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}not valid YAML ({problem})"], str(path)) from exc
+    return parse_config(data, base_dir=path.parent.resolve(), source=str(path))

@@ -1,0 +1,1 @@
+"""Delivery: the MQTT link, the publisher draining the store's outbox, the status topic."""

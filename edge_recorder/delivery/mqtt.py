@@ -1,0 +1,231 @@
+"""The MQTT link: the only module that imports paho-mqtt.
+
+One paho client per link, connected in the background with exponential reconnect
+backoff. Subscriptions are renewed in every ``on_connect`` (a clean start forgets them),
+so a reconnect never silently stops command handling. :meth:`MqttLink.publish` returns
+a :class:`Delivery` that resolves when the broker acknowledges (QoS 1 PUBACK) — the only
+evidence the publisher trusts before it lets go of a session.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_recorder.config import MqttConfig
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 60
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+Handler = Callable[[Message], None]
+
+
+class Delivery:
+    """The fate of one QoS 1 publish: acknowledged, refused by the broker, or not yet known."""
+
+    def __init__(self, link: MqttLink, mid: int | None, error: str | None = None) -> None:
+        self._link = link
+        self.mid = mid
+        self.done = mid is None
+        self.error = error
+
+    def wait(self, timeout_s: float) -> bool:
+        """True once the broker acknowledged it without error; False on timeout or refusal."""
+        deadline = time.monotonic() + timeout_s
+        with self._link._acked:
+            while not self.done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._link._acked.wait(left)
+        return self.error is None
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: MqttConfig,
+        client_id: str,
+        *,
+        will: tuple[str, bytes] | None = None,
+        persistent_session_s: int | None = None,
+        on_connect: Callable[[], None] | None = None,
+        name: str = "mqtt",
+    ) -> None:
+        """``persistent_session_s``: keep the broker-side session (subscriptions and queued
+        QoS 1 messages) for that long across disconnects, as the collector needs."""
+        self.settings = settings
+        self.name = name
+        self.v5 = settings.protocol == "5"
+        self.persistent_session_s = persistent_session_s
+        self._on_connect_hook = on_connect
+        self._subscriptions: dict[str, tuple[int, Handler]] = {}
+        self._pending: dict[int, Delivery] = {}
+        self._early: dict[int, str | None] = {}
+        self._acked = threading.Condition()
+        self.connected = threading.Event()
+        self.generation = 0  # connections made so far
+        self.last_error = ""
+        self._client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
+            clean_session=None if self.v5 else persistent_session_s is None,
+        )
+        self._client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        self._client.max_queued_messages_set(0)
+        if will is not None:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
+        if settings.username is not None:
+            password = None
+            if settings.password_file is not None:
+                password = Path(settings.password_file).read_text().strip()
+            self._client.username_pw_set(settings.username, password)
+        if settings.tls is not None:
+            t = settings.tls
+            self._client.tls_set(
+                ca_certs=str(t.ca_file) if t.ca_file else None,
+                certfile=str(t.cert_file) if t.cert_file else None,
+                keyfile=str(t.key_file) if t.key_file else None,
+            )
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+        self._client.on_publish = self._handle_publish
+
+    # --- lifecycle --------------------------------------------------------------------
+    def start(self) -> None:
+        properties = None
+        clean_start: bool | int = paho.MQTT_CLEAN_START_FIRST_ONLY
+        if self.v5:
+            clean_start = self.persistent_session_s is None
+            if self.persistent_session_s is not None:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = self.persistent_session_s
+        kwargs: dict[str, object] = {"properties": properties} if self.v5 else {}
+        if self.v5:
+            kwargs["clean_start"] = clean_start
+        self._client.connect_async(self.settings.host, self.settings.port, keepalive=30,
+                                   **kwargs)  # type: ignore[arg-type]
+        self._client.loop_start()
+
+    def close(self) -> None:
+        """Disconnect cleanly (no will) and stop the network thread; idempotent."""
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+            self.connected.clear()
+
+    # --- subscribe and publish ----------------------------------------------------------
+    def subscribe(self, topic: str, handler: Handler, qos: int = 1) -> None:
+        self._subscriptions[topic] = (qos, handler)
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                correlation_data: bytes | None = None) -> Delivery:
+        properties = None
+        if correlation_data is not None and self.v5:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation_data
+        info = self._client.publish(topic, payload, qos=qos, retain=retain,
+                                    properties=properties)
+        if qos == 0:
+            return Delivery(self, None)
+        # Register every QoS 1 mid, even one paho only queued (not connected): its late
+        # PUBACK must land here, never on a later message that reuses the mid.
+        delivery = Delivery(self, info.mid)
+        with self._acked:
+            if info.mid in self._early:  # acknowledged before we got here
+                delivery.error = self._early.pop(info.mid)
+                delivery.done = True
+            else:
+                self._pending[info.mid] = delivery
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            return Delivery(self, None, paho.error_string(info.rc))
+        return delivery
+
+    def reply(self, request: Message, default_topic: str, payload: bytes) -> None:
+        """Answer ``request`` on its MQTT 5 ResponseTopic, else on ``default_topic``."""
+        topic = request.response_topic or default_topic
+        self.publish(topic, payload, qos=1, correlation_data=request.correlation_data)
+
+    # --- paho callbacks (network thread) -------------------------------------------------
+    def _handle_connect(self, client: paho.Client, userdata: object, flags: object,
+                        reason_code: paho.ReasonCode, properties: object) -> None:
+        if reason_code.is_failure:
+            self._note_error(f"broker {self.settings.host}:{self.settings.port} refused the "
+                             f"connection: {reason_code}")
+            return
+        self.generation += 1
+        self.connected.set()
+        self.last_error = ""
+        log.info("%s: connected to %s:%d", self.name, self.settings.host, self.settings.port)
+        for topic, (qos, _handler) in self._subscriptions.items():
+            client.subscribe(topic, qos)
+        if self._on_connect_hook is not None:
+            try:
+                self._on_connect_hook()
+            except Exception:
+                log.exception("%s: on_connect hook failed", self.name)
+
+    def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,
+                           reason_code: paho.ReasonCode, properties: object) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was:
+            self._note_error(f"disconnected from {self.settings.host}:{self.settings.port} "
+                             f"({reason_code}); reconnecting")
+
+    def _note_error(self, text: str) -> None:
+        if text != self.last_error:
+            log.warning("%s: %s", self.name, text)
+        self.last_error = text
+
+    def _handle_message(self, client: paho.Client, userdata: object,
+                        msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        message = Message(
+            topic=msg.topic,
+            payload=msg.payload,
+            response_topic=getattr(props, "ResponseTopic", None) if props else None,
+            correlation_data=getattr(props, "CorrelationData", None) if props else None,
+        )
+        for pattern, (_qos, handler) in self._subscriptions.items():
+            if paho.topic_matches_sub(pattern, msg.topic):
+                try:
+                    handler(message)
+                except Exception:  # nothing a client sends may kill the network thread
+                    log.exception("%s: handler for %s failed", self.name, msg.topic)
+
+    def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
+                        reason_code: paho.ReasonCode, properties: object) -> None:
+        error = str(reason_code) if reason_code.is_failure else None
+        with self._acked:
+            delivery = self._pending.pop(mid, None)
+            if delivery is None:
+                self._early[mid] = error
+            else:
+                delivery.error = error
+                delivery.done = True
+            self._acked.notify_all()

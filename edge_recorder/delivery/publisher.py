@@ -1,0 +1,135 @@
+"""Drains the store's outbox: parts, then the manifest, each acknowledged, then let go.
+
+The publisher knows no recorder; it only sees finished files in the outbox. A session
+is sent as ``P/sessions/{id}/part/{n}`` (QoS 1, each at most ``part_bytes``) with a
+window of parts in flight; only when every part is acknowledged is the manifest sent,
+and only when the manifest is acknowledged does the session move to ``published/``.
+A dropped connection just pauses the loop; unacknowledged parts are sent again (same
+bytes, same topic), so the collector sees duplicates at worst, never a gap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from edge_recorder.delivery.mqtt import Delivery, MqttLink
+from edge_recorder.recording.store import OUTBOX, DeviceStore
+
+log = logging.getLogger(__name__)
+
+WINDOW_PARTS = 16
+ACK_TIMEOUT_S = 20.0
+IDLE_RESCAN_S = 2.0
+
+
+class Publisher:
+    def __init__(
+        self,
+        store: DeviceStore,
+        link: MqttLink,
+        topic_root: str,
+        *,
+        part_bytes: int,
+        on_published: Callable[[str], None] = lambda session_id: None,
+    ) -> None:
+        self.store = store
+        self.link = link
+        self.topic_root = topic_root
+        self.part_bytes = part_bytes
+        self.on_published = on_published
+        self.published = 0
+        self.last_loop_s = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        """Something new is in the outbox."""
+        self._wake.set()
+
+    def topic(self, session_id: str, leaf: str) -> str:
+        return f"{self.topic_root}/sessions/{session_id}/{leaf}"
+
+    def publish_session(self, session_id: str) -> bool:
+        """Send one session; True once the broker has acknowledged all of it."""
+        manifest = self.store.manifest(session_id)
+        parts = int(manifest["parts"])
+        unacked = deque(range(parts))
+        in_flight: deque[tuple[int, Delivery]] = deque()
+        with open(self.store.path(OUTBOX, session_id), "rb") as f:
+            while unacked or in_flight:
+                if self._stop.is_set() or not self.link.connected.is_set():
+                    return False
+                while unacked and len(in_flight) < WINDOW_PARTS:
+                    n = unacked.popleft()
+                    f.seek(n * self.part_bytes)
+                    data = f.read(self.part_bytes)
+                    in_flight.append(
+                        (n, self.link.publish(self.topic(session_id, f"part/{n}"), data, qos=1)))
+                n, delivery = in_flight.popleft()
+                if not delivery.wait(ACK_TIMEOUT_S):
+                    if delivery.error:
+                        log.warning("publisher: broker refused part %d of %s: %s",
+                                    n, session_id, delivery.error)
+                    unacked.appendleft(n)  # send it again
+                    for m, _d in reversed(in_flight):
+                        unacked.appendleft(m)
+                    in_flight.clear()
+                    return False
+        delivery = self.link.publish(self.topic(session_id, "manifest"),
+                                     json.dumps(manifest).encode(), qos=1)
+        if not delivery.wait(ACK_TIMEOUT_S):
+            return False
+        self.store.mark_published(session_id)
+        self.published += 1
+        log.info("session %s published (%d bytes in %d parts)", session_id,
+                 manifest["bytes"], parts)
+        self.on_published(session_id)
+        return True
+
+    def drain(self) -> None:
+        """Publish everything in the outbox, oldest first, while connected."""
+        for session_id in self.store.pending():
+            if self._stop.is_set() or not self.link.connected.is_set():
+                return
+            try:
+                if not self.publish_session(session_id):
+                    return
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("publisher: cannot publish %s: %s", session_id, exc)
+                return
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.last_loop_s = time.monotonic()
+            self._wake.wait(IDLE_RESCAN_S)
+            self._wake.clear()
+            if self.link.connected.is_set():
+                self.drain()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def flush(self, timeout_s: float) -> None:
+        """Give pending sessions up to ``timeout_s`` to go out (at shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while self.store.pending() and self.link.connected.is_set() \
+                and time.monotonic() < deadline:
+            self.wake()
+            time.sleep(0.05)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)

@@ -1,0 +1,1 @@
+"""Finding and reading stored sessions: listing, journeys, CSV export, plots."""

@@ -1,0 +1,74 @@
+"""What triggers ask of the recorder. The recorder knows no trigger, only these events.
+
+Each event may carry a ``reply`` callback: the recorder calls it exactly once with a
+JSON-able dict, ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+Reply = dict[str, Any]
+ReplyFn = Callable[[Reply], None]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+"""A field the trigger did not give: the configured default applies."""
+
+
+@dataclass(frozen=True)
+class Trigger:
+    source: str  # mqtt | gpio | interval
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class StartRequested:
+    trigger: Trigger
+    labels: tuple[str, ...] = ()
+    journey_id: Any = UNSET  # str, None (no journey) or UNSET (the current journey)
+    duration_s: Any = UNSET  # float, None (until stopped) or UNSET (session.duration_s)
+    pre_trigger_s: float | None = None  # None = session.pre_trigger_s
+    at_ns: int | None = None  # when the trigger fired; None = when handled
+    reply: ReplyFn | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    trigger: Trigger
+    session_id: str | None = None  # None = every open session
+    reason: str = "command"  # stop_reason: command | button
+    at_ns: int | None = None
+    reply: ReplyFn | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class StatusRequested:
+    reply: ReplyFn | None = field(default=None, compare=False)
+
+
+Event = StartRequested | StopRequested | StatusRequested
+
+
+class Rejected(Exception):
+    """A request the recorder refuses; ``code`` is one of the documented error codes."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def ok(**fields: Any) -> Reply:
+    return {"ok": True, **fields}
+
+
+def error(code: str, message: str) -> Reply:
+    return {"ok": False, "error": {"code": code, "message": message}}

@@ -1,0 +1,360 @@
+"""The recorder: opens, feeds, stops and finalises sessions; one thread, fed by events.
+
+A session is a window over the shared rings: it starts ``pre_trigger_s`` before its
+trigger and ends at its stop time; every sample in the window goes into its MCAP file,
+copied from the rings as they fill (so overlapping sessions hold the very same
+samples). Files are flushed and fsync'd every second while recording. On stop, the
+recorder waits until every ring has passed the stop time (or a short grace), writes
+the manifest and hands the file to the store's outbox.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_recorder import __version__
+from edge_recorder.config import SessionConfig
+from edge_recorder.errors import StoreFull
+from edge_recorder.recording.events import (
+    UNSET,
+    Event,
+    Rejected,
+    Reply,
+    StartRequested,
+    StopRequested,
+    Trigger,
+    error,
+    ok,
+)
+from edge_recorder.recording.ids import iso_utc, new_session_id
+from edge_recorder.recording.labels import cardinality_warning, check_labels, merge_labels
+from edge_recorder.recording.store import DeviceStore
+from edge_recorder.sampling.ring import SampleRing
+from edge_recorder.sessionfile import ChannelInfo, SessionWriter, encode_block
+
+log = logging.getLogger(__name__)
+
+PUMP_INTERVAL_S = 0.1
+FLUSH_INTERVAL_S = 1.0
+STOP_GRACE_NS = 1_000_000_000  # wait at most this long for samples past the stop time
+SESSION_RESERVE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class SensorSource:
+    """What the recorder knows of a sensor: its identity and its ring."""
+
+    name: str
+    driver: str
+    rate_hz: float
+    ring: SampleRing
+
+
+@dataclass
+class OpenSession:
+    session_id: str
+    labels: tuple[str, ...]
+    journey_id: str | None
+    trigger: Trigger
+    trigger_ns: int
+    window_start_ns: int
+    deadline_ns: int | None
+    deadline_reason: str
+    writer: SessionWriter
+    cursors: dict[str, int]
+    samples: dict[str, int]
+    overrun: dict[str, int]
+    warnings: list[str]
+    stop_ns: int | None = None
+    stop_reason: str | None = None
+    last_flush_s: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "labels": list(self.labels),
+                "journey_id": self.journey_id, "started_at": iso_utc(self.window_start_ns),
+                "trigger": {"source": self.trigger.source, "detail": self.trigger.detail},
+                "stopping": self.stop_ns is not None}
+
+
+class Recorder:
+    def __init__(
+        self,
+        settings: SessionConfig,
+        *,
+        device_id: str,
+        sources: list[SensorSource],
+        store: DeviceStore,
+        buffer_s: float,
+        journey_id: str | None,
+        clock: Callable[[], int] = time.time_ns,
+        on_complete: Callable[[dict[str, Any]], None] = lambda manifest: None,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.device_id = device_id
+        self.sources = sources
+        self.store = store
+        self.buffer_s = buffer_s
+        self.journey_id = journey_id
+        self.clock = clock
+        self.on_complete = on_complete
+        self.status = status or self.snapshot
+        self.sessions: dict[str, OpenSession] = {}
+        self.completed = 0
+        self.warnings: list[str] = []
+        self.last_loop_s = time.monotonic()
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the inbound interface (any thread) -----------------------------------------
+    def submit(self, event: Event) -> None:
+        self._events.put(event)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Open sessions and the current journey, safe to call from any thread."""
+        with self._lock:
+            return {"recording": [s.summary() for s in self.sessions.values()],
+                    "journey_id": self.journey_id, "sessions_completed": self.completed}
+
+    # --- event handling (recorder thread) -------------------------------------------
+    def handle(self, event: Event) -> None:
+        reply: Reply
+        try:
+            if isinstance(event, StartRequested):
+                reply = self._start(event)
+            elif isinstance(event, StopRequested):
+                reply = self._request_stop(event)
+            else:
+                reply = ok(status=self.status())
+        except Rejected as exc:
+            reply = error(exc.code, exc.message)
+        except Exception as exc:  # never let one request kill the recorder
+            log.exception("recorder: failed to handle %s", type(event).__name__)
+            reply = error("internal_error", f"the recorder failed: {exc}")
+        if event.reply is not None:
+            try:
+                event.reply(reply)
+            except Exception:
+                log.exception("recorder: reply callback failed")
+
+    def _start(self, ev: StartRequested) -> Reply:
+        s = self.settings
+        now = self.clock()
+        at = ev.at_ns if ev.at_ns is not None else now
+        if len(self.sessions) >= s.max_concurrent:
+            raise Rejected("too_many_sessions",
+                           f"{len(self.sessions)} sessions are already recording, the limit "
+                           f"(session.max_concurrent); stop one first")
+        labels = merge_labels(s.labels, ev.labels)
+        problem = check_labels(labels, s.allowed_labels)
+        if problem:
+            code = "label_not_allowed" if "not allowed" in problem else "invalid_labels"
+            raise Rejected(code, problem)
+        pre = s.pre_trigger_s if ev.pre_trigger_s is None else ev.pre_trigger_s
+        if pre > self.buffer_s:
+            raise Rejected("pre_trigger_too_long",
+                           f"pre_trigger_s {pre:g} reaches further back than the ring buffer "
+                           f"holds; the limit is buffer.seconds = {self.buffer_s:g}")
+        duration = s.duration_s if ev.duration_s is UNSET else ev.duration_s
+        if duration is not None and duration > s.max_duration_s:
+            raise Rejected("duration_too_long",
+                           f"duration_s {duration:g} is longer than session.max_duration_s "
+                           f"({s.max_duration_s:g})")
+        if duration is not None:
+            deadline, why = at + int(duration * 1e9), "duration"
+        else:
+            deadline, why = at + int(s.max_duration_s * 1e9), "max_duration"
+        journey = self.journey_id if ev.journey_id is UNSET else ev.journey_id
+        warnings = [w for w in map(cardinality_warning, labels) if w]
+        for w in warnings:
+            log.warning("%s", w)
+        session_id = new_session_id(at)
+        window_start = at - int(pre * 1e9)
+        header = {"session_id": session_id, "device_id": self.device_id,
+                  "labels": list(labels), "journey_id": journey,
+                  "started_at": iso_utc(window_start), "window_start_ns": window_start,
+                  "trigger": {"source": ev.trigger.source, "detail": ev.trigger.detail},
+                  "pre_trigger_s": pre,
+                  "sensors": [{"name": x.name, "driver": x.driver, "rate_hz": x.rate_hz}
+                              for x in self.sources]}
+        try:
+            path = self.store.begin(session_id, header, SESSION_RESERVE_BYTES)
+        except StoreFull as exc:
+            raise Rejected("store_full", str(exc)) from exc
+        writer = SessionWriter(path, [ChannelInfo(x.name, x.driver, x.rate_hz)
+                                      for x in self.sources])
+        session = OpenSession(
+            session_id=session_id, labels=labels, journey_id=journey, trigger=ev.trigger,
+            trigger_ns=at, window_start_ns=window_start, deadline_ns=deadline,
+            deadline_reason=why, writer=writer,
+            cursors={x.name: x.ring.seq_at(window_start) for x in self.sources},
+            samples={x.name: 0 for x in self.sources},
+            overrun={x.name: 0 for x in self.sources}, warnings=warnings)
+        with self._lock:
+            self.sessions[session_id] = session
+            self.warnings = (self.warnings + warnings)[-10:]
+        log.info("session %s started by %s%s, labels [%s], journey %s", session_id,
+                 ev.trigger.source, f" ({ev.trigger.detail})" if ev.trigger.detail else "",
+                 ", ".join(labels), journey)
+        reply = ok(session_id=session_id, journey_id=journey, labels=list(labels))
+        if warnings:
+            reply["warnings"] = warnings
+        return reply
+
+    def _request_stop(self, ev: StopRequested) -> Reply:
+        now = self.clock()
+        at = ev.at_ns if ev.at_ns is not None else now
+        if ev.session_id is not None:
+            session = self.sessions.get(ev.session_id)
+            if session is None or session.stop_ns is not None:
+                raise Rejected("no_such_session",
+                               f"no session {ev.session_id!r} is recording; see the status "
+                               "command for the open ones")
+            targets = [session]
+        else:
+            targets = [s for s in self.sessions.values() if s.stop_ns is None]
+        for s in targets:
+            self._mark_stop(s, at, ev.reason)
+        return ok(stopped=[s.session_id for s in targets])
+
+    def _mark_stop(self, s: OpenSession, at_ns: int, reason: str) -> None:
+        s.stop_ns = max(s.window_start_ns, at_ns)
+        s.stop_reason = reason
+
+    # --- moving samples (recorder thread) ---------------------------------------------
+    def pump(self) -> None:
+        """Copy new samples into every open session; stop and finalise those that are due."""
+        now = self.clock()
+        encoded: dict[tuple[str, int, int], bytes] = {}  # blocks shared by overlapping sessions
+        for s in list(self.sessions.values()):
+            if s.stop_ns is None and s.deadline_ns is not None and now >= s.deadline_ns:
+                self._mark_stop(s, s.deadline_ns, s.deadline_reason)
+            caught_up = True
+            for src in self.sources:
+                blocks, missed = src.ring.read(s.cursors[src.name], s.window_start_ns,
+                                               s.stop_ns)
+                if missed:
+                    s.overrun[src.name] += missed
+                    log.warning("session %s: %d %s samples were evicted from the ring before "
+                                "they could be written", s.session_id, missed, src.name)
+                for block in blocks:
+                    key = (src.name, block.first_seq, len(block))
+                    data = encoded.get(key)
+                    if data is None:
+                        data = encoded[key] = encode_block(block)
+                    s.writer.write(src.name, block.t_ns[0], data)
+                    s.samples[src.name] += len(block)
+                if blocks:
+                    s.cursors[src.name] = blocks[-1].end_seq
+                elif missed:
+                    s.cursors[src.name] = src.ring.oldest_seq
+                if s.stop_ns is not None:
+                    newest = src.ring.newest_t_ns()
+                    caught_up &= newest is not None and newest >= s.stop_ns
+            if s.stop_ns is not None and (caught_up or now - s.stop_ns > STOP_GRACE_NS):
+                self._finalise(s)
+            elif time.monotonic() - s.last_flush_s >= FLUSH_INTERVAL_S:
+                s.writer.flush()
+                s.last_flush_s = time.monotonic()
+
+    def _finalise(self, s: OpenSession) -> None:
+        assert s.stop_ns is not None and s.stop_reason is not None
+        sensors = []
+        for src in self.sources:
+            gaps = src.ring.gaps_between(s.window_start_ns, s.stop_ns)
+            lost = sum(_overlap_lost(g.start_ns, g.end_ns, g.lost, s.window_start_ns, s.stop_ns)
+                       for g in gaps)
+            sensors.append({"name": src.name, "driver": src.driver, "rate_hz": src.rate_hz,
+                            "samples": s.samples[src.name],
+                            "dropped": lost + s.overrun[src.name],
+                            "gaps": [g.as_dict() for g in gaps]})
+        manifest: dict[str, Any] = {
+            "session_id": s.session_id, "device_id": self.device_id,
+            "labels": list(s.labels), "journey_id": s.journey_id,
+            "started_at": iso_utc(s.window_start_ns), "stopped_at": iso_utc(s.stop_ns),
+            "duration_s": round((s.stop_ns - s.window_start_ns) / 1e9, 6),
+            "stop_reason": s.stop_reason,
+            "trigger": {"source": s.trigger.source, "detail": s.trigger.detail},
+            "pre_trigger_s": round((s.trigger_ns - s.window_start_ns) / 1e9, 6),
+            "sensors": sensors, "format": "mcap", "recorder_version": __version__,
+        }
+        if s.warnings:
+            manifest["warnings"] = s.warnings
+        try:
+            s.writer.finish(manifest)
+            manifest = self.store.complete(s.session_id, manifest)
+        except OSError as exc:
+            log.error("session %s: could not finalise its file (%s); it stays in "
+                      "recording/ and is recovered at the next start", s.session_id, exc)
+            s.writer.abort()
+            with self._lock:
+                del self.sessions[s.session_id]
+            return
+        with self._lock:
+            del self.sessions[s.session_id]
+            self.completed += 1
+        log.info("session %s complete: %s, %.1f s, %s", s.session_id, s.stop_reason,
+                 manifest["duration_s"],
+                 ", ".join(f"{x['name']} {x['samples']} samples ({x['dropped']} dropped)"
+                           for x in sensors))
+        self.on_complete(manifest)
+
+    # --- the worker ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_pump = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                event = self._events.get(timeout=max(0.0, next_pump - time.monotonic()))
+                self.handle(event)
+            except queue.Empty:
+                pass
+            if time.monotonic() >= next_pump:
+                try:
+                    self.pump()
+                except Exception:
+                    log.exception("recorder: pump failed")
+                next_pump = time.monotonic() + PUMP_INTERVAL_S
+            self.last_loop_s = time.monotonic()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def close(self, reason: str = "shutdown", timeout_s: float = 3.0) -> None:
+        """Stop every open session with ``reason`` and finalise them; then stop the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        while not self._events.empty():  # answer what is still queued
+            self.handle(self._events.get_nowait())
+        now = self.clock()
+        for s in self.sessions.values():
+            if s.stop_ns is None:
+                self._mark_stop(s, now, reason)
+        deadline = time.monotonic() + STOP_GRACE_NS / 1e9 + 0.5
+        while self.sessions and time.monotonic() < deadline:
+            self.pump()
+            if self.sessions:
+                time.sleep(0.02)
+        for s in list(self.sessions.values()):  # grace passed: finalise with what we have
+            self._finalise(s)
+
+
+def _overlap_lost(g_start: int, g_end: int, lost: int, w_start: int, w_end: int) -> int:
+    """The share of a gap's lost samples that fell inside a session's window."""
+    span = max(1, g_end - g_start)
+    inside = max(0, min(g_end, w_end) - max(g_start, w_start))
+    return round(lost * inside / span)

@@ -1,0 +1,117 @@
+"""The device store: every session on disk from its first sample until the broker has it.
+
+Layout under ``storage.dir`` (a session's state is the directory its manifest is in)::
+
+    recording/{id}.mcap  {id}.json   being written; the JSON holds what is known at start
+    outbox/{id}.mcap     {id}.json   complete, waiting to be published
+    published/{id}.mcap  {id}.json   acknowledged by the broker; kept for local lookup
+
+Every state change is a rename followed by a directory fsync. Published sessions are
+deleted oldest first when ``storage.max_bytes`` needs the room; unpublished ones never
+are: a full store refuses new sessions instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from edge_recorder.errors import StoreFull
+from edge_recorder.fsutil import move_durable, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+RECORDING, OUTBOX, PUBLISHED = "recording", "outbox", "published"
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """Size in bytes and sha256 hex of a file."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+class DeviceStore:
+    def __init__(self, root: Path, max_bytes: int, *, part_bytes: int = 131072) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.part_bytes = part_bytes
+        self.refused = 0
+        for state in (RECORDING, OUTBOX, PUBLISHED):
+            (root / state).mkdir(parents=True, exist_ok=True)
+
+    def path(self, state: str, session_id: str, suffix: str = ".mcap") -> Path:
+        return self.root / state / f"{session_id}{suffix}"
+
+    # --- recording -> outbox -> published ---------------------------------------------
+    def begin(self, session_id: str, header: dict[str, Any], reserve_bytes: int = 0) -> Path:
+        """Reserve room and record that a session started; return the path to write it to."""
+        self.make_room(reserve_bytes)
+        write_json_atomic(self.path(RECORDING, session_id, ".json"), header)
+        return self.path(RECORDING, session_id)
+
+    def complete(self, session_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The session file is finished: add size, sha256 and part count; queue it."""
+        src = self.path(RECORDING, session_id)
+        size, digest = file_digest(src)
+        manifest = dict(manifest, bytes=size, sha256=digest,
+                        parts=max(1, math.ceil(size / self.part_bytes)))
+        move_durable(src, self.path(OUTBOX, session_id))
+        write_json_atomic(self.path(OUTBOX, session_id, ".json"), manifest)
+        self.path(RECORDING, session_id, ".json").unlink(missing_ok=True)
+        return manifest
+
+    def pending(self) -> list[str]:
+        """Session ids waiting to be published, oldest first."""
+        return sorted(p.stem for p in (self.root / OUTBOX).glob("*.json"))
+
+    def manifest(self, session_id: str, state: str = OUTBOX) -> dict[str, Any]:
+        return dict(json.loads(self.path(state, session_id, ".json").read_text()))
+
+    def mark_published(self, session_id: str) -> None:
+        move_durable(self.path(OUTBOX, session_id), self.path(PUBLISHED, session_id))
+        move_durable(self.path(OUTBOX, session_id, ".json"),
+                     self.path(PUBLISHED, session_id, ".json"))
+
+    def unfinished(self) -> list[str]:
+        """Sessions that were recording when the daemon last stopped."""
+        return sorted(p.stem for p in (self.root / RECORDING).glob("*.json"))
+
+    # --- room ---------------------------------------------------------------------------
+    def _files(self, state: str) -> list[Path]:
+        return sorted(p for p in (self.root / state).iterdir() if not p.name.startswith("."))
+
+    def used_bytes(self) -> int:
+        return sum(p.stat().st_size for s in (RECORDING, OUTBOX, PUBLISHED)
+                   for p in self._files(s))
+
+    def backlog(self) -> dict[str, int]:
+        files = [p for p in self._files(OUTBOX) if p.suffix == ".mcap"]
+        return {"sessions": len(files), "bytes": sum(p.stat().st_size for p in files)}
+
+    def make_room(self, need_bytes: int) -> None:
+        """Delete published sessions, oldest first, until ``need_bytes`` fit; else StoreFull."""
+        used = self.used_bytes()
+        published = sorted({p.stem for p in self._files(PUBLISHED)})
+        while used + need_bytes > self.max_bytes and published:
+            sid = published.pop(0)
+            for suffix in (".json", ".mcap"):
+                p = self.path(PUBLISHED, sid, suffix)
+                if p.exists():
+                    used -= p.stat().st_size
+                    p.unlink()
+            log.info("store: deleted published session %s to make room", sid)
+        if used + need_bytes > self.max_bytes:
+            self.refused += 1
+            raise StoreFull(
+                f"storage is full: {used} of {self.max_bytes} bytes hold sessions not yet "
+                "published; new sessions are refused until the broker takes them "
+                "(or raise storage.max_bytes)")

@@ -1,0 +1,1 @@
+"""Fixed-rate sampling: one loop per bus draining FIFOs into a bounded ring per sensor."""

@@ -1,0 +1,144 @@
+"""A bounded ring of timestamped samples per sensor, shared by every open session.
+
+Samples arrive in blocks (one FIFO drain each) and get consecutive sequence numbers.
+Sessions are windows over the ring: each keeps a cursor (the next sequence number it
+wants) and copies blocks out as they arrive, so overlapping sessions contain the very
+same samples. The oldest blocks are evicted when the ring holds more than its capacity;
+a cursor that falls behind the eviction learns exactly how many samples it missed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Block:
+    """Consecutive samples: ``t_ns[i]`` and ``columns[c][i]`` are sequence ``first_seq + i``."""
+
+    first_seq: int
+    t_ns: list[int]
+    columns: tuple[list[float], ...]
+
+    def __len__(self) -> int:
+        return len(self.t_ns)
+
+    @property
+    def end_seq(self) -> int:
+        return self.first_seq + len(self.t_ns)
+
+    def slice(self, start_seq: int, start_ns: int | None = None,
+              stop_before_ns: int | None = None) -> Block:
+        """The samples from ``start_seq`` on, within ``[start_ns, stop_before_ns)`` if given."""
+        lo = max(0, start_seq - self.first_seq)
+        hi = len(self.t_ns)
+        if start_ns is not None and lo < hi and self.t_ns[lo] < start_ns:
+            lo = bisect.bisect_left(self.t_ns, start_ns, lo, hi)
+        if stop_before_ns is not None:
+            hi = max(lo, bisect.bisect_left(self.t_ns, stop_before_ns, lo, hi))
+        if lo == 0 and hi == len(self.t_ns):
+            return self
+        return Block(self.first_seq + lo, self.t_ns[lo:hi], tuple(c[lo:hi] for c in self.columns))
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An interval without data: ``lost`` samples between ``start_ns`` and ``end_ns``."""
+
+    start_ns: int
+    end_ns: int
+    lost: int
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"start_ns": self.start_ns, "end_ns": self.end_ns, "lost": self.lost,
+                "reason": self.reason}
+
+
+class SampleRing:
+    """Thread-safe: the sampler appends, the recorder reads."""
+
+    def __init__(self, capacity_samples: int, max_gaps: int = 1000) -> None:
+        if capacity_samples < 1:
+            raise ValueError("capacity_samples must be at least 1")
+        self.capacity_samples = capacity_samples
+        self._blocks: deque[Block] = deque()
+        self._held = 0
+        self._next_seq = 0
+        self._gaps: deque[Gap] = deque(maxlen=max_gaps)
+        self._lock = threading.Lock()
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def oldest_seq(self) -> int:
+        with self._lock:
+            return self._blocks[0].first_seq if self._blocks else self._next_seq
+
+    def newest_t_ns(self) -> int | None:
+        with self._lock:
+            return self._blocks[-1].t_ns[-1] if self._blocks else None
+
+    def append(self, t_ns: list[int], columns: tuple[list[float], ...]) -> None:
+        if not t_ns:
+            return
+        with self._lock:
+            block = Block(self._next_seq, t_ns, columns)
+            self._blocks.append(block)
+            self._next_seq += len(t_ns)
+            self._held += len(t_ns)
+            while self._held - len(self._blocks[0]) >= self.capacity_samples:
+                self._held -= len(self._blocks.popleft())
+
+    def add_gap(self, gap: Gap) -> None:
+        with self._lock:
+            self._gaps.append(gap)
+
+    def gaps_between(self, start_ns: int, end_ns: int) -> list[Gap]:
+        """Gaps overlapping ``[start_ns, end_ns)``."""
+        with self._lock:
+            return [g for g in self._gaps if g.end_ns > start_ns and g.start_ns < end_ns]
+
+    def read(self, from_seq: int, start_ns: int | None = None,
+             stop_before_ns: int | None = None) -> tuple[list[Block], int]:
+        """Blocks holding sequence ``from_seq`` onwards (samples in ``[start_ns,
+        stop_before_ns)`` only), and how many samples before them were evicted unread
+        (a reader that fell behind). A sample is read after it was taken, so a window
+        opened now may still receive samples older than its start: ``start_ns`` drops them."""
+        with self._lock:
+            if not self._blocks:
+                return [], max(0, self._next_seq - from_seq)
+            oldest = self._blocks[0].first_seq
+            start = max(from_seq, oldest)
+            picked: list[Block] = []
+            for block in reversed(self._blocks):  # readers are usually near the newest end
+                if block.end_seq <= start:
+                    break
+                picked.append(block)
+        missed = max(0, oldest - from_seq)
+        out = []
+        for block in reversed(picked):
+            part = block.slice(start, start_ns, stop_before_ns)
+            if len(part):
+                out.append(part)
+            elif part.first_seq >= block.end_seq:
+                continue  # the whole block is before start_ns
+            if part.end_seq < block.end_seq:
+                break  # reached stop_before_ns
+        return out, missed
+
+    def seq_at(self, t_ns: int) -> int:
+        """Sequence number of the first sample at or after ``t_ns`` (for pre-trigger windows)."""
+        with self._lock:
+            blocks = list(self._blocks)
+            next_seq = self._next_seq
+        for block in reversed(blocks):
+            if block.t_ns[0] < t_ns:
+                i = bisect.bisect_left(block.t_ns, t_ns)
+                return block.first_seq + i
+        return blocks[0].first_seq if blocks else next_seq

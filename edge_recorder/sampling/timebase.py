@@ -1,0 +1,114 @@
+"""Per-sample timestamps from FIFO read times and the frame count.
+
+A chip's FIFO only tells us how many frames it holds, not when each was sampled. We
+know that frame ``k`` (counted since the FIFO started) was the newest one when we read
+the count at time ``t``, so it was sampled within one period before ``t``. Fitting a
+straight line ``t(k) = a + P·k`` to those observations (least squares, exponentially
+forgetting old ones with time constant ``window_s``) gives both the chip's true period
+``P`` (its oscillator may be a few percent off nominal) and the phase, so timestamps
+follow the real sampling instants without drifting over hours.
+"""
+
+from __future__ import annotations
+
+import math
+
+MIN_SPREAD_FRAMES = 50  # below this, the fit is phase-only with the last known period
+MAX_RATE_ERROR = 0.1  # an estimate outside ±10 % of nominal is rejected as nonsense
+
+
+class FrameTimebase:
+    """Maps frame index → sampling instant (ns since the epoch) for one sensor."""
+
+    def __init__(self, nominal_period_ns: float, *, window_s: float = 60.0) -> None:
+        self.nominal_period_ns = nominal_period_ns
+        self.period_ns = nominal_period_ns
+        self.window_ns = window_s * 1e9
+        self.next_frame = 0  # index the next frame read will get
+        self._last_ts: int | None = None
+        self._reset_fit()
+
+    def _reset_fit(self) -> None:
+        # Sums over (x, y) = (frame - k0, t - t0), weighted; the origin follows the data.
+        self._k0 = 0
+        self._t0 = 0
+        self._s0 = self._sx = self._sxx = self._sy = self._sxy = 0.0
+        self._last_obs_ns: int | None = None
+        self._intercept: float | None = None  # fitted t at k0, relative to t0
+
+    def stamp(self, frames: int, read_ns: int) -> list[int]:
+        """Timestamps for ``frames`` new frames whose newest was present at ``read_ns``."""
+        if frames <= 0:
+            return []
+        first = self.next_frame
+        newest = first + frames - 1
+        self.next_frame += frames
+        self._observe(newest, read_ns)
+        assert self._intercept is not None
+        p = self.period_ns
+        base = self._t0 + self._intercept + (first - self._k0) * p
+        out = [int(base + i * p) for i in range(frames)]
+        floor = (self._last_ts or 0) + p / 2  # never step backwards between reads
+        if out[0] < floor:
+            shift = int(floor - out[0])
+            out = [t + shift for t in out]
+        # and never into the future: frame ``newest`` cannot postdate the read
+        if out[-1] > read_ns:
+            shift = out[-1] - read_ns
+            out = [t - shift for t in out]
+        self._last_ts = out[-1]
+        return out
+
+    def skip(self, frames: int, *, resync: bool = True) -> None:
+        """``frames`` were lost (overflow, outage); with ``resync`` the phase is re-learnt."""
+        self.next_frame += max(0, frames)
+        if resync:
+            period = self.period_ns
+            self._reset_fit()
+            self.period_ns = period
+
+    def _observe(self, k: int, t_ns: int) -> None:
+        # The newest frame was sampled uniformly within one period before the read.
+        y_abs = t_ns - self.period_ns / 2
+        if self._last_obs_ns is None:
+            self._k0, self._t0 = k, int(y_abs)
+        else:
+            decay = math.exp(-(t_ns - self._last_obs_ns) / self.window_ns)
+            self._s0 *= decay
+            self._sx *= decay
+            self._sxx *= decay
+            self._sy *= decay
+            self._sxy *= decay
+            self._move_origin(k, int(y_abs))
+        self._last_obs_ns = t_ns
+        x, y = float(k - self._k0), y_abs - self._t0
+        self._s0 += 1
+        self._sx += x
+        self._sxx += x * x
+        self._sy += y
+        self._sxy += x * y
+        self._solve()
+
+    def _move_origin(self, k: int, t: int) -> None:
+        dk, dt = float(k - self._k0), float(t - self._t0)
+        s0, sx, sy = self._s0, self._sx, self._sy
+        self._sxy = self._sxy - dk * sy - dt * sx + dk * dt * s0
+        self._sxx = self._sxx - 2 * dk * sx + dk * dk * s0
+        self._sx = sx - dk * s0
+        self._sy = sy - dt * s0
+        self._k0, self._t0 = k, t
+
+    def _solve(self) -> None:
+        s0 = self._s0
+        mean_x, mean_y = self._sx / s0, self._sy / s0
+        var_x = self._sxx / s0 - mean_x * mean_x
+        if var_x > MIN_SPREAD_FRAMES**2:
+            slope = (self._sxy / s0 - mean_x * mean_y) / var_x
+            if abs(slope / self.nominal_period_ns - 1) <= MAX_RATE_ERROR:
+                self.period_ns = slope
+        self._intercept = mean_y - self.period_ns * mean_x
+
+    @property
+    def rate_hz(self) -> float:
+        """The chip's estimated true output rate."""
+        return 1e9 / self.period_ns

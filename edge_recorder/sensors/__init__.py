@@ -1,0 +1,1 @@
+"""Sensor layer: the I2C bus protocol, one driver module per chip family, chip emulators."""

@@ -1,0 +1,116 @@
+"""What every IMU driver offers the sampler, and the capability tables the config checks.
+
+A driver configures its chip, then hands over whatever the chip's FIFO holds, decoded
+into SI units: accelerations in m/s², angular rates in rad/s, temperature in °C. It
+does not timestamp: the sampler does, from the read time and the frame count.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from edge_recorder.errors import SensorNotFound
+from edge_recorder.sensors.bus import I2CBus
+
+STANDARD_GRAVITY_MPS2 = 9.80665
+DEG_TO_RAD = math.pi / 180.0
+CHANNELS: tuple[str, ...] = ("ax", "ay", "az", "gx", "gy", "gz", "temp_c")
+
+
+@dataclass(frozen=True)
+class FifoRead:
+    """One drain of a chip's FIFO.
+
+    ``columns`` holds one list per channel in :data:`CHANNELS` order, ``frames`` long.
+    ``overflowed`` means the chip lost data before this read; the driver has already
+    reset its FIFO, and the sampler estimates and records how many frames were lost.
+    """
+
+    columns: tuple[list[float], ...]
+    frames: int
+    overflowed: bool = False
+
+
+class ImuDriver(ABC):
+    """Base class of the chip drivers: capability tables plus ``start`` and ``read_fifo``."""
+
+    name: ClassVar[str]
+    default_address: ClassVar[int]
+    addresses: ClassVar[tuple[int, ...]]
+    who_am_i_register: ClassVar[int]
+    chip_ids: ClassVar[dict[int, str]]
+    rates_hz: ClassVar[tuple[float, ...]]
+    accel_ranges_g: ClassVar[tuple[int, ...]]
+    gyro_ranges_dps: ClassVar[tuple[int, ...]]
+    fifo_bytes: ClassVar[int]
+    frame_bytes: ClassVar[int]
+    default_rate_hz: ClassVar[float] = 200
+    default_accel_range_g: ClassVar[int] = 4
+    default_gyro_range_dps: ClassVar[int] = 500
+
+    def __init__(
+        self,
+        bus: I2CBus,
+        address: int,
+        *,
+        rate_hz: float,
+        accel_range_g: int,
+        gyro_range_dps: int,
+        bus_name: str = "?",
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.bus = bus
+        self.address = address
+        self.rate_hz = rate_hz
+        self.accel_range_g = accel_range_g
+        self.gyro_range_dps = gyro_range_dps
+        self.bus_name = bus_name
+        self.sleep = sleep
+        self.variant = ""
+
+    @property
+    def fifo_frames(self) -> int:
+        """How many frames the FIFO holds before it overflows."""
+        return self.fifo_bytes // self.frame_bytes
+
+    def identify(self) -> str:
+        """Read WHO_AM_I; return the chip variant or raise :class:`SensorNotFound`."""
+        try:
+            value = self.bus.read(self.address, self.who_am_i_register, 1)[0]
+        except OSError as exc:
+            raise SensorNotFound(
+                f"no {self.name} answered on I2C bus {self.bus_name} at address "
+                f"0x{self.address:02x} ({exc}); check your wiring and the address"
+            ) from exc
+        variant = self.chip_ids.get(value)
+        if variant is None:
+            expected = ", ".join(f"0x{k:02x} ({v})" for k, v in self.chip_ids.items())
+            raise SensorNotFound(
+                f"the chip on I2C bus {self.bus_name} at 0x{self.address:02x} says WHO_AM_I="
+                f"0x{value:02x}, expected {expected} for driver {self.name}; "
+                "check your wiring and the driver name"
+            )
+        self.variant = variant
+        return variant
+
+    def start(self) -> None:
+        """Identify, reset and configure the chip, and start its FIFO."""
+        self.identify()
+        self.configure()
+
+    @abstractmethod
+    def configure(self) -> None:
+        """Reset the chip, set rate and ranges, and start the FIFO empty."""
+
+    @abstractmethod
+    def read_fifo(self) -> FifoRead:
+        """Drain every complete frame the FIFO holds, in as few transfers as possible."""
+
+
+def empty_columns() -> tuple[list[float], ...]:
+    return tuple([] for _ in CHANNELS)

@@ -1,0 +1,208 @@
+"""The parts every emulated IMU shares: register image, a FIFO filling on a clock, faults.
+
+The FIFO fills at the rate the chip's registers select, times ``1 + clock_error``
+(real oscillators are off by up to a few percent), on the injected clock. Each frame's
+true sampling instant is kept beside it so tests can measure timestamp error exactly.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edge_recorder.sensors.emulation.motion import AtRest, Motion, Vector
+
+ACCEL_NOISE_MPS2 = 0.02
+GYRO_NOISE_RADS = 0.002
+
+
+@dataclass
+class Faults:
+    """Faults to inject. Times are on the chip's clock, in ns since the epoch."""
+
+    error_rate: float = 0.0
+    """Fraction of transactions that fail with EIO."""
+    absent: list[tuple[int, int]] = field(default_factory=list)
+    """Windows ``(start_ns, end_ns)`` during which the chip does not answer (EREMOTEIO)
+    and after which it comes back power-cycled, registers at their reset values."""
+
+
+class EmulatedChip:
+    """Base of the chip emulators; subclasses describe their registers and frame format."""
+
+    default_address: int = 0x00
+    fifo_capacity_bytes: int = 1024
+    fifo_port: int = -1
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], int] = time.time_ns,
+        clock_error: float = 0.0,
+        motion: Motion | None = None,
+        noise: bool = True,
+        seed: int = 0,
+        faults: Faults | None = None,
+    ) -> None:
+        self.clock = clock
+        self.clock_error = clock_error
+        self.motion = motion or AtRest()
+        self.noise = noise
+        self.faults = faults or Faults()
+        self.rng = random.Random(seed)
+        self.regs = bytearray(256)
+        self.fifo = bytearray()
+        self.fifo_true_ns: deque[int] = deque()  # true instant of each whole frame in the FIFO
+        self.delivered_true_ns: list[int] = []  # true instants of frames read out, in order
+        self.samples_generated = 0
+        self._next_sample_ns: float | None = None
+        self._was_absent = False
+        self.power_on_reset()
+
+    # --- what subclasses describe -------------------------------------------------
+    def power_on_reset(self) -> None:
+        """Put every register at its power-on value and empty the FIFO."""
+        self.regs[:] = bytes(256)
+        self.clear_fifo()
+        self._next_sample_ns = None
+
+    def nominal_period_ns(self) -> float | None:
+        """Sample period the registers select, or None while the chip does not sample."""
+        raise NotImplementedError
+
+    def fifo_frame(self, accel: Vector, gyro: Vector, temp_c: float) -> bytes:
+        """Encode one sample as the chip's FIFO frame (empty if the FIFO is off)."""
+        raise NotImplementedError
+
+    def update_data_registers(self, accel: Vector, gyro: Vector, temp_c: float) -> None:
+        """Latch a sample into the output data registers."""
+
+    def on_fifo_overflow(self) -> None:
+        """Set the chip's overflow flag."""
+
+    def read_register(self, register: int) -> int:
+        """One byte, with the chip's read side effects (clear-on-read, counters)."""
+        return self.regs[register]
+
+    def write_register(self, register: int, value: int) -> None:
+        self.regs[register] = value
+
+    def next_register(self, register: int) -> int:
+        """Auto-increment for burst reads (FIFO ports do not advance)."""
+        return register if register == self.fifo_port else (register + 1) & 0xFF
+
+    # --- the bus side ----------------------------------------------------------------
+    def present(self, now_ns: int) -> bool:
+        absent = any(start <= now_ns < end for start, end in self.faults.absent)
+        if absent:
+            self._was_absent = True
+        elif self._was_absent:
+            self._was_absent = False
+            self.power_on_reset()  # came back after losing power
+        return not absent
+
+    def read(self, register: int, length: int) -> bytes:
+        self.advance()
+        if register == self.fifo_port:
+            return self.pop_fifo(length)
+        out = bytearray()
+        for _ in range(length):
+            out.append(self.read_register(register))
+            register = self.next_register(register)
+        return bytes(out)
+
+    def write(self, register: int, value: int) -> None:
+        self.advance()
+        self.write_register(register, value & 0xFF)
+
+    # --- FIFO and sampling ------------------------------------------------------------
+    def clear_fifo(self) -> None:
+        self.fifo.clear()
+        self.fifo_true_ns.clear()
+
+    def pop_fifo(self, length: int) -> bytes:
+        data = bytes(self.fifo[:length])
+        del self.fifo[:length]
+        frame = self.frame_size()
+        if frame:
+            whole = min(len(data) // frame, len(self.fifo_true_ns))
+            for _ in range(whole):
+                self.delivered_true_ns.append(self.fifo_true_ns.popleft())
+        return data + b"\xff" * (length - len(data))
+
+    def frame_size(self) -> int:
+        return len(self.fifo_frame((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 25.0))
+
+    def restart_sampling(self) -> None:
+        """Rate or power changed: the next sample comes one new period from now."""
+        self._next_sample_ns = None
+
+    def advance(self) -> None:
+        """Generate every sample due up to the clock's now."""
+        period = self.nominal_period_ns()
+        now = self.clock()
+        if period is None:
+            self._next_sample_ns = None
+            return
+        period /= 1.0 + self.clock_error
+        if self._next_sample_ns is None:
+            self._next_sample_ns = now + period
+            return
+        if now < self._next_sample_ns:
+            return
+        due = int((now - self._next_sample_ns) // period) + 1
+        frame = max(self.frame_size(), 1)
+        keep = self.fifo_capacity_bytes // frame + 1
+        if due > keep:  # a stalled reader: all but the last FIFO-full are lost anyway
+            skipped = due - keep
+            self._next_sample_ns += skipped * period
+            self.samples_generated += skipped
+            if self.fifo_frame((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 25.0):
+                self.clear_fifo()
+                self.on_fifo_overflow()
+            due = keep
+        for _ in range(due):
+            self._sample(int(self._next_sample_ns))
+            self._next_sample_ns += period
+
+    def _sample(self, t_ns: int) -> None:
+        accel, gyro = self.motion(t_ns / 1e9)
+        temp_c = 25.0
+        if self.noise:
+            g = self.rng.gauss
+            accel = (
+                accel[0] + g(0, ACCEL_NOISE_MPS2),
+                accel[1] + g(0, ACCEL_NOISE_MPS2),
+                accel[2] + g(0, ACCEL_NOISE_MPS2),
+            )
+            gyro = (
+                gyro[0] + g(0, GYRO_NOISE_RADS),
+                gyro[1] + g(0, GYRO_NOISE_RADS),
+                gyro[2] + g(0, GYRO_NOISE_RADS),
+            )
+            temp_c += g(0, 0.05)
+        self.samples_generated += 1
+        self.update_data_registers(accel, gyro, temp_c)
+        frame = self.fifo_frame(accel, gyro, temp_c)
+        if not frame:
+            return
+        self.fifo += frame
+        self.fifo_true_ns.append(t_ns)
+        excess = len(self.fifo) - self.fifo_capacity_bytes
+        if excess > 0:  # the oldest bytes are overwritten: frames lose their alignment
+            del self.fifo[:excess]
+            while len(self.fifo_true_ns) * len(frame) > len(self.fifo):
+                self.fifo_true_ns.popleft()
+            self.on_fifo_overflow()
+
+
+def clamp_i16(value: float) -> int:
+    return max(-32768, min(32767, round(value)))
+
+
+def bus_error(code: int, what: str) -> OSError:
+    return OSError(code, f"{errno.errorcode.get(code, code)}: {what}")

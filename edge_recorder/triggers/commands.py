@@ -1,0 +1,131 @@
+"""The JSON command protocol (SPEC §4): parsing, validation, and the error codes.
+
+Every payload gets exactly one reply. Error codes (``error.code`` in a reply):
+
+==========================  ==========================================================
+``payload_too_large``       the payload is over 16 KiB
+``invalid_json``            the payload is not UTF-8 JSON
+``invalid_command``         not a JSON object, no ``cmd``, or an unknown ``cmd``
+``unknown_field``           a field this command does not take
+``invalid_field``           a field of the wrong type or out of range
+``invalid_labels``          labels break the limits (count, length, characters)
+``label_not_allowed``       a label outside ``session.allowed_labels``
+``too_many_sessions``       ``session.max_concurrent`` sessions are already open
+``pre_trigger_too_long``    ``pre_trigger_s`` beyond ``buffer.seconds``
+``duration_too_long``       ``duration_s`` beyond ``session.max_duration_s``
+``no_such_session``         ``stop`` names a session that is not recording
+``store_full``              the store holds only unpublished sessions; nothing fits
+``internal_error``          a bug; the daemon logged it and keeps running
+==========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from edge_recorder.config import MAX_JOURNEY_ID_CHARS
+from edge_recorder.recording.events import (
+    UNSET,
+    Event,
+    Rejected,
+    ReplyFn,
+    StartRequested,
+    StatusRequested,
+    StopRequested,
+    Trigger,
+)
+
+MAX_COMMAND_BYTES = 16 * 1024
+MAX_REQUEST_ID_CHARS = 128
+
+FIELDS: dict[str, tuple[str, ...]] = {
+    "start": ("labels", "journey_id", "duration_s", "pre_trigger_s"),
+    "stop": ("session_id",),
+    "status": (),
+}
+
+
+def request_id_of(payload: bytes) -> Any:
+    """The request_id of a payload, if it has a usable one (for error replies)."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if isinstance(doc, dict):
+        rid = doc.get("request_id")
+        if _valid_request_id(rid):
+            return rid
+    return None
+
+
+def _valid_request_id(rid: Any) -> bool:
+    return (isinstance(rid, str) and len(rid) <= MAX_REQUEST_ID_CHARS) or \
+        (isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) < 2**53)
+
+
+def _number(doc: dict[str, Any], key: str, *, allow_null: bool, positive: bool) -> Any:
+    if key not in doc:
+        return UNSET
+    v = doc[key]
+    if v is None and allow_null:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise Rejected("invalid_field", f"{key} must be a number of seconds"
+                       + (" or null" if allow_null else "") + f", got {json.dumps(v)[:40]}")
+    if v < 0 or (positive and v == 0):
+        bound = "greater than" if positive else "at least"
+        raise Rejected("invalid_field", f"{key} must be {bound} 0, got {v}")
+    return float(v)
+
+
+def parse_command(payload: bytes, *, source: str, reply: ReplyFn | None = None) -> Event:
+    """Turn a command payload into an event, or raise :class:`Rejected` saying what to fix."""
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise Rejected("payload_too_large",
+                       f"command is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise Rejected("invalid_json", f"the command is not valid JSON ({exc}); send an "
+                       "object such as {\"cmd\": \"status\"}") from None
+    if not isinstance(doc, dict):
+        raise Rejected("invalid_command", "the command must be a JSON object with a \"cmd\" "
+                       "field, e.g. {\"cmd\": \"status\"}")
+    cmd = doc.get("cmd")
+    if not isinstance(cmd, str) or cmd not in FIELDS:
+        raise Rejected("invalid_command", f"\"cmd\" must be one of {', '.join(FIELDS)}; got "
+                       f"{json.dumps(cmd)[:40]}")
+    if "request_id" in doc and not _valid_request_id(doc["request_id"]):
+        raise Rejected("invalid_field", f"request_id must be a string of at most "
+                       f"{MAX_REQUEST_ID_CHARS} characters or an integer")
+    unknown = [k for k in doc if k not in FIELDS[cmd] and k not in ("cmd", "request_id")]
+    if unknown:
+        raise Rejected("unknown_field", f"{cmd} does not take {', '.join(map(repr, unknown))}; "
+                       f"its fields are: {', '.join(FIELDS[cmd]) or '(none)'}")
+    trigger = Trigger("mqtt", source)
+    if cmd == "status":
+        return StatusRequested(reply=reply)
+    if cmd == "stop":
+        sid = doc.get("session_id")
+        if sid is not None and not isinstance(sid, str):
+            raise Rejected("invalid_field", "session_id must be a string")
+        return StopRequested(trigger, session_id=sid, reason="command", reply=reply)
+    labels = doc.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise Rejected("invalid_labels", "labels must be a list of strings")
+    journey = doc.get("journey_id", UNSET)
+    if journey is not UNSET and journey is not None and (
+            not isinstance(journey, str) or not 1 <= len(journey) <= MAX_JOURNEY_ID_CHARS):
+        raise Rejected("invalid_field", f"journey_id must be a string of 1-"
+                       f"{MAX_JOURNEY_ID_CHARS} characters, or null for no journey")
+    pre = _number(doc, "pre_trigger_s", allow_null=False, positive=False)
+    return StartRequested(
+        trigger,
+        labels=tuple(labels),
+        journey_id=journey,
+        duration_s=_number(doc, "duration_s", allow_null=True, positive=True),
+        pre_trigger_s=None if pre is UNSET else pre,
+        reply=reply,
+    )
