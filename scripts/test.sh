@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run the test suite against a real Mosquitto (installed from Debian's packages if missing).
+set -euo pipefail
+source "$(dirname "$0")/setup.sh"
+need_mosquitto
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,206 @@
+"""Fixtures: a real Mosquitto on a free loopback port, the daemon as a subprocess, an
+MQTT test client. No mocks of the broker: every MQTT test talks to Mosquitto."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def find_mosquitto() -> str:
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail("mosquitto is not installed: the tests need a real broker "
+                "(sudo apt-get install mosquitto, or run `make test`, which installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class Broker:
+    """A Mosquitto process with persistence, restartable on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = find_mosquitto()
+        self.port = free_port()
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"persistence true\npersistence_location {workdir}/\n"
+            "max_queued_messages 10000\nlog_dest stderr\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)],
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(self.workdir / "broker.log", "ab"))
+        def accepting() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return True
+            except OSError:
+                return False
+        wait_until(accepting, 10, f"mosquitto on port {self.port}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "broker")
+    b.start()
+    yield b
+    b.stop()
+
+
+class Client:
+    """An MQTT 5 test client that records everything it receives."""
+
+    def __init__(self, port: int, client_id: str = "") -> None:
+        self.messages: list[paho.MQTTMessage] = []
+        self.lock = threading.Lock()
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=paho.MQTTv5)
+        self.c.on_message = self._on_message
+        connected = threading.Event()
+        self.c.on_connect = lambda *a: connected.set()
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        assert connected.wait(5), "test client could not connect"
+
+    def _on_message(self, client: Any, userdata: Any, msg: paho.MQTTMessage) -> None:
+        with self.lock:
+            self.messages.append(msg)
+
+    def subscribe(self, topic: str) -> None:
+        done = threading.Event()
+        self.c.on_subscribe = lambda *a: done.set()
+        self.c.subscribe(topic, qos=1)
+        assert done.wait(5)
+
+    def publish(self, topic: str, payload: bytes | str, **kw: Any) -> None:
+        self.c.publish(topic, payload, qos=1, **kw).wait_for_publish(5)
+
+    def received(self, topic: str) -> list[paho.MQTTMessage]:
+        with self.lock:
+            return [m for m in self.messages if paho.topic_matches_sub(topic, m.topic)]
+
+    def json_on(self, topic: str) -> list[Any]:
+        return [json.loads(m.payload) for m in self.received(topic)]
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def client(broker: Broker) -> Iterator[Client]:
+    c = Client(broker.port)
+    yield c
+    c.close()
+
+
+def base_config(tmp_path: Path, port: int, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "device_id": "test-pi",
+        "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated", "rate_hz": 200}],
+        "session": {"duration_s": None, "journey_id": "auto"},
+        "triggers": {"mqtt": True},
+        "mqtt": {"host": "127.0.0.1", "port": port},
+        "storage": {"dir": str(tmp_path / "device-store"), "max_bytes": 100 << 20},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge_recorder", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
+
+
+class Process:
+    """An edge-recorder subprocess (daemon or collector) with its log captured."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc = subprocess.Popen([sys.executable, "-m", "edge_recorder", *args],
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(log_path, "wb"), cwd=REPO)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout_s)
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
+    procs: list[Process] = []
+
+    def start(*args: str, name: str = "proc") -> Process:
+        p = Process(list(args), tmp_path / f"{name}-{len(procs)}.log")
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.alive():
+            p.stop(signal.SIGKILL)
+
+
+def wait_online(client: Client, device: str = "test-pi", timeout_s: float = 20) -> dict[str, Any]:
+    topic = f"edge-recorder/{device}/status"
+    client.subscribe(topic)
+    return wait_until(lambda: next((s for s in reversed(client.json_on(topic))
+                                    if s.get("online")), None), timeout_s, "daemon online")
