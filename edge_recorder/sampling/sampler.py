@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 3
 BACKOFF_MIN_S = 0.1
-BACKOFF_MAX_S = 8.0
+BACKOFF_MAX_S = 1.0  # a probe is one 1-byte read: cheap enough to try every second
 POLL_MIN_S = 0.005
 POLL_MAX_S = 0.1
 
@@ -114,7 +114,8 @@ class BusSampler:
         s.consecutive_errors = 0
         if read.overflowed:
             s.counters.overflows += 1
-            self._record_loss(s, now, "fifo_overflow")
+            since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
+            self._record_loss(s, since, now, "fifo_overflow")
         if read.frames:
             stamps = s.timebase.stamp(read.frames, now)
             s.ring.append(stamps, read.columns)
@@ -122,15 +123,14 @@ class BusSampler:
             s.counters.samples += read.frames
             s.counters.rate_hz = s.timebase.rate_hz
 
-    def _record_loss(self, s: SensorChannel, now: int, reason: str) -> None:
-        """Everything between the last sample and ``now`` is lost: count it, mark a gap."""
-        since = s.last_ts_ns if s.last_ts_ns is not None else now
-        lost = max(1, round((now - since) / s.period_ns)) if s.last_ts_ns is not None else 0
+    def _record_loss(self, s: SensorChannel, since_ns: int, now: int, reason: str) -> None:
+        """Everything sampled after ``since_ns`` until ``now`` is lost: count it, mark a gap."""
+        lost = round((now - since_ns) / s.period_ns)
         s.timebase.skip(lost)
-        if lost:
+        if lost > 0:
             s.counters.dropped += lost
             s.counters.gaps += 1
-            s.ring.add_gap(Gap(int(since + s.period_ns), now, lost, reason))
+            s.ring.add_gap(Gap(int(since_ns + s.period_ns), now, lost, reason))
             log.warning("sensor %s: %d samples lost (%s)", s.name, lost, reason)
 
     def _bus_error(self, s: SensorChannel, exc: OSError, now: int) -> None:
@@ -147,22 +147,29 @@ class BusSampler:
         s.backoff_s = BACKOFF_MIN_S
 
     def _bring_up(self, s: SensorChannel, now: int) -> None:
-        try:
-            s.driver.start()
-        except OSError as exc:
-            s.counters.bus_errors += 1
-            if str(exc) != s.counters.last_error:
+        error: OSError | None = None
+        for _attempt in range(MAX_CONSECUTIVE_ERRORS):  # one glitch must not cost a backoff
+            try:
+                s.driver.start()
+                break
+            except OSError as exc:
+                s.counters.bus_errors += 1
+                error = exc
+        else:
+            assert error is not None
+            if str(error) != s.counters.last_error:
                 log.error("sensor %s: %s (retrying every %.1f s at most)",
-                          s.name, exc, BACKOFF_MAX_S)
-            s.counters.last_error = str(exc)
+                          s.name, error, BACKOFF_MAX_S)
+            s.counters.last_error = str(error)
             s.retry_at_ns = now + int(s.backoff_s * 1e9)
             s.backoff_s = min(BACKOFF_MAX_S, s.backoff_s * 2)
-            if s.counters.state == "starting":
-                s.counters.state = "down"
+            if s.down_since_ns is None:  # never came up: the time until it does is a gap too
+                s.down_since_ns = now
+            s.counters.state = "down"
             return
         if s.down_since_ns is not None:
-            self._record_loss(s, self.clock(), "sensor_unreachable")
-            log.info("sensor %s is back (%s)", s.name, s.driver.variant)
+            self._record_loss(s, s.down_since_ns, self.clock(), "sensor_unreachable")
+            log.info("sensor %s is up (%s)", s.name, s.driver.variant)
         else:
             log.info("sensor %s: %s on bus %s at 0x%02x, %g Hz", s.name, s.driver.variant,
                      self.bus_name, s.driver.address, s.driver.rate_hz)

@@ -1,0 +1,113 @@
+"""An in-process recorder rig on a fake clock: emulated chips → sampler → rings → recorder.
+
+Everything real but the clock, so minutes of recording run in a second and timestamps
+can be compared with the emulator's true sampling instants.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_recorder.config import SessionConfig
+from edge_recorder.recording.events import Event, Reply
+from edge_recorder.recording.recorder import Recorder, SensorSource
+from edge_recorder.recording.store import DeviceStore
+from edge_recorder.sampling.ring import SampleRing
+from edge_recorder.sampling.sampler import BusSampler, SensorChannel
+from edge_recorder.sensors.emulation import EmulatedBus, EmulatedMpu6050, Faults
+from edge_recorder.sensors.mpu6050 import Mpu6050
+from edge_recorder.sessionfile import iter_batches, read_manifest
+
+T0 = 1_800_000_000_000_000_000
+
+
+class FakeClock:
+    def __init__(self, start_ns: int = T0) -> None:
+        self.now = start_ns
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1e9)
+
+
+@dataclass
+class Rig:
+    tmp_path: Path
+    rate_hz: float = 200
+    clock_error: float = 0.0
+    settings: SessionConfig = field(default_factory=lambda: SessionConfig(duration_s=None))
+    buffer_s: float = 10
+    poll_s: float = 0.02
+    jitter_s: float = 0.0
+    faults: Faults = field(default_factory=Faults)
+
+    def __post_init__(self) -> None:
+        self.clock = FakeClock()
+        self.chip = EmulatedMpu6050(clock=self.clock, clock_error=self.clock_error,
+                                    faults=self.faults)
+        self.bus = EmulatedBus({0x68: self.chip}, clock=self.clock)
+        self.driver = Mpu6050(self.bus, 0x68, rate_hz=self.rate_hz, accel_range_g=4,
+                              gyro_range_dps=500, sleep=lambda s: None)
+        self.ring = SampleRing(int(self.buffer_s * self.rate_hz))
+        self.channel = SensorChannel("imu0", self.driver, self.ring)
+        self.sampler = BusSampler("emulated", [self.channel], clock=self.clock,
+                                  interval_s=self.poll_s)
+        self.store = DeviceStore(self.tmp_path / "store", 1 << 30)
+        self.completed: list[dict[str, Any]] = []
+        self.recorder = Recorder(
+            self.settings, device_id="rig", sources=[SensorSource("imu0", "mpu6050",
+                                                                  self.rate_hz, self.ring)],
+            store=self.store, buffer_s=self.buffer_s, journey_id="j-auto", clock=self.clock,
+            on_complete=self.completed.append)
+        self.rng = random.Random(7)
+        self._since_pump = 0.0
+        self.sampler.poll_once()  # brings the sensor up
+
+    def run(self, seconds: float) -> None:
+        """Advance the fake clock, polling and pumping as the threads would."""
+        end = self.clock.now + int(seconds * 1e9)
+        while self.clock.now < end:
+            step = self.poll_s + (self.rng.uniform(0, self.jitter_s) if self.jitter_s else 0)
+            self.clock.advance(min(step, (end - self.clock.now) / 1e9))
+            self.sampler.poll_once()
+            self._since_pump += step
+            if self._since_pump >= 0.1:
+                self.recorder.pump()
+                self._since_pump = 0.0
+
+    def ask(self, event_factory: Any, **kw: Any) -> Reply:
+        replies: list[Reply] = []
+        event: Event = event_factory(reply=replies.append, **kw)
+        self.recorder.handle(event)
+        assert len(replies) == 1
+        return replies[0]
+
+    def finish(self, seconds: float = 1.5) -> None:
+        """Let stopping sessions reach their stop time and finalise."""
+        self.run(seconds)
+        self.recorder.pump()
+
+
+def samples_of(path: Path) -> tuple[list[int], list[float]]:
+    t: list[int] = []
+    az: list[float] = []
+    for _sensor, batch in iter_batches(path):
+        t += batch["t_ns"]
+        az += batch["az"]
+    return t, az
+
+
+def stored(rig: Rig, session_id: str) -> tuple[dict[str, Any], Path]:
+    for state in ("outbox", "published"):
+        path = rig.store.path(state, session_id)
+        if path.exists():
+            return rig.store.manifest(session_id, state), path
+    raise AssertionError(f"{session_id} not in the store")
+
+
+__all__ = ["FakeClock", "Rig", "T0", "read_manifest", "samples_of", "stored"]

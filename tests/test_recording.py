@@ -1,0 +1,179 @@
+"""Sessions over the shared rings, on a fake clock: windows, overlap, stop rules, losses."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+from edge_recorder.config import SessionConfig
+from edge_recorder.recording.events import StartRequested, StopRequested, Trigger
+from edge_recorder.sensors.emulation import Faults
+from edge_recorder.sessionfile import read_manifest
+from tests.rig import Rig, samples_of, stored
+
+MQTT = Trigger("mqtt", "test")
+
+
+def start(rig: Rig, **kw):
+    reply = rig.ask(StartRequested, trigger=MQTT, **kw)
+    assert reply["ok"], reply
+    return reply["session_id"]
+
+
+def stop(rig: Rig, session_id=None):
+    reply = rig.ask(StopRequested, trigger=MQTT, session_id=session_id)
+    assert reply["ok"], reply
+    return reply
+
+
+def test_overlapping_sessions_hold_the_very_same_samples(tmp_path):
+    rig = Rig(tmp_path)
+    rig.run(1)
+    a = start(rig, labels=("long",))
+    rig.run(1.0)
+    b = start(rig, labels=("short",))
+    rig.run(1.0)
+    stop(rig, b)
+    rig.run(1.0)
+    stop(rig, a)
+    rig.finish()
+    ta, za = samples_of(stored(rig, a)[1])
+    tb, zb = samples_of(stored(rig, b)[1])
+    assert len(ta) == pytest.approx(600, abs=2) and len(tb) == pytest.approx(200, abs=2)
+    inside = {t: z for t, z in zip(ta, za) if tb[0] <= t <= tb[-1]}
+    assert list(inside) == tb and list(inside.values()) == zb
+    assert read_manifest(stored(rig, a)[1])["labels"] == ["long"]
+
+
+def test_pre_trigger_samples_are_timestamped_before_the_trigger(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=1.0, pre_trigger_s=0.5))
+    rig.run(2)
+    trigger_ns = rig.clock.now
+    sid = start(rig)
+    rig.finish(2.0)
+    manifest, path = stored(rig, sid)
+    t, _ = samples_of(path)
+    assert t[0] < trigger_ns and t[0] >= trigger_ns - 500_000_000
+    assert sum(x < trigger_ns for x in t) == pytest.approx(100, abs=2)
+    assert len(t) == pytest.approx(300, abs=2)
+    assert manifest["pre_trigger_s"] == 0.5 and manifest["duration_s"] == pytest.approx(1.5)
+    assert manifest["stop_reason"] == "duration"
+
+
+def test_pre_trigger_beyond_the_buffer_is_refused_with_the_limit(tmp_path):
+    rig = Rig(tmp_path, buffer_s=5)
+    reply = rig.ask(StartRequested, trigger=MQTT, pre_trigger_s=6.0)
+    assert reply["error"]["code"] == "pre_trigger_too_long"
+    assert "buffer.seconds = 5" in reply["error"]["message"]
+
+
+def test_max_duration_bounds_an_open_ended_session(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=None, max_duration_s=2.0))
+    sid = start(rig)
+    rig.finish(3.5)
+    manifest, _ = stored(rig, sid)
+    assert manifest["stop_reason"] == "max_duration"
+    assert manifest["duration_s"] == pytest.approx(2.0)
+    assert manifest["sensors"][0]["samples"] == pytest.approx(400, abs=2)
+
+
+def test_stop_without_id_stops_all_and_concurrency_is_limited(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=None, max_concurrent=2))
+    a, b = start(rig), start(rig)
+    refused = rig.ask(StartRequested, trigger=MQTT)
+    assert refused["error"]["code"] == "too_many_sessions"
+    rig.run(0.5)
+    assert set(stop(rig)["stopped"]) == {a, b}
+    rig.finish()
+    assert {m["session_id"] for m in rig.completed} == {a, b}
+    assert rig.ask(StopRequested, trigger=MQTT, session_id=a)["error"]["code"] == \
+        "no_such_session"
+
+
+def test_labels_merge_dedupe_and_allowed_set_and_cardinality_warning(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=None, labels=("bench", "x"),
+                                               allowed_labels=("bench", "x", "login",
+                                                               "2026-11-26")))
+    reply = rig.ask(StartRequested, trigger=MQTT, labels=("login", "bench"))
+    assert reply["labels"] == ["bench", "x", "login"]
+    refused = rig.ask(StartRequested, trigger=MQTT, labels=("logout",))
+    assert refused["error"]["code"] == "label_not_allowed"
+    assert "bench, x, login" in refused["error"]["message"]
+    warned = rig.ask(StartRequested, trigger=MQTT, labels=("2026-11-26",))
+    assert warned["ok"] and "looks like a date" in warned["warnings"][0]
+    too_many = rig.ask(StartRequested, trigger=MQTT, labels=tuple(f"l{i}" for i in range(20)))
+    assert too_many["error"]["code"] == "invalid_labels"
+
+
+def test_journey_auto_is_reused_and_can_be_overridden_or_cleared(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=0.2))
+    assert rig.ask(StartRequested, trigger=MQTT)["journey_id"] == "j-auto"
+    assert rig.ask(StartRequested, trigger=MQTT)["journey_id"] == "j-auto"
+    assert rig.ask(StartRequested, trigger=MQTT, journey_id="j-9")["journey_id"] == "j-9"
+    assert rig.ask(StartRequested, trigger=MQTT, journey_id=None)["journey_id"] is None
+
+
+def test_a_stalled_reader_overflows_the_fifo_and_the_loss_is_counted(tmp_path):
+    rig = Rig(tmp_path, rate_hz=1000)
+    sid = start(rig)
+    rig.run(1.0)
+    rig.clock.advance(0.5)  # the sampler does not run for 0.5 s: the 73-frame FIFO overflows
+    rig.run(1.0)
+    stop(rig)
+    rig.finish()
+    manifest, path = stored(rig, sid)
+    sensor = manifest["sensors"][0]
+    assert sensor["gaps"] and sensor["gaps"][0]["reason"] == "fifo_overflow"
+    assert sensor["dropped"] == pytest.approx(500, abs=30)
+    # samples + dropped account for the whole window
+    assert sensor["samples"] + sensor["dropped"] == pytest.approx(
+        manifest["duration_s"] * 1000, abs=30)
+    t, _ = samples_of(path)
+    assert all(b > a for a, b in zip(t, t[1:]))
+
+
+def test_a_device_that_disappears_is_picked_up_again_and_the_gap_recorded(tmp_path):
+    from tests.rig import T0
+
+    faults = Faults(absent=[(T0 + 2_000_000_000, T0 + 4_000_000_000)])
+    rig = Rig(tmp_path, faults=faults)
+    sid = start(rig)
+    rig.run(7.0)
+    assert rig.channel.counters.state == "up"
+    stop(rig)
+    rig.finish()
+    manifest, _ = stored(rig, sid)
+    sensor = manifest["sensors"][0]
+    assert [g["reason"] for g in sensor["gaps"]] == ["sensor_unreachable"]
+    gap = sensor["gaps"][0]
+    # the gap covers the outage and at most one probe interval (1 s) after it
+    assert 2.0 <= (gap["end_ns"] - gap["start_ns"]) / 1e9 <= 3.1
+    assert sensor["dropped"] == gap["lost"]
+    assert sensor["samples"] + sensor["dropped"] == pytest.approx(7.0 * 200, abs=40)
+
+
+def test_bus_errors_are_retried_without_losing_samples(tmp_path):
+    rig = Rig(tmp_path, rate_hz=200, faults=Faults(error_rate=0.01))
+    sid = start(rig)
+    rig.run(20.0)
+    stop(rig)
+    rig.finish()
+    manifest, path = stored(rig, sid)
+    assert rig.channel.counters.bus_errors > 0
+    assert manifest["sensors"][0]["dropped"] == 0
+    assert manifest["sensors"][0]["samples"] == pytest.approx(20 * 200, abs=3)
+
+
+@pytest.mark.parametrize("clock_error", [0.02, -0.02])
+def test_timestamps_follow_the_true_sampling_instants(tmp_path, clock_error):
+    rig = Rig(tmp_path, rate_hz=1000, clock_error=clock_error, poll_s=0.015, jitter_s=0.005)
+    rig.run(120.0)
+    blocks, _ = rig.ring.read(0)
+    stamps = [t for b in blocks for t in b.t_ns]
+    truth = rig.chip.delivered_true_ns[-len(stamps):]
+    period_ns = 1e6 / (1 + clock_error)
+    settled = [abs(a - b) for a, b in zip(stamps, truth)][len(stamps) // 2:]
+    p99 = statistics.quantiles(settled, n=100)[98]
+    assert p99 < 0.1 * period_ns, p99
+    assert rig.channel.timebase.rate_hz == pytest.approx(1000 * (1 + clock_error), rel=1e-4)
