@@ -25,7 +25,7 @@ from edge_recorder.config import MqttConfig
 log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 1
-RECONNECT_MAX_S = 60
+RECONNECT_MAX_S = 10  # notice a returning broker within seconds
 
 
 @dataclass(frozen=True)

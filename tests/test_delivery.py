@@ -1,0 +1,174 @@
+"""Nothing lost: crash recovery, broker outages, corrupt parts, a full store."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from edge_recorder.collector.collector import CollectorStore
+from edge_recorder.errors import StoreFull
+from edge_recorder.recording.store import DeviceStore
+from edge_recorder.sessionfile import read_manifest
+from tests.conftest import base_config, cli, wait_online, wait_until, write_config
+
+
+def _send(client, payload: dict) -> dict:
+    rid = f"r{time.monotonic_ns()}"
+    client.subscribe("edge-recorder/test-pi/cmd/reply")
+    client.publish("edge-recorder/test-pi/cmd", json.dumps({**payload, "request_id": rid}))
+    return wait_until(lambda: next((r for r in client.json_on("edge-recorder/test-pi/cmd/reply")
+                                    if r.get("request_id") == rid), None), 10, "reply")
+
+
+@pytest.mark.broker
+def test_sigkill_mid_session_is_recovered_with_all_but_the_last_second(tmp_path, broker, client,
+                                                                       spawn):
+    cfg = write_config(tmp_path / "device.yaml", base_config(tmp_path, broker.port))
+    store_dir = tmp_path / "collected"
+    spawn("collect", "--host", "127.0.0.1", "--port", str(broker.port), "--store",
+          str(store_dir), name="collector")
+    daemon = spawn("run", "-c", str(cfg), name="daemon")
+    wait_online(client)
+    reply = _send(client, {"cmd": "start", "labels": ["crash"], "journey_id": "j-crash"})
+    started = time.monotonic()
+    sid = reply["session_id"]
+    time.sleep(3.0)
+    daemon.stop(signal.SIGKILL)
+    recorded_s = time.monotonic() - started
+    assert (tmp_path / "device-store" / "recording" / f"{sid}.mcap").exists()
+
+    daemon = spawn("run", "-c", str(cfg), name="daemon-again")
+    manifest_path = store_dir / "sessions" / f"{sid}.json"
+    wait_until(manifest_path.exists, 20, "the recovered session at the collector")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["stop_reason"] == "recovered"
+    assert manifest["labels"] == ["crash"] and manifest["journey_id"] == "j-crash"
+    samples = manifest["sensors"][0]["samples"]
+    assert samples >= (recorded_s - 1.3) * 200, (samples, recorded_s)
+    assert samples <= recorded_s * 200 + 5
+    # the collected file is a finished, readable MCAP with the same manifest inside
+    inner = read_manifest(store_dir / "sessions" / f"{sid}.mcap")
+    assert inner["stop_reason"] == "recovered" and inner["session_id"] == sid
+    assert daemon.stop() == 0
+
+
+@pytest.mark.broker
+def test_sessions_made_while_the_broker_is_down_all_arrive_once(tmp_path, broker, client, spawn):
+    cfg = write_config(tmp_path / "device.yaml", base_config(
+        tmp_path, broker.port,
+        triggers={"mqtt": True, "interval": {"every_s": 1.5, "duration_s": 0.5,
+                                             "labels": ["periodic"]}}))
+    store_dir = tmp_path / "collected"
+    collector = spawn("collect", "--host", "127.0.0.1", "--port", str(broker.port), "--store",
+                      str(store_dir), name="collector")
+    daemon = spawn("run", "-c", str(cfg), name="daemon")
+    wait_online(client)
+    client.close()
+    time.sleep(0.5)
+    broker.stop(signal.SIGKILL)
+    device = tmp_path / "device-store"
+    wait_until(lambda: len(list((device / "outbox").glob("*.json"))) >= 3, 20,
+               "three sessions queued while the broker is down")
+    queued = {p.stem for p in (device / "outbox").glob("*.json")}
+    broker.start()
+    wait_until(lambda: not any((device / "outbox").glob("*.json")), 30,
+               "the outbox to drain after the broker returns")
+    assert daemon.stop() == 0
+    published = {p.stem for p in (device / "published").glob("*.json")}
+    assert queued <= published
+    wait_until(lambda: {p.stem for p in (store_dir / "sessions").glob("*.json")} >= published,
+               30, "every published session at the collector")
+    collected = sorted(p.stem for p in (store_dir / "sessions").glob("*.json"))
+    assert len(published) >= 3 and set(collected) == published
+    for sid in collected:  # each stored once, intact
+        manifest = json.loads((store_dir / "sessions" / f"{sid}.json").read_text())
+        data = (store_dir / "sessions" / f"{sid}.mcap").read_bytes()
+        assert hashlib.sha256(data).hexdigest() == manifest["sha256"]
+    assert collector.stop() == 0
+    assert "Traceback" not in daemon.log()
+
+
+def _session_parts(tmp_path: Path, size: int = 5000, part: int = 1024):
+    data = bytes(range(256)) * (size // 256 + 1)
+    data = data[:size]
+    parts = [data[i:i + part] for i in range(0, size, part)]
+    manifest = {"session_id": "20261126T000000000Z-abc", "device_id": "d", "labels": [],
+                "journey_id": None, "bytes": size, "parts": len(parts),
+                "sha256": hashlib.sha256(data).hexdigest(), "started_at": "x"}
+    return CollectorStore(tmp_path / "c"), manifest, parts
+
+
+def test_collector_rejects_a_corrupted_part_then_accepts_the_resend(tmp_path):
+    store, manifest, parts = _session_parts(tmp_path)
+    sid = manifest["session_id"]
+    bad = bytearray(parts[2])
+    bad[10] ^= 0xFF
+    for n, p in enumerate(parts):
+        store.add_part(sid, n, bytes(bad) if n == 2 else p)
+    store.add_manifest(sid, json.dumps(manifest).encode())
+    assert not store.has(sid) and store.rejected == 1
+    assert not (store.sessions / f"{sid}.mcap").exists()
+    for n, p in reversed(list(enumerate(parts))):  # a resend, in any order
+        store.add_part(sid, n, p)
+    store.add_manifest(sid, json.dumps(manifest).encode())
+    assert store.has(sid)
+    assert (store.sessions / f"{sid}.mcap").read_bytes() == b"".join(parts)
+    store.add_manifest(sid, json.dumps(manifest).encode())
+    store.add_part(sid, 0, parts[0])
+    assert store.stored == 1 and store.duplicates == 2
+
+
+def test_collector_never_stores_a_session_with_a_missing_part(tmp_path):
+    store, manifest, parts = _session_parts(tmp_path)
+    sid = manifest["session_id"]
+    store.add_manifest(sid, json.dumps(manifest).encode())
+    for n, p in enumerate(parts):
+        if n != 3:
+            store.add_part(sid, n, p)
+    assert not store.has(sid)
+    store.expire(older_than_s=-1)
+    assert not (store.incoming / sid).exists() and not store.has(sid)
+
+
+def test_collector_rejects_a_manifest_that_does_not_match_its_topic(tmp_path):
+    store, manifest, _ = _session_parts(tmp_path)
+    store.add_manifest("other-id", json.dumps(manifest).encode())
+    store.add_manifest("other-id", b"not json")
+    assert store.rejected == 2 and not store.has("other-id")
+
+
+def test_full_store_drops_published_first_and_never_unpublished(tmp_path):
+    store = DeviceStore(tmp_path / "s", max_bytes=10_000)
+
+    def fake_session(sid: str, state: str, size: int) -> None:
+        store.path(state, sid).write_bytes(b"x" * size)
+        store.path(state, sid, ".json").write_text(json.dumps({"session_id": sid}))
+
+    fake_session("a-published-old", "published", 3000)
+    fake_session("b-published-new", "published", 3000)
+    fake_session("c-unpublished", "outbox", 3000)
+    store.begin("d-new", {"session_id": "d-new"}, reserve_bytes=2000)
+    assert not store.path("published", "a-published-old").exists()
+    assert store.path("published", "b-published-new").exists()
+    store.path("recording", "d-new").write_bytes(b"y" * 5500)
+    with pytest.raises(StoreFull, match="not yet published.*storage.max_bytes"):
+        store.begin("e-new", {"session_id": "e-new"}, reserve_bytes=2000)
+    assert store.path("outbox", "c-unpublished").exists()
+    assert not store.path("published", "b-published-new").exists()
+    assert store.refused == 1
+
+
+def test_sessions_list_on_a_directory_that_is_not_a_store_is_a_clear_error(tmp_path):
+    r = cli("sessions", "list", "--store", str(tmp_path))
+    assert r.returncode == 2 and "is not an edge-recorder store" in r.stderr
+    r = cli("export", str(tmp_path / "missing.mcap"), "--format", "csv", "-o", "x.csv")
+    assert r.returncode == 2 and "no such session file" in r.stderr
+    (tmp_path / "junk.mcap").write_bytes(b"not an mcap file at all")
+    r = cli("export", str(tmp_path / "junk.mcap"), "--format", "csv", "-o",
+            str(tmp_path / "x.csv"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "junk.mcap" in r.stderr
