@@ -511,11 +511,11 @@ def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config
     factory = r.get(top, "gpio_pin_factory", "", "str", None, nullable=True,
                     check=_one_of("mock", "lgpio", "rpigpio", "pigpio", "native"))
     mqtt = _read_mqtt(r, top.get("mqtt"), base_dir)
-    s = r.section(top.get("storage"), "storage", ("dir", "max_bytes"))
+    st = r.section(top.get("storage"), "storage", ("dir", "max_bytes"))
     storage = StorageConfig(
-        dir=_path(r.get(s, "dir", "storage", "str", str(StorageConfig.dir)), base_dir)
+        dir=_path(r.get(st, "dir", "storage", "str", str(StorageConfig.dir)), base_dir)
         or StorageConfig.dir,
-        max_bytes=r.get(s, "max_bytes", "storage", "int", StorageConfig.max_bytes,
+        max_bytes=r.get(st, "max_bytes", "storage", "int", StorageConfig.max_bytes,
                         check=lambda v: None if v >= 1 << 20 else "must be at least 1048576"),
     )
     _cross_check(r, sensors, session, triggers, buffer, status_led)

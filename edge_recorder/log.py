@@ -27,7 +27,7 @@ def setup_logging(level: str = "INFO", *, debug: bool = False) -> None:
         fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if not debug:
         fmt.formatException = lambda ei: ""  # type: ignore[method-assign]
-        fmt.formatStack = lambda si: ""  # type: ignore[method-assign]
+        fmt.formatStack = lambda si: ""  # type: ignore[method-assign, assignment]
     handler.setFormatter(fmt)
     root = logging.getLogger()
     root.handlers[:] = [handler]

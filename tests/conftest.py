@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def find_mosquitto() -> str:
-    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+    candidates = (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+    for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     pytest.fail("mosquitto is not installed: the tests need a real broker "

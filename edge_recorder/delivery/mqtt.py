@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_recorder.config import MqttConfig
 
@@ -86,7 +88,7 @@ class MqttLink:
         self.generation = 0  # connections made so far
         self.last_error = ""
         self._client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
             clean_session=None if self.v5 else persistent_session_s is None,
@@ -172,7 +174,7 @@ class MqttLink:
 
     # --- paho callbacks (network thread) -------------------------------------------------
     def _handle_connect(self, client: paho.Client, userdata: object, flags: object,
-                        reason_code: paho.ReasonCode, properties: object) -> None:
+                        reason_code: ReasonCode, properties: object) -> None:
         if reason_code.is_failure:
             self._note_error(f"broker {self.settings.host}:{self.settings.port} refused the "
                              f"connection: {reason_code}")
@@ -190,7 +192,7 @@ class MqttLink:
                 log.exception("%s: on_connect hook failed", self.name)
 
     def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,
-                           reason_code: paho.ReasonCode, properties: object) -> None:
+                           reason_code: ReasonCode, properties: object) -> None:
         was = self.connected.is_set()
         self.connected.clear()
         if was:
@@ -207,7 +209,7 @@ class MqttLink:
         props = getattr(msg, "properties", None)
         message = Message(
             topic=msg.topic,
-            payload=msg.payload,
+            payload=bytes(msg.payload),
             response_topic=getattr(props, "ResponseTopic", None) if props else None,
             correlation_data=getattr(props, "CorrelationData", None) if props else None,
         )
@@ -219,7 +221,7 @@ class MqttLink:
                     log.exception("%s: handler for %s failed", self.name, msg.topic)
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
-                        reason_code: paho.ReasonCode, properties: object) -> None:
+                        reason_code: ReasonCode, properties: object) -> None:
         error = str(reason_code) if reason_code.is_failure else None
         with self._acked:
             delivery = self._pending.pop(mid, None)

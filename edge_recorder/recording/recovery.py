@@ -35,13 +35,13 @@ def recover(store: DeviceStore) -> list[dict[str, Any]]:
                 recovered.append(store.complete(sid, manifest))
                 continue
             header = json.loads(header_path.read_text())
-            manifest = _salvage_session(store, sid, header)
+            salvaged = _salvage_session(store, sid, header)
         except (OSError, ValueError, KeyError) as exc:
             log.error("recovery: session %s cannot be recovered (%s); its files stay in %s",
                       sid, exc, store.root / RECORDING)
             continue
-        if manifest is not None:
-            recovered.append(manifest)
+        if salvaged is not None:
+            recovered.append(salvaged)
     return recovered
 
 
