@@ -7,19 +7,21 @@ Nothing here does the work itself.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from edge_recorder import __version__
-from edge_recorder.config import Config, SensorConfig
+from edge_recorder.config import Config, SensorConfig, load_config
 from edge_recorder.delivery.mqtt import MqttLink
 from edge_recorder.delivery.publisher import Publisher
-from edge_recorder.errors import SensorError
+from edge_recorder.errors import ConfigError, SensorError
 from edge_recorder.recording.ids import iso_utc, new_journey_id
 from edge_recorder.recording.recorder import Recorder, SensorSource
 from edge_recorder.recording.recovery import recover
@@ -28,10 +30,13 @@ from edge_recorder.sampling.ring import SampleRing
 from edge_recorder.sampling.sampler import BusSampler, SensorChannel
 from edge_recorder.sensors.bus import I2CBus
 from edge_recorder.sensors.registry import DRIVERS
+from edge_recorder.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 30.0
+WORKER_STALL_S = 5.0  # a sampler or the recorder silent this long is wedged
+PUBLISHER_STALL_S = 60.0  # the publisher may wait up to 20 s for one acknowledgement
 SHUTDOWN_FLUSH_S = 5.0
 
 
@@ -50,7 +55,10 @@ def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], in
                 seed=e.seed if e else 0,
             ))
             if e:
-                emulated.chips[s.address].faults.error_rate = e.bus_error_rate
+                faults = emulated.chips[s.address].faults
+                faults.error_rate = e.bus_error_rate
+                if e.hang_after_s is not None:
+                    faults.hang_from_ns = clock() + int(e.hang_after_s * 1e9)
         return emulated
     from edge_recorder.sensors.smbus import SMBusI2C
 
@@ -67,8 +75,12 @@ class Daemon:
     """The running product. ``pin_factory`` overrides ``gpio_pin_factory`` (tests)."""
 
     def __init__(self, config: Config, *, clock: Callable[[], int] = time.time_ns,
-                 pin_factory: Any = None) -> None:
+                 pin_factory: Any = None, config_path: Path | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or Notifier()
+        self.config_error = ""
         self.clock = clock
         self.started_ns = clock()
         journey = config.session.journey_id
@@ -98,9 +110,7 @@ class Daemon:
 
         topic_root = config.topic_root
         self.status_topic = f"{topic_root}/status"
-        self.link = MqttLink(config.mqtt, config.client_id,
-                             will=(self.status_topic, json.dumps({"online": False}).encode()),
-                             on_connect=self._on_connect, name="mqtt")
+        self.link = self._make_link(config)
         self.publisher = Publisher(self.store, self.link, topic_root,
                                    part_bytes=config.mqtt.max_payload_bytes,
                                    on_published=lambda sid: self.status_changed.set())
@@ -115,6 +125,11 @@ class Daemon:
         self._pin_factory = pin_factory
         self.led: Any = None
         self._stop = threading.Event()
+
+    def _make_link(self, config: Config) -> MqttLink:
+        return MqttLink(config.mqtt, config.client_id,
+                        will=(self.status_topic, json.dumps({"online": False}).encode()),
+                        on_connect=self._on_connect, name="mqtt")
 
     # --- wiring callbacks ---------------------------------------------------------------
     def _on_session_complete(self, manifest: dict[str, Any]) -> None:
@@ -144,6 +159,7 @@ class Daemon:
                         "max_bytes": self.store.max_bytes, "refused": self.store.refused},
             "mqtt": {"connected": self.link.connected.is_set(), "last_error": self.link.last_error},
             "warnings": list(self.recorder.warnings),
+            "config_error": self.config_error,
             "updated_at": iso_utc(self.clock()),
         }
 
@@ -174,6 +190,7 @@ class Daemon:
 
             commands = MqttCommands(self.link, cfg.topic_root, submit)
             commands.start()
+            self.triggers.append(commands)
         if cfg.triggers.interval is not None:
             from edge_recorder.triggers.interval import IntervalTrigger
 
@@ -190,31 +207,126 @@ class Daemon:
             if cfg.status_led is not None:
                 self.led = StatusLed(cfg.status_led.pin, factory)
 
-    def run(self, stop: threading.Event | None = None) -> None:
-        """Start, then supervise until ``stop`` is set; then shut down cleanly."""
+    def _stop_triggers(self) -> None:
+        for trigger in self.triggers:
+            trigger.close()
+        self.triggers = []
+        if self.led is not None:
+            self.led.close()
+            self.led = None
+
+    def run(self, stop: threading.Event | None = None,
+            reload: threading.Event | None = None) -> None:
+        """Start, then supervise until ``stop`` is set; then shut down cleanly.
+
+        Setting ``reload`` (SIGHUP) re-reads the config file. The watchdog is pinged only
+        while every worker makes progress, so a wedged bus gets the service restarted.
+        """
         stop = stop or self._stop
+        reload = reload or threading.Event()
         self.start()
-        next_status = time.monotonic()
+        self.notifier.ready(self.summary())
+        next_status = next_ping = time.monotonic()
         try:
             while not stop.is_set():
-                if self.status_changed.is_set() or time.monotonic() >= next_status:
+                now = time.monotonic()
+                if reload.is_set():
+                    reload.clear()
+                    self.reload()
+                if self.status_changed.is_set() or now >= next_status:
                     self.status_changed.clear()
                     self.publish_status()
-                    next_status = time.monotonic() + STATUS_INTERVAL_S
+                    self.notifier.status(self.summary())
+                    next_status = now + STATUS_INTERVAL_S
+                if self.notifier.watchdog_s and now >= next_ping:
+                    stalled = self.stalled()
+                    if stalled:
+                        log.error("watchdog: not pinging, %s made no progress", stalled)
+                    else:
+                        self.notifier.watchdog()
+                    next_ping = now + self.notifier.watchdog_s / 3
                 if self.led is not None:
                     snap = self.recorder.snapshot()
                     self.led.show(bool(snap["recording"]), not self.healthy())
                 stop.wait(0.2)
         finally:
+            self.notifier.stopping()
             self.shutdown()
+
+    def summary(self) -> str:
+        snap = self.recorder.snapshot()
+        return (f"{len(snap['recording'])} recording, {self.store.backlog()['sessions']} to "
+                f"publish, broker {'up' if self.link.connected.is_set() else 'down'}")
+
+    def stalled(self) -> str:
+        """The first worker that stopped making progress, or ''."""
+        now = time.monotonic()
+        for sampler in self.samplers:
+            if not sampler.alive or now - sampler.last_loop_s > WORKER_STALL_S:
+                return f"the sampler of bus {sampler.bus_name}"
+        if not self.recorder.alive or now - self.recorder.last_loop_s > WORKER_STALL_S:
+            return "the recorder"
+        if not self.publisher.alive or now - self.publisher.last_loop_s > PUBLISHER_STALL_S:
+            return "the publisher"
+        return ""
+
+    def reload(self) -> None:
+        """Apply an edited config file: sessions, triggers and MQTT live; the rest on restart.
+
+        An invalid file changes nothing: the daemon keeps running on the old config and
+        says why in the log and in ``P/status`` (``config_error``).
+        """
+        if self.config_path is None:
+            return
+        self.notifier.reloading(time.monotonic_ns() // 1000)
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.config_error = "; ".join(exc.problems)
+            log.error("reload: %s is invalid, still running on the previous config: %s",
+                      self.config_path, self.config_error)
+            self.status_changed.set()
+            self.notifier.ready(self.summary())
+            return
+        old = self.config
+        self.config_error = ""
+        fixed = [k for k in ("device_id", "sensors", "buffer", "storage")
+                 if getattr(new, k) != getattr(old, k)]
+        if fixed:
+            log.warning("reload: changes to %s take effect after a restart "
+                        "(systemctl restart edge-recorder); applying the rest", ", ".join(fixed))
+        applied = dataclasses.replace(new, device_id=old.device_id, sensors=old.sensors,
+                                      buffer=old.buffer, storage=old.storage)
+        self.recorder.settings = applied.session
+        if applied.session.journey_id != old.session.journey_id:
+            journey = applied.session.journey_id
+            self.recorder.journey_id = new_journey_id(old.device_id, self.clock()) \
+                if journey == "auto" else journey
+        restart_triggers = (applied.triggers, applied.status_led, applied.gpio_pin_factory) != \
+            (old.triggers, old.status_led, old.gpio_pin_factory)
+        if applied.mqtt != old.mqtt:
+            self._stop_triggers()
+            old_link, self.link = self.link, self._make_link(applied)
+            self.publisher.link = self.link
+            old_link.close()
+            self.config = applied
+            self._start_triggers()
+            self.link.start()
+        elif restart_triggers:
+            self._stop_triggers()
+            self.config = applied
+            self._start_triggers()
+        self.config = applied
+        log.info("reload: applied %s", self.config_path)
+        self.status_changed.set()
+        self.notifier.ready(self.summary())
 
     def healthy(self) -> bool:
         return all(c.counters.state == "up" for c in self.channels)
 
     def shutdown(self) -> None:
         log.info("shutting down: stopping open sessions")
-        for trigger in self.triggers:
-            trigger.close()
+        self._stop_triggers()
         self.recorder.close("shutdown")
         self.publisher.flush(SHUTDOWN_FLUSH_S)
         self.publisher.close()
@@ -227,6 +339,4 @@ class Daemon:
             sampler.close()
         for bus in self.buses:
             bus.close()
-        if self.led is not None:
-            self.led.close()
         log.info("stopped; %d session(s) waiting in the outbox", len(self.store.pending()))

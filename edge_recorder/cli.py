@@ -103,12 +103,23 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _reload_on_sighup() -> threading.Event:
+    reload = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("received SIGHUP: reloading the configuration")
+        reload.set()
+
+    signal.signal(signal.SIGHUP, handler)
+    return reload
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from edge_recorder.app import Daemon
 
     config = load_config(args.config)
-    stop = _stop_on_signals()
-    Daemon(config).run(stop)
+    stop, reload = _stop_on_signals(), _reload_on_sighup()
+    Daemon(config, config_path=args.config).run(stop, reload)
     return 0
 
 

@@ -35,6 +35,7 @@ class EmulationConfig:
     bus_error_rate: float = 0.0  # fraction of I2C transactions failing with EIO
     motion: str = "rest"  # rest | rotation
     seed: int = 0
+    hang_after_s: float | None = None  # the bus wedges this long after start (watchdog tests)
 
 
 @dataclass(frozen=True)
@@ -335,7 +336,7 @@ def _read_sensor(r: _Reader, raw: Any, path: str) -> SensorConfig | None:
         if bus != "emulated":
             r.fail(epath, "only applies with bus: emulated")
         e = r.section(d["emulation"], epath,
-                      ("clock_error", "bus_error_rate", "motion", "seed"))
+                      ("clock_error", "bus_error_rate", "motion", "seed", "hang_after_s"))
         emulation = EmulationConfig(
             clock_error=r.get(e, "clock_error", epath, "number", 0.0,
                               check=lambda v: None if abs(v) < 0.1 else
@@ -345,6 +346,8 @@ def _read_sensor(r: _Reader, raw: Any, path: str) -> SensorConfig | None:
                                  "must be a fraction from 0 up to 1"),
             motion=r.get(e, "motion", epath, "str", "rest", check=_one_of("rest", "rotation")),
             seed=r.get(e, "seed", epath, "int", 0),
+            hang_after_s=r.get(e, "hang_after_s", epath, "number", None, nullable=True,
+                               check=_non_negative),
         )
     if None in (name, driver_name, bus, address, rate, accel, gyro):
         return None

@@ -167,11 +167,12 @@ def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 class Process:
     """An edge-recorder subprocess (daemon or collector) with its log captured."""
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
+    def __init__(self, args: list[str], log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self.proc = subprocess.Popen([sys.executable, "-m", "edge_recorder", *args],
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=open(log_path, "wb"), cwd=REPO)
+                                     stdout=subprocess.DEVNULL, stderr=open(log_path, "wb"),
+                                     cwd=REPO, env={**os.environ, **(env or {})})
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -189,8 +190,8 @@ class Process:
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Process]]:
     procs: list[Process] = []
 
-    def start(*args: str, name: str = "proc") -> Process:
-        p = Process(list(args), tmp_path / f"{name}-{len(procs)}.log")
+    def start(*args: str, name: str = "proc", env: dict[str, str] | None = None) -> Process:
+        p = Process(list(args), tmp_path / f"{name}-{len(procs)}.log", env)
         procs.append(p)
         return p
 

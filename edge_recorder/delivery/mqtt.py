@@ -144,6 +144,10 @@ class MqttLink:
         if self.connected.is_set():
             self._client.subscribe(topic, qos)
 
+    def unsubscribe(self, topic: str) -> None:
+        if self._subscriptions.pop(topic, None) is not None and self.connected.is_set():
+            self._client.unsubscribe(topic)
+
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 correlation_data: bytes | None = None) -> Delivery:
         properties = None

@@ -43,7 +43,7 @@ class Publisher:
         self.part_bytes = part_bytes
         self.on_published = on_published
         self.published = 0
-        self.last_loop_s = 0.0
+        self.last_loop_s = time.monotonic()  # heartbeat for the watchdog
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -63,6 +63,7 @@ class Publisher:
         in_flight: deque[tuple[int, Delivery]] = deque()
         with open(self.store.path(OUTBOX, session_id), "rb") as f:
             while unacked or in_flight:
+                self.last_loop_s = time.monotonic()
                 if self._stop.is_set() or not self.link.connected.is_set():
                     return False
                 while unacked and len(in_flight) < WINDOW_PARTS:

@@ -90,7 +90,7 @@ class BusSampler:
         self.sensors = sensors
         self.clock = clock
         self.interval_s = interval_s or poll_interval_s([s.driver for s in sensors])
-        self.last_loop_ns = 0
+        self.last_loop_s = time.monotonic()  # heartbeat for the watchdog
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -98,7 +98,7 @@ class BusSampler:
     def poll_once(self) -> None:
         for sensor in self.sensors:
             self._service(sensor)
-        self.last_loop_ns = self.clock()
+        self.last_loop_s = time.monotonic()
 
     def _service(self, s: SensorChannel) -> None:
         now = self.clock()

@@ -29,6 +29,9 @@ class MqttCommands:
     def start(self) -> None:
         self.link.subscribe(self.cmd_topic, self.on_message, qos=1)
 
+    def close(self) -> None:
+        self.link.unsubscribe(self.cmd_topic)
+
     def on_message(self, message: Message) -> None:
         self.received += 1
         request_id = request_id_of(message.payload)

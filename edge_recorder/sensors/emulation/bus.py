@@ -45,6 +45,11 @@ class EmulatedBus:
             raise OSError(errno.EBADF, "emulated bus is closed")
         chip = self.chips.get(address)
         now = self.clock()
+        hang = chip.faults.hang_from_ns if chip is not None else None
+        if hang is not None and now >= hang:
+            while not self.closed:  # a wedged bus: the ioctl never returns
+                time.sleep(0.05)
+            raise OSError(errno.EBADF, "emulated bus is closed")
         if chip is None or not chip.present(now):
             raise bus_error(errno.EREMOTEIO, f"no ACK from 0x{address:02x}")
         rate = self.error_rate + chip.faults.error_rate

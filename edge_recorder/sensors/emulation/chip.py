@@ -29,6 +29,8 @@ class Faults:
     absent: list[tuple[int, int]] = field(default_factory=list)
     """Windows ``(start_ns, end_ns)`` during which the chip does not answer (EREMOTEIO)
     and after which it comes back power-cycled, registers at their reset values."""
+    hang_from_ns: int | None = None
+    """From this time on every transaction blocks, as on a wedged bus (until closed)."""
 
 
 class EmulatedChip:
