@@ -60,7 +60,9 @@ class Broker:
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {workdir}/\n"
-            "max_queued_messages 10000\nlog_dest stderr\n")
+            # save sessions every second, so a killed broker comes back knowing the
+            # collector's persistent subscription (as a production broker should)
+            "autosave_interval 1\nmax_queued_messages 10000\nlog_dest stderr\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

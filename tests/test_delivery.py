@@ -69,7 +69,7 @@ def test_sessions_made_while_the_broker_is_down_all_arrive_once(tmp_path, broker
     daemon = spawn("run", "-c", str(cfg), name="daemon")
     wait_online(client)
     client.close()
-    time.sleep(0.5)
+    time.sleep(1.5)  # past the broker's autosave of the collector's session
     broker.stop(signal.SIGKILL)
     device = tmp_path / "device-store"
     wait_until(lambda: len(list((device / "outbox").glob("*.json"))) >= 3, 20,
