@@ -9,6 +9,7 @@ YAML path and what to change. Nothing past :func:`load_config` sees a raw dict.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -457,7 +458,11 @@ def _read_mqtt(r: _Reader, raw: Any, base: Path) -> MqttConfig:
 
 
 def _path(value: str | None, base: Path) -> Path | None:
-    return None if value is None else (base / Path(value).expanduser())
+    """A path from the config: ``~`` and ``$VARIABLES`` (e.g. ``$CREDENTIALS_DIRECTORY``)
+    expanded, relative paths taken from the config file's directory."""
+    if value is None:
+        return None
+    return base / Path(os.path.expandvars(value)).expanduser()
 
 
 def _read_pin_section(r: _Reader, raw: Any, path: str) -> StatusLedConfig | None:
