@@ -54,7 +54,16 @@ class StatusRequested:
     reply: ReplyFn | None = field(default=None, compare=False)
 
 
-Event = StartRequested | StopRequested | StatusRequested
+@dataclass(frozen=True)
+class JourneyRequested:
+    """Set the journey later sessions get: a string, None (no journey), or a new auto one."""
+
+    journey_id: Any = UNSET  # str | None; UNSET with ``new_auto``
+    new_auto: bool = False
+    reply: ReplyFn | None = field(default=None, compare=False)
+
+
+Event = StartRequested | StopRequested | StatusRequested | JourneyRequested
 
 
 class Rejected(Exception):

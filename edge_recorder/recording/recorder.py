@@ -24,6 +24,7 @@ from edge_recorder.errors import StoreFull
 from edge_recorder.recording.events import (
     UNSET,
     Event,
+    JourneyRequested,
     Rejected,
     Reply,
     StartRequested,
@@ -32,7 +33,7 @@ from edge_recorder.recording.events import (
     error,
     ok,
 )
-from edge_recorder.recording.ids import iso_utc, new_session_id
+from edge_recorder.recording.ids import iso_utc, new_journey_id, new_session_id
 from edge_recorder.recording.labels import cardinality_warning, check_labels, merge_labels
 from edge_recorder.recording.store import DeviceStore
 from edge_recorder.sampling.ring import SampleRing
@@ -132,6 +133,8 @@ class Recorder:
                 reply = self._start(event)
             elif isinstance(event, StopRequested):
                 reply = self._request_stop(event)
+            elif isinstance(event, JourneyRequested):
+                reply = self._set_journey(event)
             else:
                 reply = ok(status=self.status())
         except Rejected as exc:
@@ -208,6 +211,13 @@ class Recorder:
         if warnings:
             reply["warnings"] = warnings
         return reply
+
+    def _set_journey(self, ev: JourneyRequested) -> Reply:
+        journey = new_journey_id(self.device_id, self.clock()) if ev.new_auto else ev.journey_id
+        with self._lock:
+            previous, self.journey_id = self.journey_id, journey
+        log.info("journey is now %s (was %s)", journey, previous)
+        return ok(journey_id=journey, previous_journey_id=previous)
 
     def _request_stop(self, ev: StopRequested) -> Reply:
         now = self.clock()

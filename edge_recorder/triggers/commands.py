@@ -14,6 +14,7 @@ Every payload gets exactly one reply. Error codes (``error.code`` in a reply):
 ``pre_trigger_too_long``    ``pre_trigger_s`` beyond ``buffer.seconds``
 ``duration_too_long``       ``duration_s`` beyond ``session.max_duration_s``
 ``no_such_session``         ``stop`` names a session that is not recording
+``invalid_journey``         ``journey`` needs exactly one of ``journey_id`` or ``"new": true``
 ``store_full``              the store holds only unpublished sessions; nothing fits
 ``internal_error``          a bug; the daemon logged it and keeps running
 ==========================  ==========================================================
@@ -29,6 +30,7 @@ from edge_recorder.config import MAX_JOURNEY_ID_CHARS
 from edge_recorder.recording.events import (
     UNSET,
     Event,
+    JourneyRequested,
     Rejected,
     ReplyFn,
     StartRequested,
@@ -44,6 +46,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "start": ("labels", "journey_id", "duration_s", "pre_trigger_s"),
     "stop": ("session_id",),
     "status": (),
+    "journey": ("journey_id", "new"),
 }
 
 
@@ -80,6 +83,15 @@ def _number(doc: dict[str, Any], key: str, *, allow_null: bool, positive: bool) 
     return float(v)
 
 
+def _journey(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or
+                              not 1 <= len(value) <= MAX_JOURNEY_ID_CHARS or
+                              not value.isprintable()):
+        raise Rejected("invalid_field", f"journey_id must be 1-{MAX_JOURNEY_ID_CHARS} printable "
+                       "characters, or null for no journey")
+    return value
+
+
 def parse_command(payload: bytes, *, source: str, reply: ReplyFn | None = None) -> Event:
     """Turn a command payload into an event, or raise :class:`Rejected` saying what to fix."""
     if len(payload) > MAX_COMMAND_BYTES:
@@ -107,6 +119,16 @@ def parse_command(payload: bytes, *, source: str, reply: ReplyFn | None = None) 
     trigger = Trigger("mqtt", source)
     if cmd == "status":
         return StatusRequested(reply=reply)
+    if cmd == "journey":
+        new = doc.get("new", False)
+        if not isinstance(new, bool):
+            raise Rejected("invalid_field", "new must be true or false")
+        if new == ("journey_id" in doc):
+            raise Rejected("invalid_journey", "give either \"journey_id\" (a string, or null "
+                           "for none) or \"new\": true for a fresh auto journey")
+        if new:
+            return JourneyRequested(new_auto=True, reply=reply)
+        return JourneyRequested(journey_id=_journey(doc["journey_id"]), reply=reply)
     if cmd == "stop":
         sid = doc.get("session_id")
         if sid is not None and not isinstance(sid, str):
@@ -115,11 +137,7 @@ def parse_command(payload: bytes, *, source: str, reply: ReplyFn | None = None) 
     labels = doc.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise Rejected("invalid_labels", "labels must be a list of strings")
-    journey = doc.get("journey_id", UNSET)
-    if journey is not UNSET and journey is not None and (
-            not isinstance(journey, str) or not 1 <= len(journey) <= MAX_JOURNEY_ID_CHARS):
-        raise Rejected("invalid_field", f"journey_id must be a string of 1-"
-                       f"{MAX_JOURNEY_ID_CHARS} characters, or null for no journey")
+    journey = _journey(doc["journey_id"]) if "journey_id" in doc else UNSET
     pre = _number(doc, "pre_trigger_s", allow_null=False, positive=False)
     return StartRequested(
         trigger,
