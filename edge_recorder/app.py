@@ -43,12 +43,14 @@ SHUTDOWN_FLUSH_S = 5.0
 def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], int]) -> I2CBus:
     """The bus the sensors sit on: ``/dev/i2c-N`` or an emulated bus with their chips."""
     if bus == "emulated":
-        from edge_recorder.sensors.emulation import EMULATORS, EmulatedBus, Rotation
+        from edge_recorder.sensors.emulation import EMULATORS, VARIANTS, EmulatedBus, Rotation
 
         emulated = EmulatedBus(clock=clock)
         for s in sensors:
             e = s.emulation
-            emulated.attach(s.address, EMULATORS[s.driver](
+            chip_class = VARIANTS.get(e.chip or "", EMULATORS[s.driver]) if e else \
+                EMULATORS[s.driver]
+            emulated.attach(s.address, chip_class(
                 clock=clock,
                 clock_error=e.clock_error if e else 0.0,
                 motion=Rotation() if e and e.motion == "rotation" else None,

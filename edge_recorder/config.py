@@ -37,6 +37,7 @@ class EmulationConfig:
     motion: str = "rest"  # rest | rotation
     seed: int = 0
     hang_after_s: float | None = None  # the bus wedges this long after start (watchdog tests)
+    chip: str | None = None  # a variant of the driver's family, e.g. "LSM6DS3"
 
 
 @dataclass(frozen=True)
@@ -337,7 +338,8 @@ def _read_sensor(r: _Reader, raw: Any, path: str) -> SensorConfig | None:
         if bus != "emulated":
             r.fail(epath, "only applies with bus: emulated")
         e = r.section(d["emulation"], epath,
-                      ("clock_error", "bus_error_rate", "motion", "seed", "hang_after_s"))
+                      ("clock_error", "bus_error_rate", "motion", "seed", "hang_after_s",
+                       "chip"))
         emulation = EmulationConfig(
             clock_error=r.get(e, "clock_error", epath, "number", 0.0,
                               check=lambda v: None if abs(v) < 0.1 else
@@ -349,6 +351,10 @@ def _read_sensor(r: _Reader, raw: Any, path: str) -> SensorConfig | None:
             seed=r.get(e, "seed", epath, "int", 0),
             hang_after_s=r.get(e, "hang_after_s", epath, "number", None, nullable=True,
                                check=_non_negative),
+            chip=r.get(e, "chip", epath, "str", None, nullable=True,
+                       check=lambda v: None if driver is None or v in driver.chip_ids.values()
+                       else f"{v!r} is not a {driver.name} variant (choose from "
+                       f"{', '.join(driver.chip_ids.values())})"),
         )
     if None in (name, driver_name, bus, address, rate, accel, gyro):
         return None
@@ -542,9 +548,28 @@ def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config
     )
 
 
+FAST_MODE_BYTES_PER_S = 400_000 / 9  # FACTS.md: a FIFO drain approaches f_SCL / 9 bytes/s
+
+
+def _check_bus_budget(r: _Reader, sensors: list[SensorConfig]) -> None:
+    """Sensors on one real bus must fit in what a 400 kHz bus can carry."""
+    load: dict[int | str, list[tuple[int, float]]] = {}
+    for i, s in enumerate(sensors):
+        if not s.emulated:
+            load.setdefault(s.bus, []).append((i, s.rate_hz * DRIVERS[s.driver].frame_bytes))
+    for bus, users in load.items():
+        total = sum(b for _, b in users)
+        if total > 0.9 * FAST_MODE_BYTES_PER_S:
+            last = users[-1][0]
+            r.fail(f"sensors[{last}].rate_hz", f"the sensors on bus {bus} need {total / 1000:.0f} "
+                   f"kB/s of FIFO data, more than a 400 kHz I2C bus carries (~"
+                   f"{FAST_MODE_BYTES_PER_S / 1000:.0f} kB/s); lower rate_hz or use another bus")
+
+
 def _cross_check(r: _Reader, sensors: list[SensorConfig], session: SessionConfig,
                  triggers: TriggersConfig, buffer: BufferConfig,
                  status_led: StatusLedConfig | None) -> None:
+    _check_bus_budget(r, sensors)
     seen_names: dict[str, int] = {}
     seen_addr: dict[tuple[int | str, int], int] = {}
     for i, s in enumerate(sensors):

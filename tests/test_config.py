@@ -53,7 +53,8 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
     ({}, "sensors: is required"),
     ({"sensors": [{"name": "imu0", "bus": 1}]}, "sensors[0].driver: is required"),
     ({"sensors": [{"name": "imu0", "driver": "bmi160", "bus": 1}]},
-     "sensors[0].driver: 'bmi160' is not a supported driver (choose from mpu6050"),
+     "sensors[0].driver: 'bmi160' is not a supported driver (choose from icm42688, lsm6dsox, "
+     "mpu6050)"),
     ({**GOOD, "session": {"labels": "login"}}, "session.labels: must be a list of strings"),
     ({**GOOD, "session": {"pre_trigger_s": 40}, "buffer": {"seconds": 30}},
      "session.pre_trigger_s: 40 s reaches further back than the ring buffer holds"),

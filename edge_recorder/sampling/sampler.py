@@ -116,12 +116,17 @@ class BusSampler:
             s.counters.overflows += 1
             since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
             self._record_loss(s, since, now, "fifo_overflow")
+        if read.lost_frames:  # frames the driver dropped (unpaired, marked invalid)
+            s.counters.dropped += read.lost_frames
         if read.frames:
-            stamps = s.timebase.stamp(read.frames, now)
+            # lost frames still took a slot in the chip's timeline; assume the earliest
+            stamps = s.timebase.stamp(read.frames + read.lost_frames, now)[read.lost_frames:]
             s.ring.append(stamps, read.columns)
             s.last_ts_ns = stamps[-1]
             s.counters.samples += read.frames
             s.counters.rate_hz = s.timebase.rate_hz
+        elif read.lost_frames:
+            s.timebase.skip(read.lost_frames, resync=False)
 
     def _record_loss(self, s: SensorChannel, since_ns: int, now: int, reason: str) -> None:
         """Everything sampled after ``since_ns`` until ``now`` is lost: count it, mark a gap."""

@@ -20,6 +20,7 @@ from edge_recorder.sensors.bus import I2CBus
 STANDARD_GRAVITY_MPS2 = 9.80665
 DEG_TO_RAD = math.pi / 180.0
 CHANNELS: tuple[str, ...] = ("ax", "ay", "az", "gx", "gy", "gz", "temp_c")
+"""Column order of every sample block; ``temp_c`` only where the chip batches temperature."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class FifoRead:
     columns: tuple[list[float], ...]
     frames: int
     overflowed: bool = False
+    lost_frames: int = 0  # frames the driver knows it discarded (misaligned, incomplete)
 
 
 class ImuDriver(ABC):
@@ -49,6 +51,7 @@ class ImuDriver(ABC):
     gyro_ranges_dps: ClassVar[tuple[int, ...]]
     fifo_bytes: ClassVar[int]
     frame_bytes: ClassVar[int]
+    has_temperature: ClassVar[bool] = True
     default_rate_hz: ClassVar[float] = 200
     default_accel_range_g: ClassVar[int] = 4
     default_gyro_range_dps: ClassVar[int] = 500
@@ -112,5 +115,5 @@ class ImuDriver(ABC):
         """Drain every complete frame the FIFO holds, in as few transfers as possible."""
 
 
-def empty_columns() -> tuple[list[float], ...]:
-    return tuple([] for _ in CHANNELS)
+def empty_columns(with_temperature: bool = True) -> tuple[list[float], ...]:
+    return tuple([] for _ in CHANNELS[: 7 if with_temperature else 6])

@@ -59,6 +59,7 @@ class EmulatedChip:
         self.regs = bytearray(256)
         self.fifo = bytearray()
         self.fifo_true_ns: deque[int] = deque()  # true instant of each whole frame in the FIFO
+        self.fifo_removed_bytes = 0
         self.delivered_true_ns: list[int] = []  # true instants of frames read out, in order
         self.samples_generated = 0
         self._next_sample_ns: float | None = None
@@ -125,10 +126,12 @@ class EmulatedChip:
     def clear_fifo(self) -> None:
         self.fifo.clear()
         self.fifo_true_ns.clear()
+        self.fifo_removed_bytes = 0  # bytes taken from the head since the FIFO started
 
     def pop_fifo(self, length: int) -> bytes:
         data = bytes(self.fifo[:length])
         del self.fifo[:length]
+        self.fifo_removed_bytes += len(data)
         frame = self.frame_size()
         if frame:
             whole = min(len(data) // frame, len(self.fifo_true_ns))
@@ -163,7 +166,7 @@ class EmulatedChip:
             skipped = due - keep
             self._next_sample_ns += skipped * period
             self.samples_generated += skipped
-            if self.fifo_frame((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 25.0):
+            if self.frame_size():
                 self.clear_fifo()
                 self.on_fifo_overflow()
             due = keep
@@ -197,6 +200,7 @@ class EmulatedChip:
         excess = len(self.fifo) - self.fifo_capacity_bytes
         if excess > 0:  # the oldest bytes are overwritten: frames lose their alignment
             del self.fifo[:excess]
+            self.fifo_removed_bytes += excess
             while len(self.fifo_true_ns) * len(frame) > len(self.fifo):
                 self.fifo_true_ns.popleft()
             self.on_fifo_overflow()

@@ -1,0 +1,129 @@
+"""Register-level emulation of the LSM6DS family: DSOX (tagged FIFO) and DS3 (pattern FIFO)."""
+
+from __future__ import annotations
+
+import struct
+
+from edge_recorder.sensors import lsm6ds as reg
+from edge_recorder.sensors.base import DEG_TO_RAD, STANDARD_GRAVITY_MPS2
+from edge_recorder.sensors.emulation.chip import EmulatedChip, clamp_i16
+from edge_recorder.sensors.emulation.motion import Vector
+
+ACCEL_FS_G = {0b00: 2, 0b01: 16, 0b10: 4, 0b11: 8}
+GYRO_FS_DPS = {0b00: 250, 0b01: 500, 0b10: 1000, 0b11: 2000}
+
+
+class EmulatedLsm6dsox(EmulatedChip):
+    default_address = 0x6A
+    who_am_i = 0x6C
+    fifo_capacity_bytes = reg.FIFO_BYTES[reg.CHIP_DSOX]
+    fifo_port = reg.FIFO_DATA_OUT_TAG
+
+    def power_on_reset(self) -> None:
+        super().power_on_reset()
+        self.regs[reg.WHO_AM_I] = self.who_am_i
+        self.regs[reg.CTRL3_C] = reg.CTRL3_IF_INC
+        self.tag_cnt = 0
+        self.overrun = False
+
+    def nominal_period_ns(self) -> float | None:
+        code = self.regs[reg.CTRL1_XL] >> 4
+        if code not in reg.ODR_CODE_HZ or not self.regs[reg.CTRL2_G] >> 4:
+            return None
+        return 1e9 / reg.ODR_CODE_HZ[code]
+
+    def raw(self, accel: Vector, gyro: Vector) -> tuple[int, ...]:
+        a_fs = ACCEL_FS_G[(self.regs[reg.CTRL1_XL] >> 2) & 3]
+        g = self.regs[reg.CTRL2_G]
+        g_fs = 125 if g & 0x02 else GYRO_FS_DPS[(g >> 2) & 3]
+        a_lsb = reg.ACCEL_MG_PER_LSB[a_fs] * 1e-3 * STANDARD_GRAVITY_MPS2
+        g_lsb = reg.GYRO_MDPS_PER_LSB[g_fs] * 1e-3 * DEG_TO_RAD
+        return (*(clamp_i16(v / g_lsb) for v in gyro), *(clamp_i16(v / a_lsb) for v in accel))
+
+    def fifo_running(self) -> bool:
+        return self.regs[reg.FIFO_CTRL4] & 0x07 == reg.FIFO_MODE_CONTINUOUS and \
+            bool(self.regs[reg.FIFO_CTRL3])
+
+    def fifo_frame(self, accel: Vector, gyro: Vector, temp_c: float) -> bytes:
+        if not self.fifo_running():
+            return b""
+        gx, gy, gz, ax, ay, az = self.raw(accel, gyro)
+        cnt = self.tag_cnt
+        self.tag_cnt = (self.tag_cnt + 1) & 3
+        return (bytes([(reg.TAG_GYRO << 3) | (cnt << 1)]) + struct.pack("<3h", gx, gy, gz)
+                + bytes([(reg.TAG_ACCEL << 3) | (cnt << 1)]) + struct.pack("<3h", ax, ay, az))
+
+    def frame_size(self) -> int:
+        return 2 * reg.TAGGED_WORD_BYTES if self.fifo_running() else 0
+
+    def update_data_registers(self, accel: Vector, gyro: Vector, temp_c: float) -> None:
+        self.regs[reg.OUT_TEMP_L:reg.OUT_TEMP_L + 2] = struct.pack(
+            "<h", clamp_i16((temp_c - 25.0) * 256))
+        self.regs[reg.OUTX_L_G:reg.OUTX_L_G + 12] = struct.pack("<6h", *self.raw(accel, gyro))
+
+    def on_fifo_overflow(self) -> None:
+        self.overrun = True
+
+    def fifo_level(self) -> int:
+        return len(self.fifo) // reg.TAGGED_WORD_BYTES
+
+    def read_register(self, register: int) -> int:
+        if register == reg.FIFO_STATUS1:
+            return self.fifo_level() & 0xFF
+        if register == reg.FIFO_STATUS2:
+            return ((self.fifo_level() >> 8) & 0x03) | (reg.STATUS2_OVERRUN if self.overrun else 0)
+        return self.regs[register]
+
+    def write_register(self, register: int, value: int) -> None:
+        if register == reg.CTRL3_C and value & 0x01:
+            self.power_on_reset()
+            return
+        if register == reg.WHO_AM_I:
+            return
+        self.regs[register] = value
+        if register == reg.FIFO_CTRL4 and value & 0x07 == reg.FIFO_MODE_BYPASS:
+            self.clear_fifo()
+            self.overrun = False
+        if register in (reg.CTRL1_XL, reg.CTRL2_G):
+            self.restart_sampling()
+
+
+class EmulatedLsm6ds3(EmulatedLsm6dsox):
+    """The DS3: an untagged FIFO of 16-bit words, gyro x y z then accel x y z."""
+
+    who_am_i = 0x69
+    fifo_capacity_bytes = reg.FIFO_BYTES[reg.CHIP_DS3]
+    fifo_port = reg.DS3_FIFO_DATA_OUT_L
+
+    def fifo_running(self) -> bool:
+        ctrl5 = self.regs[reg.DS3_FIFO_CTRL5]
+        return ctrl5 & 0x07 == reg.FIFO_MODE_CONTINUOUS and bool(ctrl5 >> 3) and \
+            self.regs[reg.DS3_FIFO_CTRL3] == reg.DS3_NO_DECIMATION
+
+    def fifo_frame(self, accel: Vector, gyro: Vector, temp_c: float) -> bytes:
+        if not self.fifo_running():
+            return b""
+        return struct.pack("<6h", *self.raw(accel, gyro))
+
+    def fifo_level(self) -> int:
+        return len(self.fifo) // 2
+
+    def frame_size(self) -> int:
+        return 12 if self.fifo_running() else 0
+
+    def read_register(self, register: int) -> int:
+        if register == reg.FIFO_STATUS2:
+            return ((self.fifo_level() >> 8) & 0x0F) | (reg.STATUS2_OVERRUN if self.overrun else 0)
+        if register == reg.FIFO_STATUS2 + 1:  # FIFO_STATUS3: position in the pattern
+            return (self.fifo_removed_bytes // 2) % 6
+        if register == reg.FIFO_STATUS2 + 2:  # FIFO_STATUS4
+            return 0
+        return super().read_register(register)
+
+    # FIFO_CTRL5 (DS3) is at FIFO_CTRL4's address (DSOX) with the mode in the same bits,
+    # so the parent's write_register already empties the FIFO on bypass.
+
+
+class EmulatedLsm6ds3trc(EmulatedLsm6ds3):
+    who_am_i = 0x6A
+    fifo_capacity_bytes = reg.FIFO_BYTES[reg.CHIP_DS3TRC]

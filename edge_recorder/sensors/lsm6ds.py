@@ -1,0 +1,201 @@
+"""ST LSM6DS3 / LSM6DS3TR-C / LSM6DSO / LSM6DSOX, one family, read through the FIFO.
+
+Register map from the ST datasheets as summarised in FACTS.md (and the Linux
+``st_lsm6dsx`` driver). The variants share the control registers and differ in their
+chip ID and FIFO:
+
+* DSO/DSOX: a *tagged* FIFO of 7-byte words (tag + 6 data bytes). Gyro and accel words
+  of one sampling instant carry the same 2-bit tag counter; the driver pairs them,
+  keeping an unpaired word for the next read, so a read that ends mid-frame loses nothing.
+* DS3/DS3TR-C: an untagged FIFO of 16-bit words in a fixed pattern (gyro x y z, accel
+  x y z); FIFO_STATUS3/4 give the position in the pattern, so a misaligned start is
+  skipped to the next pattern boundary.
+
+Samples are little-endian int16. Temperature is not batched (``temp_c`` is absent).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import ClassVar
+
+from edge_recorder.sensors.base import (
+    DEG_TO_RAD,
+    STANDARD_GRAVITY_MPS2,
+    FifoRead,
+    ImuDriver,
+    empty_columns,
+)
+from edge_recorder.sensors.registers import Bits
+
+# Registers (shared)
+FIFO_CTRL3 = 0x09  # DSOX: BDR_GY [7:4], BDR_XL [3:0]
+FIFO_CTRL4 = 0x0A  # DSOX: FIFO_MODE [2:0]
+DS3_FIFO_CTRL3 = 0x08  # DS3: DEC_FIFO_GYRO [5:3], DEC_FIFO_XL [2:0]
+DS3_FIFO_CTRL5 = 0x0A  # DS3: ODR_FIFO [6:3], FIFO_MODE [2:0]
+WHO_AM_I = 0x0F
+CTRL1_XL = 0x10
+CTRL2_G = 0x11
+CTRL3_C = 0x12
+OUT_TEMP_L = 0x20
+OUTX_L_G = 0x22
+FIFO_STATUS1 = 0x3A
+FIFO_STATUS2 = 0x3B
+DS3_FIFO_DATA_OUT_L = 0x3E
+FIFO_DATA_OUT_TAG = 0x78
+
+# Fields
+ODR_XL = Bits(4, CTRL1_XL, 4)
+FS_XL = Bits(2, CTRL1_XL, 2)
+ODR_G = Bits(4, CTRL2_G, 4)
+FS_G = Bits(2, CTRL2_G, 2)
+FS_125 = Bits(1, CTRL2_G, 1)
+SW_RESET = Bits(1, CTRL3_C, 0)
+CTRL3_BDU = 0x40
+CTRL3_IF_INC = 0x04
+FIFO_MODE_CONTINUOUS = 6
+FIFO_MODE_BYPASS = 0
+DS3_NO_DECIMATION = 0b001_001  # gyro and accel data sets, both at the FIFO rate
+STATUS2_OVERRUN = 0x40
+DSOX_DIFF_MASK = 0x3FF  # words, in STATUS1 + STATUS2[1:0]
+DS3_DIFF_MASK = 0xFFF  # 16-bit words, in STATUS1 + STATUS2[3:0]
+
+TAG_GYRO = 0x01
+TAG_ACCEL = 0x02
+TAGGED_WORD_BYTES = 7
+
+ODR_CODE_HZ = {1: 12.5, 2: 26.0, 3: 52.0, 4: 104.0, 5: 208.0, 6: 416.0, 7: 833.0,
+               8: 1660.0, 9: 3330.0, 10: 6660.0}
+ODR_CODE = {hz: code for code, hz in ODR_CODE_HZ.items()}
+ACCEL_FS_CODE = {2: 0b00, 16: 0b01, 4: 0b10, 8: 0b11}
+ACCEL_MG_PER_LSB = {2: 0.061, 4: 0.122, 8: 0.244, 16: 0.488}
+GYRO_FS_CODE = {250: 0b00, 500: 0b01, 1000: 0b10, 2000: 0b11}
+GYRO_MDPS_PER_LSB = {125: 4.375, 250: 8.75, 500: 17.5, 1000: 35.0, 2000: 70.0}
+
+CHIP_DS3, CHIP_DS3TRC, CHIP_DSOX = "LSM6DS3", "LSM6DS3TR-C", "LSM6DSO/DSOX"
+FIFO_BYTES = {CHIP_DS3: 8192, CHIP_DS3TRC: 4096, CHIP_DSOX: 512 * TAGGED_WORD_BYTES}
+
+XYZ = struct.Struct("<3h")
+DS3_FRAME = struct.Struct("<6h")  # gyro x y z, accel x y z
+
+
+class Lsm6ds(ImuDriver):
+    """The LSM6DS family. Rates are the chip's ODR codes (12.5 … 6660 Hz)."""
+
+    name: ClassVar[str] = "lsm6dsox"
+    default_address: ClassVar[int] = 0x6A
+    addresses: ClassVar[tuple[int, ...]] = (0x6A, 0x6B)
+    who_am_i_register: ClassVar[int] = WHO_AM_I
+    chip_ids: ClassVar[dict[int, str]] = {0x69: CHIP_DS3, 0x6A: CHIP_DS3TRC, 0x6C: CHIP_DSOX}
+    rates_hz: ClassVar[tuple[float, ...]] = tuple(ODR_CODE_HZ.values())
+    accel_ranges_g: ClassVar[tuple[int, ...]] = (2, 4, 8, 16)
+    gyro_ranges_dps: ClassVar[tuple[int, ...]] = (125, 250, 500, 1000, 2000)
+    fifo_bytes: ClassVar[int] = FIFO_BYTES[CHIP_DSOX]
+    frame_bytes: ClassVar[int] = 2 * TAGGED_WORD_BYTES
+    has_temperature: ClassVar[bool] = False
+    default_rate_hz: ClassVar[float] = 208.0
+
+    @property
+    def fifo_frames(self) -> int:
+        if self.variant in (CHIP_DS3, CHIP_DS3TRC):
+            return FIFO_BYTES[self.variant] // DS3_FRAME.size
+        return FIFO_BYTES[CHIP_DSOX] // self.frame_bytes
+
+    @property
+    def tagged(self) -> bool:
+        return self.variant == CHIP_DSOX
+
+    def configure(self) -> None:
+        bus, addr = self.bus, self.address
+        bus.write(addr, CTRL3_C, 1 << SW_RESET.shift)
+        for _ in range(20):
+            self.sleep(0.001)
+            if not SW_RESET.get(bus, addr):
+                break
+        bus.write(addr, CTRL3_C, CTRL3_BDU | CTRL3_IF_INC)
+        odr = ODR_CODE[self.rate_hz]
+        accel_bits = (odr << 4) | (ACCEL_FS_CODE[self.accel_range_g] << 2)
+        if self.gyro_range_dps == 125:
+            gyro_bits = (odr << 4) | (1 << FS_125.shift)
+        else:
+            gyro_bits = (odr << 4) | (GYRO_FS_CODE[self.gyro_range_dps] << 2)
+        bus.write(addr, CTRL1_XL, accel_bits)
+        bus.write(addr, CTRL2_G, gyro_bits)
+        self._accel_scale = ACCEL_MG_PER_LSB[self.accel_range_g] * 1e-3 * STANDARD_GRAVITY_MPS2
+        self._gyro_scale = GYRO_MDPS_PER_LSB[self.gyro_range_dps] * 1e-3 * DEG_TO_RAD
+        self._pending: dict[int, dict[int, tuple[int, int, int]]] = {}
+        self._last_cnt: int | None = None
+        self.reset_fifo()
+
+    def reset_fifo(self) -> None:
+        """Empty the FIFO (bypass mode) and restart it in continuous mode."""
+        bus, addr = self.bus, self.address
+        odr = ODR_CODE[self.rate_hz]
+        if self.tagged:
+            bus.write(addr, FIFO_CTRL4, FIFO_MODE_BYPASS)
+            bus.write(addr, FIFO_CTRL3, (odr << 4) | odr)
+            bus.write(addr, FIFO_CTRL4, FIFO_MODE_CONTINUOUS)
+        else:
+            bus.write(addr, DS3_FIFO_CTRL5, FIFO_MODE_BYPASS)
+            bus.write(addr, DS3_FIFO_CTRL3, DS3_NO_DECIMATION)
+            bus.write(addr, DS3_FIFO_CTRL5, (odr << 3) | FIFO_MODE_CONTINUOUS)
+        self._pending = {}
+        self._last_cnt = None
+
+    def read_fifo(self) -> FifoRead:
+        return self._read_tagged() if self.tagged else self._read_pattern()
+
+    # --- DSO/DSOX: tagged words -------------------------------------------------------
+    def _read_tagged(self) -> FifoRead:
+        bus, addr = self.bus, self.address
+        s1, s2 = bus.read(addr, FIFO_STATUS1, 2)
+        if s2 & STATUS2_OVERRUN:
+            self.reset_fifo()
+            return FifoRead(empty_columns(False), 0, overflowed=True)
+        words = ((s2 << 8) | s1) & DSOX_DIFF_MASK
+        if words == 0:
+            return FifoRead(empty_columns(False), 0)
+        data = bus.read(addr, FIFO_DATA_OUT_TAG, words * TAGGED_WORD_BYTES)
+        cols = empty_columns(False)
+        a, g = self._accel_scale, self._gyro_scale
+        lost = 0
+        for i in range(0, len(data), TAGGED_WORD_BYTES):
+            tag_byte = data[i]
+            tag, cnt = tag_byte >> 3, (tag_byte >> 1) & 0x3
+            if tag not in (TAG_GYRO, TAG_ACCEL):
+                continue  # timestamp, temperature, sensor-hub words: not batched by us
+            if self._last_cnt is not None and cnt != self._last_cnt and self._pending:
+                lost += len(self._pending)  # the partner word of an instant never came
+                self._pending = {}
+            self._last_cnt = cnt
+            self._pending.setdefault(cnt, {})[tag] = XYZ.unpack_from(data, i + 1)
+            pair = self._pending[cnt]
+            if len(pair) == 2:
+                ax, ay, az = pair[TAG_ACCEL]
+                gx, gy, gz = pair[TAG_GYRO]
+                for col, value in zip(cols, (ax * a, ay * a, az * a, gx * g, gy * g, gz * g),
+                                      strict=True):
+                    col.append(value)
+                del self._pending[cnt]
+        return FifoRead(cols, len(cols[0]), lost_frames=lost)
+
+    # --- DS3/DS3TR-C: a fixed pattern of 16-bit words ------------------------------------
+    def _read_pattern(self) -> FifoRead:
+        bus, addr = self.bus, self.address
+        s1, s2, p3, p4 = bus.read(addr, FIFO_STATUS1, 4)
+        if s2 & STATUS2_OVERRUN:
+            self.reset_fifo()
+            return FifoRead(empty_columns(False), 0, overflowed=True)
+        words = ((s2 << 8) | s1) & DS3_DIFF_MASK
+        position = ((p4 & 0x03) << 8) | p3  # next word's index in the 6-word pattern
+        skip = (6 - position) % 6
+        if words < skip + 6:
+            return FifoRead(empty_columns(False), 0)
+        frames = (words - skip) // 6
+        data = bus.read(addr, DS3_FIFO_DATA_OUT_L, (skip + frames * 6) * 2)[skip * 2:]
+        a, g = self._accel_scale, self._gyro_scale
+        gx, gy, gz, ax, ay, az = zip(*DS3_FRAME.iter_unpack(data), strict=True)
+        return FifoRead(
+            ([v * a for v in ax], [v * a for v in ay], [v * a for v in az],
+             [v * g for v in gx], [v * g for v in gy], [v * g for v in gz]),
+            frames, lost_frames=1 if skip else 0)
