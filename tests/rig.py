@@ -17,8 +17,8 @@ from edge_recorder.recording.recorder import Recorder, SensorSource
 from edge_recorder.recording.store import DeviceStore
 from edge_recorder.sampling.ring import SampleRing
 from edge_recorder.sampling.sampler import BusSampler, SensorChannel
-from edge_recorder.sensors.emulation import EmulatedBus, EmulatedMpu6050, Faults
-from edge_recorder.sensors.mpu6050 import Mpu6050
+from edge_recorder.sensors.emulation import EMULATORS, EmulatedBus, Faults
+from edge_recorder.sensors.registry import DRIVERS
 from edge_recorder.sessionfile import iter_batches, read_manifest
 
 T0 = 1_800_000_000_000_000_000
@@ -45,14 +45,17 @@ class Rig:
     poll_s: float = 0.02
     jitter_s: float = 0.0
     faults: Faults = field(default_factory=Faults)
+    driver_name: str = "mpu6050"
 
     def __post_init__(self) -> None:
         self.clock = FakeClock()
-        self.chip = EmulatedMpu6050(clock=self.clock, clock_error=self.clock_error,
-                                    faults=self.faults)
-        self.bus = EmulatedBus({0x68: self.chip}, clock=self.clock)
-        self.driver = Mpu6050(self.bus, 0x68, rate_hz=self.rate_hz, accel_range_g=4,
-                              gyro_range_dps=500, sleep=lambda s: None)
+        driver_cls = DRIVERS[self.driver_name]
+        address = driver_cls.default_address
+        self.chip = EMULATORS[self.driver_name](clock=self.clock, clock_error=self.clock_error,
+                                                faults=self.faults)
+        self.bus = EmulatedBus({address: self.chip}, clock=self.clock)
+        self.driver = driver_cls(self.bus, address, rate_hz=self.rate_hz, accel_range_g=4,
+                                 gyro_range_dps=500, sleep=lambda s: None)
         self.ring = SampleRing(int(self.buffer_s * self.rate_hz))
         self.channel = SensorChannel("imu0", self.driver, self.ring)
         self.sampler = BusSampler("emulated", [self.channel], clock=self.clock,
@@ -60,7 +63,7 @@ class Rig:
         self.store = DeviceStore(self.tmp_path / "store", 1 << 30)
         self.completed: list[dict[str, Any]] = []
         self.recorder = Recorder(
-            self.settings, device_id="rig", sources=[SensorSource("imu0", "mpu6050",
+            self.settings, device_id="rig", sources=[SensorSource("imu0", self.driver_name,
                                                                   self.rate_hz, self.ring)],
             store=self.store, buffer_s=self.buffer_s, journey_id="j-auto", clock=self.clock,
             on_complete=self.completed.append)

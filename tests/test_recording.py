@@ -114,11 +114,12 @@ def test_journey_auto_is_reused_and_can_be_overridden_or_cleared(tmp_path):
     assert rig.ask(StartRequested, trigger=MQTT, journey_id=None)["journey_id"] is None
 
 
-def test_a_stalled_reader_overflows_the_fifo_and_the_loss_is_counted(tmp_path):
-    rig = Rig(tmp_path, rate_hz=1000)
+@pytest.mark.parametrize("driver_name", ["mpu6050", "icm42688"])
+def test_a_stalled_reader_overflows_the_fifo_and_the_loss_is_counted(tmp_path, driver_name):
+    rig = Rig(tmp_path, rate_hz=1000, driver_name=driver_name)
     sid = start(rig)
     rig.run(1.0)
-    rig.clock.advance(0.5)  # the sampler does not run for 0.5 s: the 73-frame FIFO overflows
+    rig.clock.advance(0.5)  # the sampler does not run for 0.5 s: the FIFO overflows
     rig.run(1.0)
     stop(rig)
     rig.finish()
@@ -165,15 +166,19 @@ def test_bus_errors_are_retried_without_losing_samples(tmp_path):
     assert manifest["sensors"][0]["samples"] == pytest.approx(20 * 200, abs=3)
 
 
+@pytest.mark.parametrize("driver_name, rate_hz", [("mpu6050", 1000), ("icm42688", 1000),
+                                                  ("lsm6dsox", 833)])
 @pytest.mark.parametrize("clock_error", [0.02, -0.02])
-def test_timestamps_follow_the_true_sampling_instants(tmp_path, clock_error):
-    rig = Rig(tmp_path, rate_hz=1000, clock_error=clock_error, poll_s=0.015, jitter_s=0.005)
+def test_timestamps_follow_the_true_sampling_instants(tmp_path, clock_error, driver_name,
+                                                      rate_hz):
+    rig = Rig(tmp_path, rate_hz=rate_hz, clock_error=clock_error, poll_s=0.015, jitter_s=0.005,
+              driver_name=driver_name)
     rig.run(120.0)
     blocks, _ = rig.ring.read(0)
     stamps = [t for b in blocks for t in b.t_ns]
     truth = rig.chip.delivered_true_ns[-len(stamps):]
-    period_ns = 1e6 / (1 + clock_error)
+    period_ns = 1e9 / rate_hz / (1 + clock_error)
     settled = [abs(a - b) for a, b in zip(stamps, truth)][len(stamps) // 2:]
     p99 = statistics.quantiles(settled, n=100)[98]
     assert p99 < 0.1 * period_ns, p99
-    assert rig.channel.timebase.rate_hz == pytest.approx(1000 * (1 + clock_error), rel=1e-4)
+    assert rig.channel.timebase.rate_hz == pytest.approx(rate_hz * (1 + clock_error), rel=1e-4)
