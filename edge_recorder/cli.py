@@ -135,9 +135,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     bus_id: int | str
     if args.bus == "emulated":
-        from edge_recorder.sensors.emulation import EMULATORS, EmulatedBus
+        from edge_recorder.sensors.emulation import (
+            EmulatedBus,
+            EmulatedIcm42688,
+            EmulatedLsm6dsox,
+            EmulatedMpu6050,
+        )
 
-        bus: Any = EmulatedBus({cls.default_address: cls() for cls in EMULATORS.values()})
+        bus: Any = EmulatedBus({0x68: EmulatedMpu6050(), 0x69: EmulatedIcm42688(),
+                                0x6A: EmulatedLsm6dsox()})
         bus_id = "emulated"
     else:
         try:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,22 +18,9 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 
+from edge_recorder.devtools import Broker, find_mosquitto
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def find_mosquitto() -> str:
-    candidates = (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
-    for candidate in candidates:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.fail("mosquitto is not installed: the tests need a real broker "
-                "(sudo apt-get install mosquitto, or run `make test`, which installs it)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
@@ -48,44 +33,11 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-class Broker:
-    """A Mosquitto process with persistence, restartable on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.binary = find_mosquitto()
-        self.port = free_port()
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {workdir}/\n"
-            # save sessions every second, so a killed broker comes back knowing the
-            # collector's persistent subscription (as a production broker should)
-            "autosave_interval 1\nmax_queued_messages 10000\nlog_dest stderr\n")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)],
-                                     stdout=subprocess.DEVNULL,
-                                     stderr=open(self.workdir / "broker.log", "ab"))
-        def accepting() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-        wait_until(accepting, 10, f"mosquitto on port {self.port}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(sig)
-            self.proc.wait(10)
-            self.proc = None
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed: the tests need a real broker "
+                    "(sudo apt-get install mosquitto, or run scripts/test.sh, which installs it)")
     b = Broker(tmp_path / "broker")
     b.start()
     yield b
