@@ -1,8 +1,10 @@
 """The session file format (SPEC §5): one MCAP file per session, owned by this module.
 
-Inside: one channel per sensor (topic ``imu/{name}``), JSON messages with an embedded
-JSON Schema, each message a batch of consecutive samples with one timestamp per sample
-(``t_ns``, ns since the UNIX epoch) and one array per channel in SI units. Chunks are
+Inside: one channel per sensor (topic ``imu/{name}``), messages in ROS 2 CDR with the
+``ros2msg`` schema embedded (MCAP's well-known registry; Foxglove, the mcap CLI and
+rosbag2 decode it), each message a batch of consecutive samples with one timestamp per
+sample (``t_ns``, int64 ns since the UNIX epoch) and one float32 array per channel in SI
+units. float32 keeps 24 bits, more than the chips' 16-bit converters deliver. Chunks are
 zstd-compressed and closed at every :meth:`SessionWriter.flush`, so a crash loses only
 what came after the last flush. The manifest is a metadata record named ``session``:
 every field as a string, plus ``manifest``, the whole manifest as JSON.
@@ -10,8 +12,10 @@ every field as a string, plus ``manifest``, the whole manifest as JSON.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,25 +32,20 @@ from edge_recorder.errors import SessionFileError
 from edge_recorder.sampling.ring import Block
 from edge_recorder.sensors.base import CHANNELS
 
-SCHEMA_NAME = "edge_recorder.ImuSamples"
+SCHEMA_NAME = "edge_recorder/msg/ImuSamples"
 TOPIC_PREFIX = "imu/"
 PROFILE = "edge-recorder"
 FILE_ONLY_FIELDS = ("bytes", "sha256", "parts")  # about the file, so not inside it
-DIGITS = {"ax": 5, "ay": 5, "az": 5, "gx": 6, "gy": 6, "gz": 6, "temp_c": 3}
+FLOAT_FIELDS = CHANNELS  # ax ay az (m/s²), gx gy gz (rad/s), temp_c (°C; empty if none)
 
-SCHEMA = {
-    "title": SCHEMA_NAME,
-    "description": "A batch of consecutive IMU samples. Element i of every array is sample i.",
-    "type": "object",
-    "properties": {
-        "t_ns": {"type": "array", "items": {"type": "integer"},
-                 "description": "sampling instant, ns since the UNIX epoch"},
-        **{c: {"type": "array", "items": {"type": "number"},
-               "description": {"a": "acceleration, m/s²", "g": "angular rate, rad/s",
-                               "t": "temperature, °C"}[c[0]]} for c in CHANNELS},
-    },
-    "required": ["t_ns"],
-}
+SCHEMA = (
+    "# A batch of consecutive IMU samples; element i of every array is sample i.\n"
+    "# t_ns: sampling instant, ns since the UNIX epoch\n"
+    "# ax ay az: acceleration, m/s^2; gx gy gz: angular rate, rad/s\n"
+    "# temp_c: temperature, degC (empty when the sensor does not batch it)\n"
+    "int64[] t_ns\n" + "".join(f"float32[] {name}\n" for name in FLOAT_FIELDS)
+)
+CDR_LE_HEADER = b"\x00\x01\x00\x00"
 
 
 @dataclass(frozen=True)
@@ -59,12 +58,50 @@ class ChannelInfo:
 
 
 def encode_block(block: Block) -> bytes:
-    """One MCAP message: the block's samples as JSON arrays, rounded to the chips' resolution."""
-    doc: dict[str, Any] = {"t_ns": block.t_ns}
-    for name, column in zip(CHANNELS, block.columns, strict=False):  # temp_c is optional
-        digits = DIGITS[name]
-        doc[name] = [round(v, digits) for v in column]
-    return json.dumps(doc, separators=(",", ":")).encode()
+    """One MCAP message: the block as a ROS 2 ``ImuSamples`` message in CDR (little-endian).
+
+    Each array is one ``struct.pack`` call: no per-value work in Python. Offsets are
+    aligned relative to the byte after the 4-byte encapsulation header, as CDR requires.
+    """
+    n = len(block.t_ns)
+    # t_ns at offset 0: uint32 length, 4 bytes padding to align the int64s to 8
+    parts = [CDR_LE_HEADER, _int64s(n).pack(n, *block.t_ns)]
+    floats = _float32s(n)
+    for i in range(len(FLOAT_FIELDS)):
+        if i < len(block.columns):
+            parts.append(floats.pack(n, *block.columns[i]))
+        else:
+            parts.append(b"\x00\x00\x00\x00")  # an empty sequence
+    return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=512)
+def _int64s(n: int) -> struct.Struct:
+    return struct.Struct(f"<I4x{n}q")
+
+
+@functools.lru_cache(maxsize=512)
+def _float32s(n: int) -> struct.Struct:
+    return struct.Struct(f"<I{n}f")
+
+
+def decode_samples(data: bytes) -> dict[str, list[Any]]:
+    """The inverse of :func:`encode_block`: ``{"t_ns": [...], "ax": [...], ...}``.
+
+    ``temp_c`` is left out when the sensor did not record it.
+    """
+    if data[:4] != CDR_LE_HEADER:
+        raise ValueError("not a little-endian CDR message")
+    body = memoryview(data)[4:]
+    (n,) = struct.unpack_from("<I", body, 0)
+    out: dict[str, list[Any]] = {"t_ns": list(struct.unpack_from(f"<{n}q", body, 8))}
+    offset = 8 + 8 * n
+    for name in FLOAT_FIELDS:
+        (m,) = struct.unpack_from("<I", body, offset)
+        if m or name != "temp_c":
+            out[name] = list(struct.unpack_from(f"<{m}f", body, offset + 4))
+        offset += 4 + 4 * m
+    return out
 
 
 class SessionWriter:
@@ -76,12 +113,11 @@ class SessionWriter:
         self._writer = Writer(self._file, chunk_size=chunk_bytes,
                               compression=CompressionType.ZSTD)
         self._writer.start(profile=PROFILE, library=f"edge-recorder {__version__}")
-        schema_id = self._writer.register_schema(SCHEMA_NAME, "jsonschema",
-                                                 json.dumps(SCHEMA).encode())
+        schema_id = self._writer.register_schema(SCHEMA_NAME, "ros2msg", SCHEMA.encode())
         self._channels: dict[str, int] = {}
         for s in sensors:
             self._channels[s.name] = self._writer.register_channel(
-                TOPIC_PREFIX + s.name, "json", schema_id,
+                TOPIC_PREFIX + s.name, "cdr", schema_id,
                 {"driver": s.driver, "rate_hz": f"{s.rate_hz:g}",
                  "units": "t_ns: ns since epoch; a*: m/s^2; g*: rad/s; temp_c: degC"})
         self._sequence = 0
@@ -148,7 +184,7 @@ def iter_batches(path: Path) -> Iterator[tuple[str, dict[str, list[Any]]]]:
             for _schema, channel, message in reader.iter_messages(log_time_order=False):
                 if not channel.topic.startswith(TOPIC_PREFIX):
                     continue
-                yield channel.topic[len(TOPIC_PREFIX):], json.loads(message.data)
+                yield channel.topic[len(TOPIC_PREFIX):], decode_samples(message.data)
     except OSError as exc:
         raise SessionFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (McapError, ValueError) as exc:
@@ -186,8 +222,8 @@ def salvage(path: Path) -> Salvaged:
                 out.samples.setdefault(name, 0)
             elif isinstance(record, Message) and record.channel_id in channels:
                 try:
-                    t_ns = json.loads(record.data)["t_ns"]
-                except (ValueError, KeyError):
+                    t_ns = decode_samples(record.data)["t_ns"]
+                except (ValueError, struct.error):
                     continue
                 if not t_ns:
                     continue

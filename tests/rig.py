@@ -42,7 +42,7 @@ class Rig:
     clock_error: float = 0.0
     settings: SessionConfig = field(default_factory=lambda: SessionConfig(duration_s=None))
     buffer_s: float = 10
-    poll_s: float = 0.02
+    poll_s: float | None = 0.02  # None: the product's own poll interval for the driver
     jitter_s: float = 0.0
     faults: Faults = field(default_factory=Faults)
     driver_name: str = "mpu6050"
@@ -75,7 +75,8 @@ class Rig:
         """Advance the fake clock, polling and pumping as the threads would."""
         end = self.clock.now + int(seconds * 1e9)
         while self.clock.now < end:
-            step = self.poll_s + (self.rng.uniform(0, self.jitter_s) if self.jitter_s else 0)
+            step = self.sampler.interval_s + (self.rng.uniform(0, self.jitter_s)
+                                              if self.jitter_s else 0)
             self.clock.advance(min(step, (end - self.clock.now) / 1e9))
             self.sampler.poll_once()
             self._since_pump += step

@@ -159,3 +159,32 @@ def test_client_fixture_is_real(client: Client) -> None:
     other.subscribe("t/retained")
     wait_until(lambda: other.received("t/retained"), 5, "retained message")
     other.close()
+
+
+def test_session_files_decode_with_a_generic_mcap_ros2_decoder(tmp_path):
+    """No code of ours needed to read a session: mcap + mcap-ros2-support decode it."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    from tests.rig import Rig, stored
+
+    rig = Rig(tmp_path)
+    from edge_recorder.recording.events import StartRequested, StopRequested, Trigger
+
+    sid = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.run(1.0)
+    rig.ask(StopRequested, trigger=Trigger("mqtt"))
+    rig.finish()
+    manifest, path = stored(rig, sid)
+    seen = 0
+    with open(path, "rb") as f:
+        reader = make_reader(f, decoder_factories=[DecoderFactory()])
+        for schema, channel, _message, decoded in reader.iter_decoded_messages():
+            assert schema.name == "edge_recorder/msg/ImuSamples"
+            assert channel.topic == "imu/imu0"
+            assert len(decoded.t_ns) == len(decoded.az) == len(decoded.temp_c)
+            assert all(abs(z - 9.80665) < 0.2 for z in decoded.az)
+            seen += len(decoded.t_ns)
+        metadata = {m.name: m.metadata for m in reader.iter_metadata()}
+    assert seen == manifest["sensors"][0]["samples"]
+    assert json.loads(metadata["session"]["manifest"])["session_id"] == sid

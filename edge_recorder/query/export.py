@@ -36,7 +36,9 @@ def write_csv(path: Path, out: IO[str]) -> int:
     rows = 0
     for sensor in sorted(samples):
         cols = samples[sensor]
-        data = [cols.get(c, [""] * len(cols["t_ns"])) for c in columns]
+        n = len(cols["t_ns"])
+        # float32 in the file: 7 significant digits say all it holds
+        data = [[f"{v:.7g}" for v in cols[c]] if c in cols else [""] * n for c in columns]
         for i, t in enumerate(cols["t_ns"]):
             writer.writerow([sensor, t, *(d[i] for d in data)])
             rows += 1

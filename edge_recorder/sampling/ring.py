@@ -15,9 +15,13 @@ from collections import deque
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Block:
-    """Consecutive samples: ``t_ns[i]`` and ``columns[c][i]`` are sequence ``first_seq + i``."""
+    """Consecutive samples: ``t_ns[i]`` and ``columns[c][i]`` are sequence ``first_seq + i``.
+
+    Shared by the ring and every session reading it: never modified once appended.
+    (Not frozen only because frozen dataclasses are slow to build on the hot path.)
+    """
 
     first_seq: int
     t_ns: list[int]
@@ -29,6 +33,19 @@ class Block:
     @property
     def end_seq(self) -> int:
         return self.first_seq + len(self.t_ns)
+
+    @staticmethod
+    def join(blocks: list[Block]) -> Block:
+        """Consecutive blocks as one (one message in the file instead of several)."""
+        if len(blocks) == 1:
+            return blocks[0]
+        t_ns: list[int] = []
+        columns: tuple[list[float], ...] = tuple([] for _ in blocks[0].columns)
+        for b in blocks:
+            t_ns += b.t_ns
+            for joined, column in zip(columns, b.columns, strict=True):
+                joined += column
+        return Block(blocks[0].first_seq, t_ns, columns)
 
     def slice(self, start_seq: int, start_ns: int | None = None,
               stop_before_ns: int | None = None) -> Block:

@@ -46,16 +46,16 @@ class FrameTimebase:
         self._observe(newest, read_ns)
         assert self._intercept is not None
         p = self.period_ns
-        base = self._t0 + self._intercept + (first - self._k0) * p
-        out = [int(base + i * p) for i in range(frames)]
-        floor = (self._last_ts or 0) + p / 2  # never step backwards between reads
-        if out[0] < floor:
-            shift = int(floor - out[0])
-            out = [t + shift for t in out]
-        # and never into the future: frame ``newest`` cannot postdate the read
-        if out[-1] > read_ns:
-            shift = out[-1] - read_ns
-            out = [t - shift for t in out]
+        start = int(self._t0 + self._intercept + (first - self._k0) * p)
+        # Within one read the period is taken to the whole ns (≤ 0.5 ns × frames of error,
+        # far below a sample period); every read re-anchors on the fit, so nothing adds up.
+        step = round(p)
+        floor = int((self._last_ts or 0) + p / 2)  # never step backwards between reads
+        start = max(start, floor)
+        last = start + (frames - 1) * step
+        if last > read_ns:  # and never into the future: frame ``newest`` predates the read
+            start -= last - read_ns
+        out = list(range(start, start + frames * step, step))
         self._last_ts = out[-1]
         return out
 

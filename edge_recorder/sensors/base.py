@@ -11,8 +11,7 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from edge_recorder.errors import SensorNotFound
 from edge_recorder.sensors.bus import I2CBus
@@ -23,8 +22,7 @@ CHANNELS: tuple[str, ...] = ("ax", "ay", "az", "gx", "gy", "gz", "temp_c")
 """Column order of every sample block; ``temp_c`` only where the chip batches temperature."""
 
 
-@dataclass(frozen=True)
-class FifoRead:
+class FifoRead(NamedTuple):
     """One drain of a chip's FIFO.
 
     ``columns`` holds one list per channel in :data:`CHANNELS` order, ``frames`` long.

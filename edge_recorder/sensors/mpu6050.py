@@ -7,6 +7,7 @@ gyro x/y/z.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import ClassVar
 
@@ -66,6 +67,12 @@ TEMP_OFFSET_C = 36.53
 FRAME = struct.Struct(">7h")
 
 
+@functools.lru_cache(maxsize=128)
+def frames_struct(frames: int) -> struct.Struct:
+    """All of a read's frames in one unpack; columns are then strided slices."""
+    return struct.Struct(f">{7 * frames}h")
+
+
 def dlpf_for_rate(rate_hz: float) -> int:
     """Widest low-pass bandwidth below the Nyquist frequency of ``rate_hz``."""
     for cfg in sorted(DLPF_BANDWIDTH_HZ):
@@ -119,30 +126,28 @@ class Mpu6050(ImuDriver):
 
     def read_fifo(self) -> FifoRead:
         bus, addr = self.bus, self.address
-        if bus.read(addr, INT_STATUS, 1)[0] & FIFO_OFLOW_INT:
-            self.reset_fifo()
-            return FifoRead(empty_columns(), 0, overflowed=True)
         hi, lo = bus.read(addr, FIFO_COUNT_H, 2)
         count = (hi << 8) | lo
         if count > self.fifo_bytes - FRAME.size:
-            # Full or about to wrap: bytes are overwritten oldest-first, frames lose alignment.
+            # Full, or about to wrap: the oldest bytes are overwritten and frames lose their
+            # alignment. (A FIFO that overflowed stays full, so the count alone tells; no
+            # INT_STATUS read is needed on every poll.)
             self.reset_fifo()
             return FifoRead(empty_columns(), 0, overflowed=True)
         frames = count // FRAME.size
         if frames == 0:
             return FifoRead(empty_columns(), 0)
-        data = bus.read(addr, FIFO_R_W, frames * FRAME.size)
-        ax, ay, az, temp, gx, gy, gz = zip(*FRAME.iter_unpack(data), strict=True)
+        flat = frames_struct(frames).unpack(bus.read(addr, FIFO_R_W, frames * FRAME.size))
         a, g = self._accel_scale, self._gyro_scale
         return FifoRead(
             (
-                [v * a for v in ax],
-                [v * a for v in ay],
-                [v * a for v in az],
-                [v * g for v in gx],
-                [v * g for v in gy],
-                [v * g for v in gz],
-                [v / TEMP_LSB_PER_C + TEMP_OFFSET_C for v in temp],
+                [v * a for v in flat[0::7]],
+                [v * a for v in flat[1::7]],
+                [v * a for v in flat[2::7]],
+                [v * g for v in flat[4::7]],
+                [v * g for v in flat[5::7]],
+                [v * g for v in flat[6::7]],
+                [v / TEMP_LSB_PER_C + TEMP_OFFSET_C for v in flat[3::7]],
             ),
             frames,
         )

@@ -62,7 +62,8 @@ class EmulatedChip:
         self.fifo_removed_bytes = 0
         self.delivered_true_ns: list[int] = []  # true instants of frames read out, in order
         self.samples_generated = 0
-        self._next_sample_ns: float | None = None
+        self._start_ns: int | None = None
+        self._next_k = 1
         self._was_absent = False
         self.power_on_reset()
 
@@ -71,7 +72,7 @@ class EmulatedChip:
         """Put every register at its power-on value and empty the FIFO."""
         self.regs[:] = bytes(256)
         self.clear_fifo()
-        self._next_sample_ns = None
+        self._start_ns = None
 
     def nominal_period_ns(self) -> float | None:
         """Sample period the registers select, or None while the chip does not sample."""
@@ -144,35 +145,40 @@ class EmulatedChip:
 
     def restart_sampling(self) -> None:
         """Rate or power changed: the next sample comes one new period from now."""
-        self._next_sample_ns = None
+        self._start_ns = None
 
     def advance(self) -> None:
-        """Generate every sample due up to the clock's now."""
+        """Generate every sample due up to the clock's now.
+
+        Sample ``k`` (k ≥ 1) falls at ``start + k · period``, kept as an integer start and a
+        count, so hours of emulated time at epoch-sized nanoseconds lose no precision.
+        """
         period = self.nominal_period_ns()
         now = self.clock()
         if period is None:
-            self._next_sample_ns = None
+            self._start_ns = None
             return
         period /= 1.0 + self.clock_error
-        if self._next_sample_ns is None:
-            self._next_sample_ns = now + period
+        if self._start_ns is None:
+            self._start_ns, self._next_k = now, 1
             return
-        if now < self._next_sample_ns:
+        last_due = int((now - self._start_ns) // period)
+        due = last_due - self._next_k + 1
+        if due <= 0:
             return
-        due = int((now - self._next_sample_ns) // period) + 1
         frame = max(self.frame_size(), 1)
         keep = self.fifo_capacity_bytes // frame + 1
         if due > keep:  # a stalled reader: all but the last FIFO-full are lost anyway
             skipped = due - keep
-            self._next_sample_ns += skipped * period
+            self._next_k += skipped
             self.samples_generated += skipped
             if self.frame_size():
                 self.clear_fifo()
                 self.on_fifo_overflow()
             due = keep
         for _ in range(due):
-            self._sample(int(self._next_sample_ns))
-            self._next_sample_ns += period
+            self._sample(self._start_ns + int(self._next_k * period))
+            self._next_k += 1
 
     def _sample(self, t_ns: int) -> None:
         accel, gyro = self.motion(t_ns / 1e9)

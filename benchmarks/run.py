@@ -1,0 +1,522 @@
+"""edge-recorder benchmarks: every figure next to a baseline measured in the same run.
+
+    .venv/bin/python -m benchmarks.run            # full, under 5 minutes
+    .venv/bin/python -m benchmarks.run --quick    # under 1 minute
+    .venv/bin/python -m benchmarks.run --minutes 10   # adds the soak
+
+The machines here are shared and noisy, so absolute figures mean little; each line
+gives its baseline (a naive implementation, the physical limit, or a reference tool,
+run in the same process or at the same time) and the ratio. CPU is process CPU time
+(time.process_time / /proc), never wall time, except where latency is the point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import yaml
+
+from edge_recorder.config import MqttConfig, SessionConfig
+from edge_recorder.delivery.mqtt import MqttLink
+from edge_recorder.delivery.publisher import Publisher
+from edge_recorder.devtools import Broker
+from edge_recorder.recording.events import StartRequested, StopRequested, Trigger
+from edge_recorder.recording.store import DeviceStore
+from edge_recorder.sensors import mpu6050 as mpu_reg
+from edge_recorder.sensors.emulation import EmulatedBus
+from tests.rig import Rig
+
+REPO = Path(__file__).resolve().parent.parent
+REPEATS = 3  # CPU figures are the least disturbed of this many runs, ours and baselines alike
+
+
+@dataclass
+class Row:
+    section: str
+    measure: str
+    figure: float
+    unit: str
+    baseline: float
+    baseline_name: str
+    lower_is_better: bool
+    target: str = ""
+    met: bool | None = None
+
+    @property
+    def ratio(self) -> float:
+        if self.figure == 0 or self.baseline == 0:
+            return math.inf
+        return self.baseline / self.figure if self.lower_is_better else self.figure / self.baseline
+
+
+ROWS: list[Row] = []
+
+
+def row(*args: Any, **kw: Any) -> None:
+    r = Row(*args, **kw)
+    ROWS.append(r)
+    met = "" if r.met is None else ("met" if r.met else "MISSED")
+    print(f"  {r.measure}: {r.figure:.4g} {r.unit} vs {r.baseline:.4g} ({r.baseline_name}) "
+          f"→ {r.ratio:.3g}× {('better' if r.ratio >= 1 else 'worse')} {r.target} {met}",
+          flush=True)
+
+
+class RecordingBus:
+    """The emulated bus, keeping every read's bytes for a replay."""
+
+    def __init__(self, bus: EmulatedBus) -> None:
+        self.bus = bus
+        self.reads: list[bytes] = []
+
+    def read(self, address: int, register: int, length: int) -> bytes:
+        data = self.bus.read(address, register, length)
+        self.reads.append(data)
+        return data
+
+    def write(self, address: int, register: int, value: int) -> None:
+        self.bus.write(address, register, value)
+
+    def close(self) -> None:
+        self.bus.close()
+
+
+class ReplayBus:
+    """Hands back a recorded run's bytes in order: the pipeline without the emulator's cost."""
+
+    def __init__(self, reads: list[bytes]) -> None:
+        self._reads = iter(reads)
+
+    def read(self, address: int, register: int, length: int) -> bytes:
+        return next(self._reads)
+
+    def write(self, address: int, register: int, value: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_rig(tmp: Path, driver: str, rate_hz: float, **kw: Any) -> Rig:
+    kw.setdefault("poll_s", None)  # the product's own poll interval
+    return Rig(tmp, rate_hz=rate_hz, driver_name=driver,
+               settings=SessionConfig(duration_s=None, max_duration_s=3600), **kw)
+
+
+def session_run(tmp: Path, driver: str, rate_hz: float, seconds: float,
+                replay: list[bytes] | None) -> tuple[float, Rig, list[bytes]]:
+    """CPU seconds for one recorded session (start, ``seconds`` of samples, stop, finalise)."""
+    rig = make_rig(tmp, driver, rate_hz)
+    bus: Any = ReplayBus(replay) if replay is not None else RecordingBus(rig.bus)
+    rig.driver.bus = bus
+    cpu0 = time.process_time()
+    rig.recorder.handle(StartRequested(Trigger("mqtt", "bench")))
+    rig.run(seconds)
+    rig.recorder.handle(StopRequested(Trigger("mqtt", "bench")))
+    rig.finish(1.0)
+    cpu = time.process_time() - cpu0
+    return cpu, rig, bus.reads if replay is None else replay
+
+
+# --- 1 + 2 + 7: pipeline cost, bus efficiency, size -------------------------------------------
+
+def bench_pipeline(tmp: Path, seconds: float, broker: Broker) -> None:
+    print("\n[1] pipeline cost per sample (bus read → finalised MCAP), emulator excluded",
+          flush=True)
+    rate = 1000.0
+    results = {}
+    emulator_us = 0.0
+    for driver, drate in (("mpu6050", rate), ("icm42688", rate), ("lsm6dsox", 833.0)):
+        # run once on the emulator, recording every read; then replay the same bytes
+        with_emulator, live, reads = session_run(tmp / f"{driver}-live", driver, drate, seconds,
+                                                 None)
+        runs = [session_run(tmp / f"{driver}-{i}", driver, drate, seconds, reads)
+                for i in range(REPEATS)]
+        cpu, rig, _ = min(runs, key=lambda r: r[0])  # the least disturbed run
+        manifest = rig.completed[0]
+        sampled = rig.channel.counters.samples  # all samples read, in the session or not
+        in_file = manifest["sensors"][0]["samples"]
+        if driver == "mpu6050":
+            emulator_us = (with_emulator - cpu) / sampled * 1e6
+        results[driver] = (cpu / sampled * 1e6, live.bus.wire_bits / 9 / sampled,
+                           manifest["bytes"] / in_file, rig.driver.frame_bytes, sampled,
+                           rig.sampler.interval_s)
+    naive_us = naive_baseline(tmp, seconds, broker)
+    ours_us = results["mpu6050"][0]
+    row("pipeline", f"CPU per sample, mpu6050 @1 kHz (poll every "
+        f"{results['mpu6050'][5] * 1000:.0f} ms)", ours_us, "µs", naive_us,
+        "naive: register read + JSON + paho publish per sample", True, "target ≥ 20×",
+        naive_us / ours_us >= 20)
+    row("pipeline", "emulator's own CPU per sample (excluded above)", emulator_us, "µs",
+        ours_us, "the pipeline's", True)
+    for driver in ("icm42688", "lsm6dsox"):
+        row("pipeline", f"CPU per sample, {driver}", results[driver][0], "µs", naive_us,
+            "naive (same baseline)", True)
+
+    print("\n[2] bus efficiency: bytes on the wire per sample (emulator count)", flush=True)
+    naive_wire_bytes = 3 + 14  # address+W, register, address+R, 14 data bytes
+    for driver, (_cpu, wire, _size, frame, _n, _poll) in results.items():
+        row("bus", f"{driver}: wire bytes/sample", wire, "B", frame, "frame size", True,
+            "target ≤ 1.15× frame", wire <= 1.15 * frame)
+    for khz in (100, 400):
+        f = khz * 1000
+        wire = results["mpu6050"][1]
+        ours_max = f / (9 * wire + 0.0)
+        limit = f / 9 / 14
+        row("bus", f"mpu6050 max sustainable rate @{khz} kHz", ours_max, "samples/s", limit,
+            "wire limit f/9/frame", False)
+        row("bus", f"mpu6050 max rate @{khz} kHz vs per-sample reads", ours_max, "samples/s",
+            f / (9 * naive_wire_bytes + 3), "naive one read per sample", False)
+
+    print("\n[7] size on disk", flush=True)
+    for driver, (_cpu, _wire, size, frame, _n, _poll) in results.items():
+        row("size", f"{driver}: session bytes per sample", size, "B", frame, "raw frame", True)
+
+
+def naive_baseline(tmp: Path, seconds: float, broker: Broker) -> float:
+    """A Pi tutorial's loop: read the data registers, JSON, publish, sleep (here: clock step).
+
+    Run on the emulator first, then again on a replay of its bytes, as for our pipeline.
+    """
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    n = int(seconds * 1000)
+    a_scale = 9.80665 / 8192
+    g_scale = math.pi / 180 / 65.5
+    reads: list[bytes] | None = None
+    cpus = []
+    for attempt in ("record", *["replay"] * REPEATS):
+        rig = make_rig(tmp / f"naive-{attempt}", "mpu6050", 1000.0)
+        bus: Any = RecordingBus(rig.bus) if reads is None else ReplayBus(reads)
+        cpu0 = time.process_time()
+        for _ in range(n):
+            rig.clock.advance(0.001)  # time.sleep(0.001) in the tutorial: no CPU
+            raw = struct.unpack(">7h", bus.read(0x68, mpu_reg.ACCEL_XOUT_H, 14))
+            doc = {"t": time.time(), "ax": raw[0] * a_scale, "ay": raw[1] * a_scale,
+                   "az": raw[2] * a_scale, "gx": raw[4] * g_scale, "gy": raw[5] * g_scale,
+                   "gz": raw[6] * g_scale, "temp": raw[3] / 340 + 36.53}
+            client.publish("naive/imu", json.dumps(doc), qos=0)
+        client.publish("naive/done", b"", qos=1).wait_for_publish(30)
+        cpus.append(time.process_time() - cpu0)
+        reads = bus.reads if reads is None else reads
+    client.disconnect()
+    client.loop_stop()
+    return min(cpus[1:]) / n * 1e6  # the least disturbed replay, as for ours
+
+
+# --- 3: timestamps ------------------------------------------------------------------------------
+
+def bench_timestamps(tmp: Path, seconds: float) -> None:
+    print(f"\n[3] timestamp error at 1 kHz, ±2 % clock error, {seconds / 60:g} min emulated",
+          flush=True)
+    for clock_error in (0.02, -0.02):
+        rig = make_rig(tmp / f"ts{clock_error}", "mpu6050", 1000.0, clock_error=clock_error,
+                       jitter_s=0.005, buffer_s=seconds + 10)
+        naive: list[int] = []
+        tb = rig.channel.timebase
+        original = tb.stamp
+
+        def stamp(frames: int, read_ns: int, _orig: Any = original,
+                  _nominal: float = tb.nominal_period_ns, naive: list[int] = naive) -> list[int]:
+            naive.extend(int(read_ns - (frames - 1 - i) * _nominal) for i in range(frames))
+            return _orig(frames, read_ns)
+
+        tb.stamp = stamp  # type: ignore[method-assign]
+        rig.run(seconds)
+        blocks, _ = rig.ring.read(0)
+        ours = [t for b in blocks for t in b.t_ns]
+        truth = rig.chip.delivered_true_ns
+        n = min(len(ours), len(truth), len(naive))
+        ours, truth, naive = ours[-n:], truth[-n:], naive[-n:]
+        period = 1e6 / (1 + clock_error)
+        skip = min(n // 10, 10_000)  # the first seconds: the estimator converging
+        err = [abs(a - b) for a, b in zip(ours[skip:], truth[skip:], strict=True)]
+        naive_err = [abs(a - b) for a, b in zip(naive[skip:], truth[skip:], strict=True)]
+        p99 = statistics.quantiles(err, n=100)[98]
+        naive_p99 = statistics.quantiles(naive_err, n=100)[98]
+        minute = 60_000
+        drift = statistics.fmean(a - b for a, b in zip(ours[-minute:], truth[-minute:],
+                                                       strict=True)) - \
+            statistics.fmean(a - b for a, b in zip(ours[skip:skip + minute],
+                                                   truth[skip:skip + minute], strict=True))
+        row("timestamps", f"p50 |error|, clock {clock_error:+.0%}", statistics.median(err) / 1e3,
+            "µs", statistics.median(naive_err) / 1e3, "naive: read time − nominal period", True)
+        row("timestamps", f"p99 |error|, clock {clock_error:+.0%}", p99 / 1e3, "µs",
+            period / 10 / 1e3, "10 % of a sample period", True, "target < 10 % period",
+            p99 < period / 10)
+        row("timestamps", f"p99 |error| vs naive, clock {clock_error:+.0%}", p99 / 1e3, "µs",
+            naive_p99 / 1e3, "naive", True)
+        row("timestamps", f"drift first→last minute, clock {clock_error:+.0%}", abs(drift) / 1e3,
+            "µs", period / 1e3, "one sample period", True, "target: no drift",
+            abs(drift) < period / 10)
+
+
+# --- 4: publish throughput ------------------------------------------------------------------------
+
+def bench_publish(tmp: Path, broker: Broker, size_mb: int) -> None:
+    print(f"\n[4] publish throughput, a {size_mb} MB session to local Mosquitto", flush=True)
+    store = DeviceStore(tmp / "pubstore", 1 << 34)
+    data = os.urandom(size_mb << 20)
+    sid = "20261126T000000000Z-benchmark"
+    store.path("outbox", sid).write_bytes(data)
+    part = 131072
+    store.path("outbox", sid, ".json").write_text(json.dumps({
+        "session_id": sid, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+        "parts": math.ceil(len(data) / part)}))
+    link = MqttLink(MqttConfig(host="127.0.0.1", port=broker.port), "bench-publisher")
+    link.start()
+    link.connected.wait(10)
+    publisher = Publisher(store, link, "bench/dev", part_bytes=part)
+    t0 = time.perf_counter()
+    assert publisher.publish_session(sid)
+    ours = time.perf_counter() - t0
+    link.close()
+    path = tmp / "blob.bin"
+    path.write_bytes(data)
+    tool = shutil.which("mosquitto_pub")
+    if tool is None:
+        print("  mosquitto_pub not found (apt-get install mosquitto-clients): no baseline")
+        return
+    theirs = min(_timed([tool, "-p", str(broker.port), "-q", "1", "-t", "bench/blob", "-f",
+                         str(path)]) for _ in range(3))
+    mb = len(data) / 1e6
+    row("publish", "throughput, 128 KiB parts, QoS 1, every part acked", mb / ours, "MB/s",
+        mb / theirs, "mosquitto_pub -f (one message, QoS 1)", False, "target ≥ 0.7×",
+        theirs / ours >= 0.7)
+
+
+def _timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+# --- 5 + 6: the daemon as a process ------------------------------------------------------------
+
+def proc_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Subscriber:
+    def __init__(self, port: int, topic: str) -> None:
+        self.got: dict[str, float] = {}
+        self.payloads: dict[str, bytes] = {}
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        self.c.on_message = self._on
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe(topic, qos=1)
+        self.c.loop_start()
+
+    def _on(self, c: Any, u: Any, msg: paho.MQTTMessage) -> None:
+        self.got.setdefault(msg.topic, time.perf_counter())
+        self.payloads[msg.topic] = msg.payload
+
+    def wait_for(self, pred: Any, timeout_s: float) -> Any:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            hit = pred()
+            if hit:
+                return hit
+            time.sleep(0.005)
+        raise TimeoutError("benchmark: waited too long")
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def daemon_config(tmp: Path, port: int, **session: Any) -> Path:
+    cfg = {
+        "device_id": "bench",
+        "sensors": [
+            {"name": "mpu", "driver": "mpu6050", "bus": "emulated", "rate_hz": 1000},
+            {"name": "icm", "driver": "icm42688", "bus": "emulated", "address": 0x69,
+             "rate_hz": 1000},
+        ],
+        "buffer": {"seconds": 60},
+        "session": {"duration_s": None, "max_duration_s": 3600, **session},
+        "mqtt": {"host": "127.0.0.1", "port": port},
+        "storage": {"dir": str(tmp / "daemon-store")},
+    }
+    path = tmp / "daemon.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def command(sub: Subscriber, port: int, payload: dict[str, Any]) -> dict[str, Any]:
+    rid = f"b{time.monotonic_ns()}"
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    pub.publish("edge-recorder/bench/cmd", json.dumps({**payload, "request_id": rid}),
+                qos=1).wait_for_publish(5)
+    reply = sub.wait_for(lambda: next(
+        (json.loads(p) for t, p in list(sub.payloads.items()) if t.endswith("/cmd/reply")
+         and json.loads(p).get("request_id") == rid), None), 10)
+    pub.disconnect()
+    pub.loop_stop()
+    return dict(reply)
+
+
+def bench_daemon(tmp: Path, broker: Broker, session_s: float, window_s: float) -> None:
+    print(f"\n[5] footprint, 2 sensors × 1 kHz, 60 s buffers, recording; [6] latency after a "
+          f"{session_s:g} s session", flush=True)
+    cfg = daemon_config(tmp, broker.port)
+    proc = subprocess.Popen([sys.executable, "-m", "edge_recorder", "run", "-c", str(cfg)],
+                            stderr=open(tmp / "daemon.log", "wb"), cwd=REPO)
+    sub = Subscriber(broker.port, "edge-recorder/bench/#")
+    try:
+        sub.wait_for(lambda: "edge-recorder/bench/status" in sub.got, 20)
+        started = command(sub, broker.port, {"cmd": "start"})
+        sid = started["session_id"]
+        time.sleep(min(3.0, session_s))  # let the rings fill a little before measuring
+        cpu0, t0 = proc_cpu_s(proc.pid), time.monotonic()
+        time.sleep(window_s)
+        cpu_share = (proc_cpu_s(proc.pid) - cpu0) / (time.monotonic() - t0)
+        rss = proc_rss_mb(proc.pid)
+        # the floor: a command's round trip through the broker
+        t_rt = time.perf_counter()
+        command(sub, broker.port, {"cmd": "status"})
+        round_trip = time.perf_counter() - t_rt
+        time.sleep(max(0.0, session_s - window_s - 3.0))
+        manifest_topic = f"edge-recorder/bench/sessions/{sid}/manifest"
+        t_stop = time.perf_counter()
+        command(sub, broker.port, {"cmd": "stop", "session_id": sid})
+        sub.wait_for(lambda: manifest_topic in sub.got, 30)
+        latency = sub.got[manifest_topic] - t_stop
+        manifest = json.loads(sub.payloads[manifest_topic])
+    finally:
+        sub.close()
+        proc.terminate()
+        proc.wait(30)
+    idle = subprocess.Popen([sys.executable, "-c", "import edge_recorder.app, time; "
+                             "time.sleep(3)"], cwd=REPO)
+    time.sleep(2)
+    idle_rss = proc_rss_mb(idle.pid)
+    idle.wait()
+    row("footprint", "daemon RSS", rss, "MB", idle_rss, "interpreter + package imported", True,
+        "target < 60 MB", rss < 60)
+    naive_share = 2000 * NAIVE_US[0] / 1e6 if NAIVE_US else 0.0
+    row("footprint", "daemon CPU share of one core (emulators included)", cpu_share * 100, "%",
+        naive_share * 100 or 10.0, "naive loop at 2 kHz (excl. emulator)" if NAIVE_US
+        else "target", True, "target < 10 %", cpu_share < 0.10)
+    samples = sum(s["samples"] for s in manifest["sensors"])
+    row("latency", f"stop → manifest received ({manifest['duration_s']:.0f} s, {samples} samples,"
+        f" {manifest['parts']} parts)", latency * 1000, "ms", round_trip * 1000,
+        "status command round trip", True, "target < 1 s", latency < 1.0)
+    dropped = sum(s["dropped"] for s in manifest["sensors"])
+    row("latency", "samples dropped in that session", dropped, "samples", samples,
+        "samples recorded", True)
+
+
+NAIVE_US: list[float] = []
+
+
+# --- 8: soak ----------------------------------------------------------------------------------
+
+def bench_soak(tmp: Path, broker: Broker, minutes: float) -> None:
+    print(f"\n[8] soak: {minutes:g} min, a 5 s session every 10 s at 2 × 1 kHz", flush=True)
+    cfg = daemon_config(tmp / "soak", broker.port)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["triggers"] = {"mqtt": True, "interval": {"every_s": 10, "duration_s": 5,
+                                                  "labels": ["soak"]}}
+    doc["storage"]["dir"] = str(tmp / "soak-store")
+    cfg.write_text(yaml.safe_dump(doc))
+    proc = subprocess.Popen([sys.executable, "-m", "edge_recorder", "run", "-c", str(cfg)],
+                            stderr=open(tmp / "soak.log", "wb"), cwd=REPO)
+    sub = Subscriber(broker.port, "edge-recorder/bench/sessions/+/manifest")
+    try:
+        time.sleep(15)
+        rss0 = proc_rss_mb(proc.pid)
+        time.sleep(max(0.0, minutes * 60 - 15))
+        rss1 = proc_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(60)
+        time.sleep(2)
+        sub.close()
+    store = tmp / "soak-store"
+    recorded = len(list(store.glob("outbox/*.json"))) + len(list(store.glob("published/*.json")))
+    delivered = len(sub.got)
+    dropped = sum(s["dropped"] for p in store.glob("*/*.json")
+                  for s in json.loads(p.read_text())["sensors"])
+    row("soak", "RSS growth", rss1 - rss0, "MB", rss0, "RSS after 15 s", True)
+    row("soak", "sessions delivered", delivered, "sessions", recorded, "sessions recorded", False,
+        "target: all", delivered == recorded)
+    row("soak", "samples dropped", dropped, "samples", 0, "none", True)
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def write_table(path: Path | None, args: argparse.Namespace) -> str:
+    lines = [f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+             f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, "
+             f"Python {platform.python_version()}), `{' '.join(sys.argv[1:]) or 'full'}`.", "",
+             "| section | measure | figure | baseline | ratio | target |",
+             "|---|---|---|---|---|---|"]
+    for r in ROWS:
+        met = "" if r.met is None else (" ✔" if r.met else " ✘ missed")
+        lines.append(f"| {r.section} | {r.measure} | {r.figure:.4g} {r.unit} | "
+                     f"{r.baseline:.4g} ({r.baseline_name}) | {r.ratio:.3g}× | "
+                     f"{r.target}{met} |")
+    text = "\n".join(lines) + "\n"
+    if path is not None:
+        path.write_text(text)
+    return text
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="shorter runs (under a minute)")
+    p.add_argument("--minutes", type=float, default=0, help="also run the soak this long")
+    p.add_argument("--table", type=Path, help="write the markdown table here")
+    args = p.parse_args()
+    quick = args.quick
+    with tempfile.TemporaryDirectory(prefix="er-bench-") as d:
+        tmp = Path(d)
+        broker = Broker(tmp / "broker")
+        broker.start()
+        try:
+            bench_pipeline(tmp, 20.0 if quick else 60.0, broker)
+            NAIVE_US.append(next(r.baseline for r in ROWS if r.section == "pipeline"))
+            bench_timestamps(tmp, 60.0 if quick else 600.0)
+            bench_publish(tmp, broker, 10)
+            bench_daemon(tmp, broker, session_s=10.0 if quick else 60.0,
+                         window_s=5.0 if quick else 20.0)
+            if args.minutes:
+                bench_soak(tmp, broker, args.minutes)
+        finally:
+            broker.stop()
+    print("\n" + write_table(args.table, args))
+    missed = [r.measure for r in ROWS if r.met is False]
+    if missed:
+        print("targets missed: " + "; ".join(missed))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
