@@ -9,6 +9,7 @@ driver flush the FIFO and count what was lost.
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import ClassVar
 
@@ -57,6 +58,12 @@ TEMP_OFFSET_C = 25.0
 PACKET = struct.Struct(">B3h3hbH")  # header, accel, gyro, temp, timestamp: 16 bytes
 
 
+@functools.lru_cache(maxsize=256)
+def packets_struct(packets: int) -> struct.Struct:
+    """A read's packets in one unpack: 9 fields each; columns are strided slices."""
+    return struct.Struct(">" + "B3h3hbH" * packets)
+
+
 class Icm42688(ImuDriver):
     """ICM-42688-P 6-axis IMU; sensitivity = 32768 / full scale."""
 
@@ -101,22 +108,25 @@ class Icm42688(ImuDriver):
         packets = ((hi << 8) | lo) // PACKET.size
         if packets == 0:
             return FifoRead(empty_columns(), 0)
-        data = bus.read(addr, FIFO_DATA, packets * PACKET.size)
-        cols = empty_columns()
-        a, g = self._accel_scale, self._gyro_scale
+        flat = packets_struct(packets).unpack(bus.read(addr, FIFO_DATA, packets * PACKET.size))
+        headers = flat[0::9]
+        if any(h & HEADER_EMPTY for h in headers):  # fewer packets than counted
+            packets = next(i for i, h in enumerate(headers) if h & HEADER_EMPTY)
+            flat, headers = flat[:9 * packets], headers[:packets]
+        if any(h & HEADER_ACCEL_GYRO != HEADER_ACCEL_GYRO for h in headers):
+            # not on a packet boundary: this read is unusable; counted as a loss
+            self.flush_fifo()
+            return FifoRead(empty_columns(), 0, overflowed=True)
         lost = 0
-        for header, ax, ay, az, gx, gy, gz, temp, _tmst in PACKET.iter_unpack(data):
-            if header & HEADER_EMPTY:
-                break
-            if header & HEADER_ACCEL_GYRO != HEADER_ACCEL_GYRO:
-                # not a packet boundary: this read is unusable; counted as a loss
-                self.flush_fifo()
-                return FifoRead(empty_columns(), 0, overflowed=True)
-            if INVALID in (ax, ay, az, gx, gy, gz):
-                lost += 1  # the chip marks a sample it could not take
-                continue
-            for col, value in zip(cols, (ax * a, ay * a, az * a, gx * g, gy * g, gz * g,
-                                         temp / FIFO_TEMP_LSB_PER_C + TEMP_OFFSET_C),
-                                  strict=True):
-                col.append(value)
-        return FifoRead(cols, len(cols[0]), lost_frames=lost)
+        if INVALID in flat:  # the chip marks a sample it could not take: drop those packets
+            rows = [flat[i:i + 9] for i in range(0, len(flat), 9)]
+            kept = [r for r in rows if INVALID not in r[1:7]]
+            lost = len(rows) - len(kept)
+            flat = tuple(v for r in kept for v in r)
+        a, g = self._accel_scale, self._gyro_scale
+        columns = (
+            [v * a for v in flat[1::9]], [v * a for v in flat[2::9]], [v * a for v in flat[3::9]],
+            [v * g for v in flat[4::9]], [v * g for v in flat[5::9]], [v * g for v in flat[6::9]],
+            [v / FIFO_TEMP_LSB_PER_C + TEMP_OFFSET_C for v in flat[7::9]],
+        )
+        return FifoRead(columns, len(columns[0]), lost_frames=lost)
