@@ -180,12 +180,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
-    from edge_recorder.query.catalog import parse_time, scan, select
+    from edge_recorder.query.index import SessionIndex
+    from edge_recorder.query.times import parse_time
 
-    entries = select(scan(args.store), labels=args.label, journey=args.journey,
-                     device=args.device,
-                     since=parse_time(args.since) if args.since else None,
-                     until=parse_time(args.until) if args.until else None)
+    since = parse_time(args.since) if args.since else None
+    until = parse_time(args.until) if args.until else None
+    with SessionIndex(args.store) as index:
+        entries = index.select(labels=args.label, journey=args.journey, device=args.device,
+                               since=since, until=until)
     if args.json:
         for e in entries:
             print(json.dumps(e.as_json()))
@@ -208,9 +210,10 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
 
 
 def cmd_journeys_list(args: argparse.Namespace) -> int:
-    from edge_recorder.query.catalog import journeys, scan
+    from edge_recorder.query.index import SessionIndex
 
-    rows = journeys(scan(args.store))
+    with SessionIndex(args.store) as index:
+        rows = index.journeys()
     if args.json:
         for row in rows:
             print(json.dumps(row))

@@ -13,6 +13,10 @@ Scale-out: with ``$share/group/`` subscriptions the broker spreads messages over
 group's members, so parts of one session can land on different collectors. Sharing
 therefore needs a store all members see (a shared directory: ``incoming/`` is keyed by
 session id and writes are atomic renames) — or one collector per device prefix.
+
+Stored sessions are also indexed in ``index.sqlite`` (labels, journey, device, times, stop
+reason) for ``sessions list``; the index is derived from the manifests and rebuilt from
+them whenever it is missing or behind.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 from edge_recorder.config import MqttConfig
 from edge_recorder.delivery.mqtt import Message, MqttLink
 from edge_recorder.fsutil import move_durable, write_atomic, write_json_atomic
+from edge_recorder.query.index import SessionIndex
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +53,8 @@ class CollectorStore:
         self.incoming = root / "incoming"
         self.sessions.mkdir(parents=True, exist_ok=True)
         self.incoming.mkdir(parents=True, exist_ok=True)
+        self.index = SessionIndex(root, check_same_thread=False)
+        self.index.sync()
         self.stored = 0
         self.rejected = 0
         self.duplicates = 0
@@ -116,6 +123,7 @@ class CollectorStore:
             move_durable(tmp, self.sessions / f"{session_id}.mcap")
             write_json_atomic(self.sessions / f"{session_id}.json", manifest)
             shutil.rmtree(folder, ignore_errors=True)
+            self.index.add(self.sessions / f"{session_id}.json", None, manifest)
             self.stored += 1
             log.info("stored session %s from %s (%d bytes, labels [%s], journey %s)", session_id,
                      manifest.get("device_id"), size, ", ".join(manifest.get("labels", [])),
