@@ -22,6 +22,7 @@ from edge_recorder.config import Config, SensorConfig, load_config
 from edge_recorder.delivery.mqtt import MqttLink
 from edge_recorder.delivery.publisher import Publisher
 from edge_recorder.errors import ConfigError, SensorError
+from edge_recorder.recording.events import ResendRequested, error, ok
 from edge_recorder.recording.ids import iso_utc, new_journey_id
 from edge_recorder.recording.recorder import Recorder, SensorSource
 from edge_recorder.recording.recovery import recover
@@ -142,6 +143,16 @@ class Daemon:
         self.publish_status()
         self.publisher.wake()
 
+    def submit(self, event: Any) -> None:
+        """Route a trigger's event: resends to the publisher, the rest to the recorder."""
+        if isinstance(event, ResendRequested):
+            problem = self.publisher.resend(event.session_id, event.parts)
+            if event.reply is not None:
+                event.reply(error("no_such_session", problem) if problem
+                            else ok(session_id=event.session_id))
+            return
+        self.recorder.submit(event)
+
     def is_open(self, session_id: str) -> bool:
         return any(s["session_id"] == session_id for s in self.recorder.snapshot()["recording"])
 
@@ -186,7 +197,7 @@ class Daemon:
 
     def _start_triggers(self) -> None:
         cfg = self.config
-        submit = self.recorder.submit
+        submit = self.submit
         if cfg.triggers.mqtt:
             from edge_recorder.triggers.mqtt_commands import MqttCommands
 

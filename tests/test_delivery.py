@@ -113,24 +113,27 @@ def test_collector_rejects_a_corrupted_part_then_accepts_the_resend(tmp_path):
     store.add_manifest(sid, json.dumps(manifest).encode())
     assert not store.has(sid) and store.rejected == 1
     assert not (store.sessions / f"{sid}.mcap").exists()
-    for n, p in reversed(list(enumerate(parts))):  # a resend, in any order
+    # the parts were discarded, the manifest kept: every part is asked for again
+    (folder,) = store.incoming.iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]
+    for n, p in reversed(list(enumerate(parts))):  # the resend, in any order
         store.add_part(sid, n, p)
-    store.add_manifest(sid, json.dumps(manifest).encode())
     assert store.has(sid)
     assert (store.sessions / f"{sid}.mcap").read_bytes() == b"".join(parts)
     store.add_manifest(sid, json.dumps(manifest).encode())
     store.add_part(sid, 0, parts[0])
-    assert store.stored == 1 and store.duplicates == 2
+    assert store.stored == 1 and store.duplicates == 2  # later copies are ignored
 
 
 def test_collector_never_stores_a_session_with_a_missing_part(tmp_path):
     store, manifest, parts = _session_parts(tmp_path)
     sid = manifest["session_id"]
-    store.add_manifest(sid, json.dumps(manifest).encode())
+    store.add_manifest(sid, json.dumps(manifest).encode(), "dev-7")
     for n, p in enumerate(parts):
         if n != 3:
-            store.add_part(sid, n, p)
+            store.add_part(sid, n, p, "dev-7")
     assert not store.has(sid)
+    assert store.incomplete(quiet_for_s=-1) == [(sid, "dev-7", [3])]  # what to ask for
     store.expire(older_than_s=-1)
     assert not (store.incoming / sid).exists() and not store.has(sid)
 
@@ -172,3 +175,63 @@ def test_sessions_list_on_a_directory_that_is_not_a_store_is_a_clear_error(tmp_p
     r = cli("export", str(tmp_path / "junk.mcap"), "--format", "csv", "-o",
             str(tmp_path / "x.csv"))
     assert r.returncode == 1 and "Traceback" not in r.stderr and "junk.mcap" in r.stderr
+
+
+@pytest.mark.broker
+def test_sessions_published_while_the_collector_is_down_arrive_when_it_returns(
+        tmp_path, broker, client, spawn):
+    cfg = write_config(tmp_path / "device.yaml", base_config(tmp_path, broker.port,
+                                                             session={"duration_s": 0.5}))
+    store_dir = tmp_path / "collected"
+    collect_args = ("collect", "--host", "127.0.0.1", "--port", str(broker.port), "--store",
+                    str(store_dir))
+    collector = spawn(*collect_args, name="collector")
+    wait_until(lambda: "connected" in collector.log(), 10, "collector connected")
+    time.sleep(0.3)  # its subscription is in place
+    assert collector.stop() == 0  # the broker keeps its persistent session and queues for it
+    daemon = spawn("run", "-c", str(cfg), name="daemon")
+    wait_online(client)
+    sids = [_send(client, {"cmd": "start"})["session_id"] for _ in range(3)]
+    device = tmp_path / "device-store"
+    wait_until(lambda: all((device / "published" / f"{s}.json").exists() for s in sids), 20,
+               "all three published while the collector is away")
+    collector = spawn(*collect_args, name="collector-again")
+    wait_until(lambda: all((store_dir / "sessions" / f"{s}.json").exists() for s in sids), 20,
+               "the queued sessions at the restarted collector")
+    assert collector.stop() == 0 and daemon.stop() == 0
+
+
+@pytest.mark.broker
+def test_broker_killed_mid_publish_the_session_arrives_once_and_intact(tmp_path, broker, client,
+                                                                     spawn):
+    # small parts make a long publish, so the kill lands in the middle of it
+    cfg = write_config(tmp_path / "device.yaml", base_config(
+        tmp_path, broker.port, mqtt={"host": "127.0.0.1", "port": broker.port,
+                                     "max_payload_bytes": 1024},
+        sensors=[{"name": "imu0", "driver": "mpu6050", "bus": "emulated", "rate_hz": 1000}]))
+    store_dir = tmp_path / "collected"
+    spawn("collect", "--host", "127.0.0.1", "--port", str(broker.port), "--store",
+          str(store_dir), name="collector")
+    daemon = spawn("run", "-c", str(cfg), name="daemon")
+    wait_online(client)
+    sid = _send(client, {"cmd": "start", "duration_s": 8})["session_id"]
+    incoming = store_dir / "incoming" / sid
+    wait_until(lambda: incoming.is_dir() and len(list(incoming.glob("part-*"))) >= 5, 30,
+               "the first parts at the collector")
+    broker.stop(signal.SIGKILL)
+    parts_before = len(list(incoming.glob("part-*")))
+    (manifest_path,) = (tmp_path / "device-store").glob(f"*/{sid}.json")  # outbox or published
+    total = json.loads(manifest_path.read_text())["parts"]
+    assert 5 <= parts_before < total, "the broker died before the collector had everything"
+    time.sleep(1.0)
+    broker.start()
+    stored_manifest = store_dir / "sessions" / f"{sid}.json"
+    wait_until(stored_manifest.exists, 60, "the session at the collector after the restart")
+    manifest = json.loads(stored_manifest.read_text())
+    data = (store_dir / "sessions" / f"{sid}.mcap").read_bytes()
+    assert len(data) == manifest["bytes"]
+    assert hashlib.sha256(data).hexdigest() == manifest["sha256"]
+    assert len(list((store_dir / "sessions").glob("*.json"))) == 1
+    r = cli("sessions", "list", "--store", str(store_dir), "--json")
+    assert [json.loads(x)["session_id"] for x in r.stdout.splitlines()] == [sid]
+    assert daemon.stop() == 0

@@ -6,8 +6,10 @@ to ``incoming/{id}/`` before they are acknowledged (paho acks after the handler
 returns), so a collector crash loses nothing either. When the manifest and every part
 are present, the file is assembled, its size and sha256 checked against the manifest,
 and only then moved into ``sessions/`` with its manifest beside it. A mismatch is
-logged and the parts discarded; a resend can then complete the session. Sessions
-already stored are ignored (duplicates are expected after a publisher reconnect).
+logged and the parts discarded. A session left incomplete (a mismatch, or parts a
+crashed broker lost after acknowledging them) gets a ``resend`` command to its device
+for what is missing. Sessions already stored are ignored (duplicates are expected
+after a publisher reconnect).
 
 Scale-out: with ``$share/group/`` subscriptions the broker spreads messages over the
 group's members, so parts of one session can land on different collectors. Sharing
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 PERSISTENT_SESSION_S = 7 * 24 * 3600
 INCOMPLETE_EXPIRY_S = 24 * 3600
+RESEND_AFTER_S = 3.0  # an incomplete session this quiet gets a resend request
+RESEND_EVERY_S = 30.0  # and at most one request per session this often
 
 
 class CollectorStore:
@@ -63,16 +67,23 @@ class CollectorStore:
     def has(self, session_id: str) -> bool:
         return (self.sessions / f"{session_id}.json").exists()
 
-    def add_part(self, session_id: str, n: int, data: bytes) -> None:
+    def _folder(self, session_id: str, device_id: str | None) -> Path:
+        folder = self.incoming / session_id
+        if not folder.is_dir():
+            folder.mkdir(exist_ok=True)
+            if device_id is not None:
+                (folder / "device").write_text(device_id)
+        return folder
+
+    def add_part(self, session_id: str, n: int, data: bytes, device_id: str | None = None) -> None:
         if self.has(session_id):
             self.duplicates += 1
             return
-        folder = self.incoming / session_id
-        folder.mkdir(exist_ok=True)
+        folder = self._folder(session_id, device_id)
         write_atomic(folder / f"part-{n:06d}", data)
         self.try_assemble(session_id)
 
-    def add_manifest(self, session_id: str, payload: bytes) -> None:
+    def add_manifest(self, session_id: str, payload: bytes, device_id: str | None = None) -> None:
         if self.has(session_id):
             self.duplicates += 1
             log.debug("session %s already stored; duplicate ignored", session_id)
@@ -86,8 +97,7 @@ class CollectorStore:
             self.rejected += 1
             log.error("session %s: unusable manifest (%s); ignored", session_id, exc)
             return
-        folder = self.incoming / session_id
-        folder.mkdir(exist_ok=True)
+        folder = self._folder(session_id, device_id)
         write_json_atomic(folder / "manifest.json", manifest)
         self.try_assemble(session_id)
 
@@ -115,10 +125,11 @@ class CollectorStore:
             if size != manifest.get("bytes") or digest.hexdigest() != manifest["sha256"]:
                 self.rejected += 1
                 log.error("session %s: reassembled file does not match its manifest (%d bytes, "
-                          "sha256 %s…; expected %s bytes, %s…); parts discarded, waiting for "
+                          "sha256 %s…; expected %s bytes, %s…); parts discarded, asking for "
                           "a resend", session_id, size, digest.hexdigest()[:12],
                           manifest.get("bytes"), str(manifest["sha256"])[:12])
-                shutil.rmtree(folder, ignore_errors=True)
+                for p in [*parts, tmp]:
+                    p.unlink(missing_ok=True)
                 return False
             move_durable(tmp, self.sessions / f"{session_id}.mcap")
             write_json_atomic(self.sessions / f"{session_id}.json", manifest)
@@ -129,6 +140,25 @@ class CollectorStore:
                      manifest.get("device_id"), size, ", ".join(manifest.get("labels", [])),
                      manifest.get("journey_id"))
             return True
+
+    def incomplete(self, quiet_for_s: float) -> list[tuple[str, str, list[int] | None]]:
+        """Sessions stuck incomplete for ``quiet_for_s``: (id, device, missing parts or None
+        for all, when the manifest never came)."""
+        out = []
+        cutoff = time.time() - quiet_for_s
+        for folder in self.incoming.iterdir():
+            files = list(folder.iterdir()) if folder.is_dir() else []
+            device = folder / "device"
+            if not files or not device.exists() or \
+                    max(f.stat().st_mtime for f in files) > cutoff:
+                continue
+            manifest_path = folder / "manifest.json"
+            missing: list[int] | None = None
+            if manifest_path.exists():
+                total = int(json.loads(manifest_path.read_text())["parts"])
+                missing = [n for n in range(total) if not (folder / f"part-{n:06d}").exists()]
+            out.append((folder.name, device.read_text(), missing))
+        return out
 
     def expire(self, older_than_s: float = INCOMPLETE_EXPIRY_S) -> None:
         """Drop incomplete sessions whose last part arrived ``older_than_s`` ago."""
@@ -150,6 +180,7 @@ class Collector:
         self.link = MqttLink(mqtt, client_id, persistent_session_s=PERSISTENT_SESSION_S,
                              name="collector")
         self.link.subscribe(f"{topic_prefix}/+/sessions/#", self.on_message, qos=1)
+        self._asked: dict[str, float] = {}
 
     def on_message(self, message: Message) -> None:
         rest = message.topic[len(self.topic_prefix) + 1:].split("/")
@@ -157,11 +188,11 @@ class Collector:
         if len(rest) < 4 or rest[1] != "sessions" or not SESSION_ID_RE.match(rest[2]):
             log.warning("collector: ignoring unexpected topic %s", message.topic)
             return
-        session_id = rest[2]
+        device, session_id = rest[0], rest[2]
         if len(rest) == 5 and rest[3] == "part" and rest[4].isdigit():
-            self.store.add_part(session_id, int(rest[4]), message.payload)
+            self.store.add_part(session_id, int(rest[4]), message.payload, device)
         elif len(rest) == 4 and rest[3] == "manifest":
-            self.store.add_manifest(session_id, message.payload)
+            self.store.add_manifest(session_id, message.payload, device)
         else:
             log.warning("collector: ignoring unexpected topic %s", message.topic)
 
@@ -171,7 +202,26 @@ class Collector:
                  self.link.settings.host, self.link.settings.port, self.store.root)
         next_expiry = 0.0
         while not stop.wait(1.0):
+            if self.link.connected.is_set():
+                self.ask_for_missing()
             if time.monotonic() >= next_expiry:
                 self.store.expire()
                 next_expiry = time.monotonic() + 600
         self.link.close()
+
+    def ask_for_missing(self) -> None:
+        """Ask devices to resend what a broker lost (at most every RESEND_EVERY_S each)."""
+        now = time.monotonic()
+        for session_id, device, missing in self.store.incomplete(RESEND_AFTER_S):
+            if now - self._asked.get(session_id, -RESEND_EVERY_S) < RESEND_EVERY_S:
+                continue
+            self._asked[session_id] = now
+            what = "all parts" if missing is None else f"{len(missing)} part(s)"
+            log.warning("session %s from %s is incomplete; asking for %s again", session_id,
+                        device, what)
+            command: dict[str, Any] = {"cmd": "resend", "session_id": session_id,
+                       "request_id": f"collector-resend-{session_id}"}
+            if missing is not None:
+                command["parts"] = missing
+            self.link.publish(f"{self.topic_prefix}/{device}/cmd", json.dumps(command).encode(),
+                              qos=1)

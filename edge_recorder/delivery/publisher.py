@@ -6,6 +6,12 @@ window of parts in flight; only when every part is acknowledged is the manifest 
 and only when the manifest is acknowledged does the session move to ``published/``.
 A dropped connection just pauses the loop; unacknowledged parts are sent again (same
 bytes, same topic), so the collector sees duplicates at worst, never a gap.
+
+A broker acknowledges QoS 1 before it has saved the message (Mosquitto persists on an
+interval), so a broker crash can still lose acknowledged parts. The collector notices
+(a manifest with parts missing, or parts without a manifest) and asks for them with a
+``resend`` command; published sessions stay on the device for exactly this, until
+``storage.max_bytes`` needs the room.
 """
 
 from __future__ import annotations
@@ -15,10 +21,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from edge_recorder.delivery.mqtt import Delivery, MqttLink
-from edge_recorder.recording.store import OUTBOX, DeviceStore
+from edge_recorder.recording.store import OUTBOX, PUBLISHED, DeviceStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,9 @@ class Publisher:
         self.part_bytes = part_bytes
         self.on_published = on_published
         self.published = 0
+        self.resent = 0
+        self._resends: deque[tuple[str, list[int] | None]] = deque()
+        self._lock = threading.Lock()
         self.last_loop_s = time.monotonic()  # heartbeat for the watchdog
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -56,12 +65,57 @@ class Publisher:
         return f"{self.topic_root}/sessions/{session_id}/{leaf}"
 
     def publish_session(self, session_id: str) -> bool:
-        """Send one session; True once the broker has acknowledged all of it."""
+        """Send one session from the outbox; True once the broker has acknowledged all of it,
+        and then the session is moved to ``published/``."""
         manifest = self.store.manifest(session_id)
         parts = int(manifest["parts"])
-        unacked = deque(range(parts))
+        if not self._send(session_id, OUTBOX, manifest, range(parts)):
+            return False
+        self.store.mark_published(session_id)
+        self.published += 1
+        log.info("session %s published (%d bytes in %d parts)", session_id,
+                 manifest["bytes"], parts)
+        self.on_published(session_id)
+        return True
+
+    def resend(self, session_id: str, parts: list[int] | None) -> str | None:
+        """A collector is missing parts of a session (a broker lost them in a crash after
+        acknowledging them): queue them again. Returns why not, or None."""
+        for state in (OUTBOX, PUBLISHED):
+            if self.store.path(state, session_id, ".json").exists():
+                break
+        else:
+            return f"session {session_id} is no longer on this device"
+        with self._lock:
+            self._resends.append((session_id, parts))
+        self.wake()
+        return None
+
+    def _do_resends(self) -> None:
+        while self._resends and self.link.connected.is_set() and not self._stop.is_set():
+            with self._lock:
+                session_id, parts = self._resends.popleft()
+            state = PUBLISHED if self.store.path(PUBLISHED, session_id, ".json").exists() \
+                else OUTBOX
+            if state == OUTBOX:
+                continue  # still queued for its first publish anyway
+            try:
+                manifest = self.store.manifest(session_id, PUBLISHED)
+                total = int(manifest["parts"])
+                wanted = sorted({n for n in parts if 0 <= n < total}) if parts else range(total)
+                if self._send(session_id, PUBLISHED, manifest, wanted):
+                    self.resent += 1
+                    log.info("session %s: resent %d part(s) and the manifest on request",
+                             session_id, len(wanted))
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("publisher: cannot resend %s: %s", session_id, exc)
+
+    def _send(self, session_id: str, state: str, manifest: dict[str, object],
+              parts: Iterable[int]) -> bool:
+        """Parts (each acknowledged, a window in flight), then the manifest."""
+        unacked = deque(parts)
         in_flight: deque[tuple[int, Delivery]] = deque()
-        with open(self.store.path(OUTBOX, session_id), "rb") as f:
+        with open(self.store.path(state, session_id), "rb") as f:
             while unacked or in_flight:
                 self.last_loop_s = time.monotonic()
                 if self._stop.is_set() or not self.link.connected.is_set():
@@ -84,14 +138,7 @@ class Publisher:
                     return False
         delivery = self.link.publish(self.topic(session_id, "manifest"),
                                      json.dumps(manifest).encode(), qos=1)
-        if not delivery.wait(ACK_TIMEOUT_S):
-            return False
-        self.store.mark_published(session_id)
-        self.published += 1
-        log.info("session %s published (%d bytes in %d parts)", session_id,
-                 manifest["bytes"], parts)
-        self.on_published(session_id)
-        return True
+        return delivery.wait(ACK_TIMEOUT_S)
 
     def drain(self) -> None:
         """Publish everything in the outbox, oldest first, while connected."""
@@ -115,6 +162,7 @@ class Publisher:
             self._wake.wait(IDLE_RESCAN_S)
             self._wake.clear()
             if self.link.connected.is_set():
+                self._do_resends()
                 self.drain()
 
     @property

@@ -63,7 +63,16 @@ class JourneyRequested:
     reply: ReplyFn | None = field(default=None, compare=False)
 
 
-Event = StartRequested | StopRequested | StatusRequested | JourneyRequested
+@dataclass(frozen=True)
+class ResendRequested:
+    """A collector asks for parts of a published session again (None: all of it)."""
+
+    session_id: str
+    parts: list[int] | None = None
+    reply: ReplyFn | None = field(default=None, compare=False)
+
+
+Event = StartRequested | StopRequested | StatusRequested | JourneyRequested | ResendRequested
 
 
 class Rejected(Exception):

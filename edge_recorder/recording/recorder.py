@@ -28,6 +28,7 @@ from edge_recorder.recording.events import (
     Rejected,
     Reply,
     StartRequested,
+    StatusRequested,
     StopRequested,
     Trigger,
     error,
@@ -135,8 +136,11 @@ class Recorder:
                 reply = self._request_stop(event)
             elif isinstance(event, JourneyRequested):
                 reply = self._set_journey(event)
-            else:
+            elif isinstance(event, StatusRequested):
                 reply = ok(status=self.status())
+            else:
+                raise Rejected("invalid_command", f"{type(event).__name__} is not handled by "
+                               "the recorder")
         except Rejected as exc:
             reply = error(exc.code, exc.message)
         except Exception as exc:  # never let one request kill the recorder

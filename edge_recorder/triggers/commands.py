@@ -13,7 +13,8 @@ Every payload gets exactly one reply. Error codes (``error.code`` in a reply):
 ``too_many_sessions``       ``session.max_concurrent`` sessions are already open
 ``pre_trigger_too_long``    ``pre_trigger_s`` beyond ``buffer.seconds``
 ``duration_too_long``       ``duration_s`` beyond ``session.max_duration_s``
-``no_such_session``         ``stop`` names a session that is not recording
+``no_such_session``         ``stop`` names a session that is not recording, or ``resend``
+                            one no longer on the device
 ``invalid_journey``         ``journey`` needs exactly one of ``journey_id`` or ``"new": true``
 ``store_full``              the store holds only unpublished sessions; nothing fits
 ``internal_error``          a bug; the daemon logged it and keeps running
@@ -33,6 +34,7 @@ from edge_recorder.recording.events import (
     JourneyRequested,
     Rejected,
     ReplyFn,
+    ResendRequested,
     StartRequested,
     StatusRequested,
     StopRequested,
@@ -47,6 +49,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "stop": ("session_id",),
     "status": (),
     "journey": ("journey_id", "new"),
+    "resend": ("session_id", "parts"),
 }
 
 
@@ -129,6 +132,16 @@ def parse_command(payload: bytes, *, source: str, reply: ReplyFn | None = None) 
         if new:
             return JourneyRequested(new_auto=True, reply=reply)
         return JourneyRequested(journey_id=_journey(doc["journey_id"]), reply=reply)
+    if cmd == "resend":
+        sid, parts = doc.get("session_id"), doc.get("parts")
+        if not isinstance(sid, str) or not sid:
+            raise Rejected("invalid_field", "resend needs session_id (a string)")
+        if parts is not None and (not isinstance(parts, list) or len(parts) > 100_000 or
+                                  not all(isinstance(n, int) and not isinstance(n, bool)
+                                          and n >= 0 for n in parts)):
+            raise Rejected("invalid_field", "parts must be a list of part numbers (0, 1, ...) "
+                           "or absent for all")
+        return ResendRequested(sid, parts, reply=reply)
     if cmd == "stop":
         sid = doc.get("session_id")
         if sid is not None and not isinstance(sid, str):
