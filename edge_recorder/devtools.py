@@ -6,6 +6,7 @@ Like gpiozero's MockFactory, it ships in the package so every harness uses the s
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -46,7 +47,10 @@ class Broker:
             f"persistence true\npersistence_location {workdir}/\n"
             # sessions saved every second, so a killed broker comes back knowing the
             # collector's persistent subscription (as a production broker should)
-            "autosave_interval 1\nmax_queued_messages 10000\nlog_dest stderr\n")
+            "autosave_interval 1\nmax_queued_messages 10000\nlog_dest stderr\n"
+            # started as root, mosquitto would switch to user "mosquitto" and lose access
+            # to the files here; stay the user who runs the tests
+            f"user {pwd.getpwuid(os.geteuid()).pw_name}\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def accepting(self) -> bool:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from edge_recorder.collector.collector import CollectorStore
+from edge_recorder.devtools import Broker
 from edge_recorder.errors import StoreFull
 from edge_recorder.recording.store import DeviceStore
 from edge_recorder.sessionfile import read_manifest
@@ -235,3 +238,59 @@ def test_broker_killed_mid_publish_the_session_arrives_once_and_intact(tmp_path,
     r = cli("sessions", "list", "--store", str(store_dir), "--json")
     assert [json.loads(x)["session_id"] for x in r.stdout.splitlines()] == [sid]
     assert daemon.stop() == 0
+
+
+def _auth_broker(tmp_path: Path, tls: bool) -> tuple[Broker, dict]:
+    """A broker that wants a password (and, with ``tls``, a certificate it can verify)."""
+    work = tmp_path / "authbroker"
+    work.mkdir()
+    passwd = work / "passwd"
+    passwd.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "pi", "s3cret"], check=True)
+    broker = Broker(work)
+    extra = f"allow_anonymous false\npassword_file {passwd}\n"
+    mqtt: dict = {"host": "127.0.0.1" if not tls else "localhost", "port": broker.port,
+                  "username": "pi", "password_file": str(work / "pw")}
+    (work / "pw").write_text("s3cret\n")
+    if tls:
+        subj = "/CN=edge-recorder-test-ca"
+        run = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=work)  # noqa: E731
+        run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", "ca.key", "-out", "ca.crt", "-subj", subj)
+        run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+            "-out", "server.csr", "-subj", "/CN=localhost")
+        (work / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "1", "-extfile", "san.ext")
+        extra += (f"cafile {work}/ca.crt\ncertfile {work}/server.crt\n"
+                  f"keyfile {work}/server.key\n")
+        mqtt["tls"] = {"ca_file": str(work / "ca.crt")}
+    conf = broker.conf.read_text().replace("allow_anonymous true\n", extra)
+    broker.conf.write_text(conf)
+    broker.start()
+    return broker, mqtt
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("tls, protocol", [(False, "3.1.1"), (True, "5")])
+def test_password_and_tls_connections_publish_sessions(tmp_path, spawn, tls, protocol):
+    if shutil.which("mosquitto_passwd") is None or (tls and shutil.which("openssl") is None):
+        pytest.skip("needs mosquitto_passwd (and openssl for TLS)")
+    broker, mqtt = _auth_broker(tmp_path, tls)
+    try:
+        cfg = write_config(tmp_path / "device.yaml", base_config(
+            tmp_path, broker.port, mqtt={**mqtt, "protocol": protocol},
+            triggers={"mqtt": True, "interval": {"every_s": 1, "duration_s": 0.3}}))
+        daemon = spawn("run", "-c", str(cfg), name="daemon")
+        published = tmp_path / "device-store" / "published"
+        wait_until(lambda: published.is_dir() and any(published.glob("*.json")), 20,
+                   "a session published through the authenticated link")
+        assert daemon.stop() == 0
+        # and a wrong password is refused with a message that says so
+        (tmp_path / "authbroker" / "pw").write_text("wrong\n")
+        daemon = spawn("run", "-c", str(cfg), name="daemon-badpw")
+        wait_until(lambda: "refused the connection" in daemon.log(), 20, "the refusal logged")
+        assert "Not authorized" in daemon.log() or "not authorised" in daemon.log().lower()
+        assert daemon.stop() == 0
+    finally:
+        broker.stop()

@@ -110,6 +110,7 @@ class MqttLink:
                 keyfile=str(t.key_file) if t.key_file else None,
             )
         self._client.on_connect = self._handle_connect
+        self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_publish = self._handle_publish
@@ -180,8 +181,11 @@ class MqttLink:
     def _handle_connect(self, client: paho.Client, userdata: object, flags: object,
                         reason_code: ReasonCode, properties: object) -> None:
         if reason_code.is_failure:
+            hint = ""
+            if "authori" in str(reason_code).lower() or "password" in str(reason_code).lower():
+                hint = "; check mqtt.username and mqtt.password_file"
             self._note_error(f"broker {self.settings.host}:{self.settings.port} refused the "
-                             f"connection: {reason_code}")
+                             f"connection: {reason_code}{hint}")
             return
         self.generation += 1
         self.connected.set()
@@ -194,6 +198,12 @@ class MqttLink:
                 self._on_connect_hook()
             except Exception:
                 log.exception("%s: on_connect hook failed", self.name)
+
+    def _handle_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        tls = " and mqtt.tls" if self.settings.tls else ""
+        self._note_error(f"cannot connect to {self.settings.host}:{self.settings.port} (is the "
+                         f"broker running? check mqtt.host, mqtt.port{tls}); sessions stay on "
+                         f"disk, retrying every {RECONNECT_MAX_S} s at most")
 
     def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,
                            reason_code: ReasonCode, properties: object) -> None:
