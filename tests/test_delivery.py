@@ -294,3 +294,33 @@ def test_password_and_tls_connections_publish_sessions(tmp_path, spawn, tls, pro
         assert daemon.stop() == 0
     finally:
         broker.stop()
+
+
+@pytest.mark.broker
+def test_a_partly_sent_session_resumes_where_it_stopped(tmp_path, broker):
+    from edge_recorder.config import MqttConfig
+    from edge_recorder.delivery.mqtt import MqttLink
+    from edge_recorder.delivery.publisher import Publisher
+    from tests.conftest import Client
+
+    store = DeviceStore(tmp_path / "store", 1 << 30, part_bytes=1024)
+    data = bytes(range(256)) * 200  # 51200 bytes: 50 parts
+    sid = "20261126T000000000Z-resume"
+    store.path("outbox", sid).write_bytes(data)
+    store.path("outbox", sid, ".json").write_text(json.dumps(
+        {"session_id": sid, "bytes": len(data), "parts": 50,
+         "sha256": hashlib.sha256(data).hexdigest()}))
+    store.note_parts_sent(sid, 32)  # a previous run got this far before it died
+    watcher = Client(broker.port)
+    watcher.subscribe(f"dev/sessions/{sid}/#")
+    link = MqttLink(MqttConfig(host="127.0.0.1", port=broker.port), "resume-test")
+    link.start()
+    assert link.connected.wait(10)
+    assert Publisher(store, link, "dev", part_bytes=1024).publish_session(sid)
+    link.close()
+    topics = wait_until(lambda: (t := [m.topic for m in watcher.received("#")]) and
+                        t[-1].endswith("manifest") and t, 10, "the manifest")
+    assert [t.rsplit("/", 1)[1] for t in topics] == [str(n) for n in range(32, 50)] + \
+        ["manifest"]
+    assert store.path("published", sid).exists() and not store.path("outbox", sid, ".sent").exists()
+    watcher.close()

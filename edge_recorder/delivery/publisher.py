@@ -69,7 +69,10 @@ class Publisher:
         and then the session is moved to ``published/``."""
         manifest = self.store.manifest(session_id)
         parts = int(manifest["parts"])
-        if not self._send(session_id, OUTBOX, manifest, range(parts)):
+        done = self.store.parts_sent(session_id)
+        if done:
+            log.info("session %s: resuming its publish at part %d of %d", session_id, done, parts)
+        if not self._send(session_id, OUTBOX, manifest, range(done, parts)):
             return False
         self.store.mark_published(session_id)
         self.published += 1
@@ -127,15 +130,14 @@ class Publisher:
                     in_flight.append(
                         (n, self.link.publish(self.topic(session_id, f"part/{n}"), data, qos=1)))
                 n, delivery = in_flight.popleft()
-                if not delivery.wait(ACK_TIMEOUT_S):
-                    if delivery.error:
-                        log.warning("publisher: broker refused part %d of %s: %s",
-                                    n, session_id, delivery.error)
-                    unacked.appendleft(n)  # send it again
-                    for m, _d in reversed(in_flight):
-                        unacked.appendleft(m)
-                    in_flight.clear()
-                    return False
+                if delivery.wait(ACK_TIMEOUT_S):
+                    if state == OUTBOX and n % WINDOW_PARTS == WINDOW_PARTS - 1:
+                        self.store.note_parts_sent(session_id, n + 1)  # resume point
+                    continue
+                if delivery.error:
+                    log.warning("publisher: broker refused part %d of %s: %s",
+                                n, session_id, delivery.error)
+                return False  # the next attempt starts again from the resume point
         delivery = self.link.publish(self.topic(session_id, "manifest"),
                                      json.dumps(manifest).encode(), qos=1)
         return delivery.wait(ACK_TIMEOUT_S)

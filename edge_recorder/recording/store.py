@@ -76,7 +76,21 @@ class DeviceStore:
     def manifest(self, session_id: str, state: str = OUTBOX) -> dict[str, Any]:
         return dict(json.loads(self.path(state, session_id, ".json").read_text()))
 
+    def note_parts_sent(self, session_id: str, parts: int) -> None:
+        """Parts ``0 .. parts-1`` are acknowledged: a restarted publish can begin after them.
+
+        Not fsync'd: losing it only means sending those parts again (same bytes, same
+        topics; the collector ignores what it already has)."""
+        self.path(OUTBOX, session_id, ".sent").write_text(f"{parts}\n")
+
+    def parts_sent(self, session_id: str) -> int:
+        try:
+            return int(self.path(OUTBOX, session_id, ".sent").read_text())
+        except (OSError, ValueError):
+            return 0
+
     def mark_published(self, session_id: str) -> None:
+        self.path(OUTBOX, session_id, ".sent").unlink(missing_ok=True)
         move_durable(self.path(OUTBOX, session_id), self.path(PUBLISHED, session_id))
         move_durable(self.path(OUTBOX, session_id, ".json"),
                      self.path(PUBLISHED, session_id, ".json"))
