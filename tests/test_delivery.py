@@ -52,7 +52,7 @@ def test_sigkill_mid_session_is_recovered_with_all_but_the_last_second(tmp_path,
     assert manifest["stop_reason"] == "recovered"
     assert manifest["labels"] == ["crash"] and manifest["journey_id"] == "j-crash"
     samples = manifest["sensors"][0]["samples"]
-    assert samples >= (recorded_s - 1.3) * 200, (samples, recorded_s)
+    assert samples >= (recorded_s - 1.0) * 200, (samples, recorded_s)  # lost: under 1 s
     assert samples <= recorded_s * 200 + 5
     # the collected file is a finished, readable MCAP with the same manifest inside
     inner = read_manifest(store_dir / "sessions" / f"{sid}.mcap")

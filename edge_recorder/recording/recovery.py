@@ -1,6 +1,6 @@
 """Start-up recovery: every session left unfinished by a crash or power cut is salvaged.
 
-All complete chunks of the torn file (flushed at least every second while recording)
+All complete chunks of the torn file (flushed every half second while recording)
 are copied into a new, finished file with ``stop_reason: recovered``, which then joins
 the outbox like any other session. Half-done state changes are completed.
 """
