@@ -194,13 +194,13 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
         return 0
     device_store = any(e.published is not None for e in entries)
     header = f"{'SESSION':<31} {'DEVICE':<16} {'STARTED (UTC)':<27} {'SECONDS':>8}  " \
-             f"{'STOP':<12} {'JOURNEY':<28} LABELS"
+             f"{'STOP':<12} {'JOURNEY':<30} LABELS"
     print(header + ("  PUBLISHED" if device_store else ""))
     for e in entries:
         m = e.manifest
         line = (f"{m['session_id']:<31} {str(m.get('device_id')):<16} "
                 f"{m.get('started_at', ''):<27} {m.get('duration_s', 0):>8.2f}  "
-                f"{m.get('stop_reason', ''):<12} {str(m.get('journey_id')):<28} "
+                f"{m.get('stop_reason', ''):<12} {str(m.get('journey_id')):<30} "
                 f"{','.join(m.get('labels') or [])}")
         if device_store:
             line += f"  {'yes' if e.published else 'no'}"
