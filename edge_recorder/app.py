@@ -62,6 +62,9 @@ def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], in
                 faults.error_rate = e.bus_error_rate
                 if e.hang_after_s is not None:
                     faults.hang_from_ns = clock() + int(e.hang_after_s * 1e9)
+                start = clock()
+                faults.absent = [(start + int(a * 1e9), start + int(b * 1e9))
+                                 for a, b in e.absent_s]
         return emulated
     from edge_recorder.sensors.smbus import SMBusI2C
 

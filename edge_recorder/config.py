@@ -38,6 +38,7 @@ class EmulationConfig:
     seed: int = 0
     hang_after_s: float | None = None  # the bus wedges this long after start (watchdog tests)
     chip: str | None = None  # a variant of the driver's family, e.g. "LSM6DS3"
+    absent_s: tuple[tuple[float, float], ...] = ()  # windows (from, to) after start, s
 
 
 @dataclass(frozen=True)
@@ -339,7 +340,7 @@ def _read_sensor(r: _Reader, raw: Any, path: str) -> SensorConfig | None:
             r.fail(epath, "only applies with bus: emulated")
         e = r.section(d["emulation"], epath,
                       ("clock_error", "bus_error_rate", "motion", "seed", "hang_after_s",
-                       "chip"))
+                       "chip", "absent_s"))
         emulation = EmulationConfig(
             clock_error=r.get(e, "clock_error", epath, "number", 0.0,
                               check=lambda v: None if abs(v) < 0.1 else
@@ -351,6 +352,7 @@ def _read_sensor(r: _Reader, raw: Any, path: str) -> SensorConfig | None:
             seed=r.get(e, "seed", epath, "int", 0),
             hang_after_s=r.get(e, "hang_after_s", epath, "number", None, nullable=True,
                                check=_non_negative),
+            absent_s=_windows(r, e.get("absent_s"), f"{epath}.absent_s"),
             chip=r.get(e, "chip", epath, "str", None, nullable=True,
                        check=lambda v: None if driver is None or v in driver.chip_ids.values()
                        else f"{v!r} is not a {driver.name} variant (choose from "
@@ -359,6 +361,20 @@ def _read_sensor(r: _Reader, raw: Any, path: str) -> SensorConfig | None:
     if None in (name, driver_name, bus, address, rate, accel, gyro):
         return None
     return SensorConfig(name, driver_name, bus, address, rate, accel, gyro, emulation)
+
+
+def _windows(r: _Reader, raw: Any, path: str) -> tuple[tuple[float, float], ...]:
+    """``[[from_s, to_s], ...]``: when an emulated chip stops answering."""
+    if raw is None:
+        return ()
+    ok = isinstance(raw, list) and all(
+        isinstance(w, list) and len(w) == 2 and all(isinstance(x, int | float) and
+                                                     not isinstance(x, bool) for x in w)
+        and 0 <= w[0] < w[1] for w in raw)
+    if not ok:
+        r.fail(path, "must be a list of [from_s, to_s] pairs, e.g. [[10, 12]]")
+        return ()
+    return tuple((float(a), float(b)) for a, b in raw)
 
 
 def _read_session(r: _Reader, raw: Any) -> SessionConfig:

@@ -17,7 +17,7 @@ from edge_recorder.devtools import Broker
 from edge_recorder.errors import StoreFull
 from edge_recorder.recording.store import DeviceStore
 from edge_recorder.sessionfile import read_manifest
-from tests.conftest import base_config, cli, wait_online, wait_until, write_config
+from tests.conftest import Client, base_config, cli, wait_online, wait_until, write_config
 
 
 def _send(client, payload: dict) -> dict:
@@ -81,6 +81,10 @@ def test_sessions_made_while_the_broker_is_down_all_arrive_once(tmp_path, broker
     broker.start()
     wait_until(lambda: not any((device / "outbox").glob("*.json")), 30,
                "the outbox to drain after the broker returns")
+    # commands work again after the reconnect (the subscription was renewed)
+    client = Client(broker.port)
+    assert _send(client, {"cmd": "status"})["ok"] is True
+    client.close()
     assert daemon.stop() == 0
     published = {p.stem for p in (device / "published").glob("*.json")}
     assert queued <= published
@@ -324,3 +328,24 @@ def test_a_partly_sent_session_resumes_where_it_stopped(tmp_path, broker):
         ["manifest"]
     assert store.path("published", sid).exists() and not store.path("outbox", sid, ".sent").exists()
     watcher.close()
+
+
+@pytest.mark.broker
+def test_the_daemon_survives_bus_errors_and_a_vanishing_sensor_and_says_so(tmp_path, broker,
+                                                                           client, spawn):
+    config = base_config(tmp_path, broker.port)
+    config["sensors"][0]["emulation"] = {"bus_error_rate": 0.01, "absent_s": [[3, 5]]}
+    cfg = write_config(tmp_path / "device.yaml", config)
+    daemon = spawn("run", "-c", str(cfg), name="daemon")
+    wait_online(client)
+    sid = _send(client, {"cmd": "start", "duration_s": 5.5})["session_id"]
+    manifest_path = tmp_path / "device-store" / "published" / f"{sid}.json"
+    wait_until(manifest_path.exists, 20, "the session through the outage, published")
+    sensor = json.loads(manifest_path.read_text())["sensors"][0]
+    assert [g["reason"] for g in sensor["gaps"]] == ["sensor_unreachable"]
+    assert sensor["dropped"] == sensor["gaps"][0]["lost"] > 300
+    assert sensor["samples"] + sensor["dropped"] == pytest.approx(5.5 * 200, abs=40)
+    status = _send(client, {"cmd": "status"})["status"]["sensors"]["imu0"]
+    assert status["state"] == "up" and status["gaps"] == 1 and status["bus_errors"] > 0
+    assert daemon.alive() and daemon.stop() == 0
+    assert "sensor imu0 is up" in daemon.log() and "Traceback" not in daemon.log()
