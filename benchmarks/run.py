@@ -414,6 +414,8 @@ def bench_daemon(tmp: Path, broker: Broker, session_s: float, window_s: float) -
         sub.wait_for(lambda: manifest_topic in sub.got, 30)
         latency = sub.got[manifest_topic] - t_stop
         manifest = json.loads(sub.payloads[manifest_topic])
+        answered, sent = fuzz_commands(broker.port, FUZZ_PAYLOADS[0])
+        alive = proc.poll() is None
     finally:
         sub.close()
         proc.terminate()
@@ -436,6 +438,45 @@ def bench_daemon(tmp: Path, broker: Broker, session_s: float, window_s: float) -
     dropped = sum(s["dropped"] for s in manifest["sensors"])
     row("latency", "samples dropped in that session", dropped, "samples", samples,
         "samples recorded", True)
+    row("reliability", f"fuzzed command payloads answered (daemon alive: {alive})", answered,
+        "replies", sent, "payloads sent", False, "target: all, one each", answered == sent)
+
+
+FUZZ_PAYLOADS = [10_000]
+
+
+def fuzz_commands(port: int, count: int) -> tuple[int, int]:
+    """Random and half-valid payloads on P/cmd; count the replies (each should get one)."""
+    import random
+
+    rng = random.Random(11)
+    pieces = [b"{", b"}", b'"cmd"', b":", b'"start"', b'"stop"', b'"status"', b'"journey"',
+              b'"resend"', b",", b'"labels"', b"[", b"]", b'"x"', b"null", b"1e999", b"-1",
+              b'"duration_s"', b'"pre_trigger_s"', b"0.01"]
+    replies = Subscriber(port, "edge-recorder/bench/cmd/reply")
+    counted: list[int] = []
+    replies.c.on_message = lambda c, u, m: counted.append(1)
+    time.sleep(0.3)  # the subscription is in place before the first payload
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    for i in range(count):
+        if i % 3 == 0:
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(60)))
+        else:
+            payload = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 14)))
+        info = pub.publish("edge-recorder/bench/cmd", payload, qos=1)
+        if i % 200 == 0:
+            info.wait_for_publish(10)
+    pub.publish("edge-recorder/bench/cmd", b"{}", qos=1).wait_for_publish(10)
+    deadline = time.monotonic() + 60
+    while len(counted) < count + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    pub.disconnect()
+    pub.loop_stop()
+    replies.close()
+    return len(counted), count + 1
 
 
 NAIVE_US: list[float] = []
@@ -485,8 +526,8 @@ def write_table(path: Path | None, args: argparse.Namespace) -> str:
              "|---|---|---|---|---|---|"]
     for r in ROWS:
         met = "" if r.met is None else (" ✔" if r.met else " ✘ missed")
-        lines.append(f"| {r.section} | {r.measure} | {r.figure:.4g} {r.unit} | "
-                     f"{r.baseline:.4g} ({r.baseline_name}) | {r.ratio:.3g}× | "
+        lines.append(f"| {r.section} | {r.measure} | {r.figure:.5g} {r.unit} | "
+                     f"{r.baseline:.5g} ({r.baseline_name}) | {r.ratio:.3g}× | "
                      f"{r.target}{met} |")
     text = "\n".join(lines) + "\n"
     if path is not None:
@@ -501,6 +542,8 @@ def main() -> int:
     p.add_argument("--table", type=Path, help="write the markdown table here")
     args = p.parse_args()
     quick = args.quick
+    if quick:
+        FUZZ_PAYLOADS[0] = 1_000
     with tempfile.TemporaryDirectory(prefix="er-bench-") as d:
         tmp = Path(d)
         broker = Broker(tmp / "broker")
