@@ -486,6 +486,7 @@ NAIVE_US: list[float] = []
 
 def bench_soak(tmp: Path, broker: Broker, minutes: float) -> None:
     print(f"\n[8] soak: {minutes:g} min, a 5 s session every 10 s at 2 × 1 kHz", flush=True)
+    (tmp / "soak").mkdir(exist_ok=True)
     cfg = daemon_config(tmp / "soak", broker.port)
     doc = yaml.safe_load(cfg.read_text())
     doc["triggers"] = {"mqtt": True, "interval": {"every_s": 10, "duration_s": 5,
@@ -559,7 +560,7 @@ def main() -> int:
                 bench_soak(tmp, broker, args.minutes)
         finally:
             broker.stop()
-    print("\n" + write_table(args.table, args))
+            print("\n" + write_table(args.table, args))
     missed = [r.measure for r in ROWS if r.met is False]
     if missed:
         print("targets missed: " + "; ".join(missed))
