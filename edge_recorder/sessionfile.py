@@ -12,11 +12,12 @@ every field as a string, plus ``manifest``, the whole manifest as JSON.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import struct
-from collections.abc import Iterator
+import sys
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -64,25 +65,25 @@ def encode_block(block: Block) -> bytes:
     aligned relative to the byte after the 4-byte encapsulation header, as CDR requires.
     """
     n = len(block.t_ns)
+    length = struct.pack("<I", n)
     # t_ns at offset 0: uint32 length, 4 bytes padding to align the int64s to 8
-    parts = [CDR_LE_HEADER, _int64s(n).pack(n, *block.t_ns)]
-    floats = _float32s(n)
+    parts = [CDR_LE_HEADER, length, b"\x00\x00\x00\x00", _packed("q", block.t_ns)]
     for i in range(len(FLOAT_FIELDS)):
         if i < len(block.columns):
-            parts.append(floats.pack(n, *block.columns[i]))
+            parts += (length, _packed("f", block.columns[i]))
         else:
             parts.append(b"\x00\x00\x00\x00")  # an empty sequence
     return b"".join(parts)
 
 
-@functools.lru_cache(maxsize=512)
-def _int64s(n: int) -> struct.Struct:
-    return struct.Struct(f"<I4x{n}q")
-
-
-@functools.lru_cache(maxsize=512)
-def _float32s(n: int) -> struct.Struct:
-    return struct.Struct(f"<I{n}f")
+def _packed(typecode: str, values: Sequence[Any]) -> bytes:
+    """Little-endian bytes of an array (the ring's blocks already are arrays)."""
+    packed = values if isinstance(values, array) and values.typecode == typecode \
+        else array(typecode, values)
+    if sys.byteorder != "little":
+        packed = array(typecode, packed)
+        packed.byteswap()
+    return packed.tobytes()
 
 
 def decode_samples(data: bytes) -> dict[str, list[Any]]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import bisect
 import threading
+from array import array
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -24,8 +26,8 @@ class Block:
     """
 
     first_seq: int
-    t_ns: list[int]
-    columns: tuple[list[float], ...]
+    t_ns: array[int]  # int64, ns since the epoch
+    columns: tuple[array[float], ...]  # float32: 4 bytes a value, not a 32-byte Python float
 
     def __len__(self) -> int:
         return len(self.t_ns)
@@ -39,8 +41,8 @@ class Block:
         """Consecutive blocks as one (one message in the file instead of several)."""
         if len(blocks) == 1:
             return blocks[0]
-        t_ns: list[int] = []
-        columns: tuple[list[float], ...] = tuple([] for _ in blocks[0].columns)
+        t_ns: array[int] = array("q")
+        columns: tuple[array[float], ...] = tuple(array("f") for _ in blocks[0].columns)
         for b in blocks:
             t_ns += b.t_ns
             for joined, column in zip(columns, b.columns, strict=True):
@@ -101,11 +103,14 @@ class SampleRing:
         with self._lock:
             return self._blocks[-1].t_ns[-1] if self._blocks else None
 
-    def append(self, t_ns: list[int], columns: tuple[list[float], ...]) -> None:
+    def append(self, t_ns: Sequence[int], columns: Sequence[Sequence[float]]) -> None:
+        """Add one read's samples; stored packed (int64 times, float32 values), so a minute
+        of two 1 kHz sensors takes about 4 MB instead of 30."""
         if not t_ns:
             return
+        block = Block(0, array("q", t_ns), tuple(array("f", c) for c in columns))
         with self._lock:
-            block = Block(self._next_seq, t_ns, columns)
+            block.first_seq = self._next_seq
             self._blocks.append(block)
             self._next_seq += len(t_ns)
             self._held += len(t_ns)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from collections.abc import Callable
 
 from edge_recorder.delivery.mqtt import Message, MqttLink
 from edge_recorder.recording.events import Event, Rejected, Reply, error
@@ -18,11 +18,12 @@ log = logging.getLogger(__name__)
 
 
 class MqttCommands:
-    def __init__(self, link: MqttLink, topic_root: str, submit: Any) -> None:
+    def __init__(self, link: MqttLink, topic_root: str,
+                 submit: Callable[[Event], None]) -> None:
         self.link = link
         self.cmd_topic = f"{topic_root}/cmd"
         self.reply_topic = f"{topic_root}/cmd/reply"
-        self.submit: Any = submit  # Callable[[Event], None]
+        self.submit = submit
         self.received = 0
         self.rejected = 0
 
