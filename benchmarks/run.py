@@ -288,9 +288,18 @@ def bench_publish(tmp: Path, broker: Broker, size_mb: int) -> None:
     link.start()
     link.connected.wait(10)
     publisher = Publisher(store, link, "bench/dev", part_bytes=part)
-    t0 = time.perf_counter()
-    assert publisher.publish_session(sid)
-    ours = time.perf_counter() - t0
+    times = []
+    for i in range(REPEATS):  # the best of three, as for mosquitto_pub below
+        run_id = f"{sid}-{i}"
+        for suffix in (".mcap", ".json"):
+            shutil.copy(store.path("outbox", sid, suffix), store.path("outbox", run_id, suffix))
+        manifest = json.loads(store.path("outbox", run_id, ".json").read_text())
+        store.path("outbox", run_id, ".json").write_text(json.dumps(
+            dict(manifest, session_id=run_id)))
+        t0 = time.perf_counter()
+        assert publisher.publish_session(run_id)
+        times.append(time.perf_counter() - t0)
+    ours = min(times)
     link.close()
     path = tmp / "blob.bin"
     path.write_bytes(data)
@@ -299,7 +308,7 @@ def bench_publish(tmp: Path, broker: Broker, size_mb: int) -> None:
         print("  mosquitto_pub not found (apt-get install mosquitto-clients): no baseline")
         return
     theirs = min(_timed([tool, "-p", str(broker.port), "-q", "1", "-t", "bench/blob", "-f",
-                         str(path)]) for _ in range(3))
+                         str(path)]) for _ in range(REPEATS))
     mb = len(data) / 1e6
     row("publish", "throughput, 128 KiB parts, QoS 1, every part acked", mb / ours, "MB/s",
         mb / theirs, "mosquitto_pub -f (one message, QoS 1)", False, "target ≥ 0.7×",

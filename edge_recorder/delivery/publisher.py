@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 WINDOW_PARTS = 16
 ACK_TIMEOUT_S = 20.0
 IDLE_RESCAN_S = 2.0
+RESUME_NOTE_EVERY_S = 1.0  # how often a long publish records how far it got
 
 
 class Publisher:
@@ -118,6 +119,7 @@ class Publisher:
         """Parts (each acknowledged, a window in flight), then the manifest."""
         unacked = deque(parts)
         in_flight: deque[tuple[int, Delivery]] = deque()
+        next_note = time.monotonic() + RESUME_NOTE_EVERY_S
         with open(self.store.path(state, session_id), "rb") as f:
             while unacked or in_flight:
                 self.last_loop_s = time.monotonic()
@@ -131,8 +133,9 @@ class Publisher:
                         (n, self.link.publish(self.topic(session_id, f"part/{n}"), data, qos=1)))
                 n, delivery = in_flight.popleft()
                 if delivery.wait(ACK_TIMEOUT_S):
-                    if state == OUTBOX and n % WINDOW_PARTS == WINDOW_PARTS - 1:
+                    if state == OUTBOX and time.monotonic() >= next_note:
                         self.store.note_parts_sent(session_id, n + 1)  # resume point
+                        next_note = time.monotonic() + RESUME_NOTE_EVERY_S
                     continue
                 if delivery.error:
                     log.warning("publisher: broker refused part %d of %s: %s",
