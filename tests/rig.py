@@ -52,7 +52,7 @@ class Rig:
         driver_cls = DRIVERS[self.driver_name]
         address = driver_cls.default_address
         self.chip = EMULATORS[self.driver_name](clock=self.clock, clock_error=self.clock_error,
-                                                faults=self.faults)
+                                                faults=self.faults, record_truth=True)
         self.bus = EmulatedBus({address: self.chip}, clock=self.clock)
         self.driver = driver_cls(self.bus, address, rate_hz=self.rate_hz, accel_range_g=4,
                                  gyro_range_dps=500, sleep=lambda s: None)

@@ -49,8 +49,13 @@ class EmulatedChip:
         noise: bool = True,
         seed: int = 0,
         faults: Faults | None = None,
+        record_truth: bool = False,
     ) -> None:
+        """``record_truth`` keeps every delivered frame's true sampling instant in
+        ``delivered_true_ns`` (tests and benchmarks); off in the daemon, where it would grow
+        without bound."""
         self.clock = clock
+        self.record_truth = record_truth
         self.clock_error = clock_error
         self.motion = motion or AtRest()
         self.noise = noise
@@ -137,7 +142,9 @@ class EmulatedChip:
         if frame:
             whole = min(len(data) // frame, len(self.fifo_true_ns))
             for _ in range(whole):
-                self.delivered_true_ns.append(self.fifo_true_ns.popleft())
+                true_ns = self.fifo_true_ns.popleft()
+                if self.record_truth:
+                    self.delivered_true_ns.append(true_ns)
         return data + b"\xff" * (length - len(data))
 
     def frame_size(self) -> int:
