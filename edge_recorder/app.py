@@ -246,13 +246,17 @@ class Daemon:
         try:
             while not stop.is_set():
                 now = time.monotonic()
-                if reload.is_set():
-                    reload.clear()
-                    self.reload()
-                if self.status_changed.is_set() or now >= next_status:
-                    self.status_changed.clear()
-                    self.publish_status()
-                    self.notifier.status(self.summary())
+                try:
+                    if reload.is_set():
+                        reload.clear()
+                        self.reload()
+                    if self.status_changed.is_set() or now >= next_status:
+                        self.status_changed.clear()
+                        self.publish_status()
+                        self.notifier.status(self.summary())
+                        next_status = now + STATUS_INTERVAL_S
+                except Exception:  # supervision must outlive any one failing report
+                    log.exception("supervisor: status or reload failed; carrying on")
                     next_status = now + STATUS_INTERVAL_S
                 if self.notifier.watchdog_s and now >= next_ping:
                     stalled = self.stalled()
@@ -347,9 +351,12 @@ class Daemon:
         self.publisher.flush(SHUTDOWN_FLUSH_S)
         self.publisher.close()
         if self.link.connected.is_set():
-            offline = dict(self.status(), online=False, recording=[])
-            self.link.publish(self.status_topic, json.dumps(offline).encode(), qos=1,
-                              retain=True).wait(1.0)
+            try:
+                offline = dict(self.status(), online=False, recording=[])
+                self.link.publish(self.status_topic, json.dumps(offline).encode(), qos=1,
+                                  retain=True).wait(1.0)
+            except Exception:
+                log.exception("shutdown: could not publish the offline status")
         self.link.close()
         for sampler in self.samplers:
             sampler.close()

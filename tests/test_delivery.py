@@ -349,3 +349,35 @@ def test_the_daemon_survives_bus_errors_and_a_vanishing_sensor_and_says_so(tmp_p
     assert status["state"] == "up" and status["gaps"] == 1 and status["bus_errors"] > 0
     assert daemon.alive() and daemon.stop() == 0
     assert "sensor imu0 is up" in daemon.log() and "Traceback" not in daemon.log()
+
+
+def test_store_figures_survive_files_moving_underneath(tmp_path):
+    """The status reads the store while the publisher moves sessions out of the outbox;
+    a file that moves between listing and looking must not crash the daemon (it did)."""
+    import threading
+
+    store = DeviceStore(tmp_path / "s", 1 << 30)
+    names = [f"s{i:04d}" for i in range(300)]
+    for name in names:
+        store.path("outbox", name).write_bytes(b"x" * 100)
+        store.path("outbox", name, ".json").write_text("{}")
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read_figures() -> None:
+        try:
+            while not done.is_set():
+                store.backlog()
+                store.used_bytes()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    reader = threading.Thread(target=read_figures)
+    reader.start()
+    for name in names:
+        store.mark_published(name)
+    done.set()
+    reader.join()
+    assert errors == []
+    assert store.backlog() == {"sessions": 0, "bytes": 0}
+    assert store.used_bytes() == 300 * 102

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -100,21 +101,32 @@ class DeviceStore:
         return sorted(p.stem for p in (self.root / RECORDING).glob("*.json"))
 
     # --- room ---------------------------------------------------------------------------
-    def _files(self, state: str) -> list[Path]:
-        return sorted(p for p in (self.root / state).iterdir() if not p.name.startswith("."))
+    def _sizes(self, state: str) -> dict[Path, int]:
+        """Size of every file in a state folder. Other threads move files between folders
+        while this runs (the publisher, the recorder): a file gone by the time it is
+        looked at is simply no longer here."""
+        sizes = {}
+        with os.scandir(self.root / state) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    sizes[Path(entry.path)] = entry.stat().st_size
+                except FileNotFoundError:
+                    continue
+        return sizes
 
     def used_bytes(self) -> int:
-        return sum(p.stat().st_size for s in (RECORDING, OUTBOX, PUBLISHED)
-                   for p in self._files(s))
+        return sum(sum(self._sizes(s).values()) for s in (RECORDING, OUTBOX, PUBLISHED))
 
     def backlog(self) -> dict[str, int]:
-        files = [p for p in self._files(OUTBOX) if p.suffix == ".mcap"]
-        return {"sessions": len(files), "bytes": sum(p.stat().st_size for p in files)}
+        files = {p: n for p, n in self._sizes(OUTBOX).items() if p.suffix == ".mcap"}
+        return {"sessions": len(files), "bytes": sum(files.values())}
 
     def make_room(self, need_bytes: int) -> None:
         """Delete published sessions, oldest first, until ``need_bytes`` fit; else StoreFull."""
         used = self.used_bytes()
-        published = sorted({p.stem for p in self._files(PUBLISHED)})
+        published = sorted({p.stem for p in self._sizes(PUBLISHED)})
         while used + need_bytes > self.max_bytes and published:
             sid = published.pop(0)
             for suffix in (".json", ".mcap"):
