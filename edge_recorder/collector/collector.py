@@ -147,17 +147,21 @@ class CollectorStore:
         out = []
         cutoff = time.time() - quiet_for_s
         for folder in self.incoming.iterdir():
-            files = list(folder.iterdir()) if folder.is_dir() else []
-            device = folder / "device"
-            if not files or not device.exists() or \
-                    max(f.stat().st_mtime for f in files) > cutoff:
+            try:  # the network thread may assemble (and remove) a folder meanwhile
+                files = list(folder.iterdir()) if folder.is_dir() else []
+                device = folder / "device"
+                if not files or not device.exists() or \
+                        max(f.stat().st_mtime for f in files) > cutoff:
+                    continue
+                manifest_path = folder / "manifest.json"
+                missing: list[int] | None = None
+                if manifest_path.exists():
+                    total = int(json.loads(manifest_path.read_text())["parts"])
+                    missing = [n for n in range(total)
+                               if not (folder / f"part-{n:06d}").exists()]
+                out.append((folder.name, device.read_text(), missing))
+            except FileNotFoundError:
                 continue
-            manifest_path = folder / "manifest.json"
-            missing: list[int] | None = None
-            if manifest_path.exists():
-                total = int(json.loads(manifest_path.read_text())["parts"])
-                missing = [n for n in range(total) if not (folder / f"part-{n:06d}").exists()]
-            out.append((folder.name, device.read_text(), missing))
         return out
 
     def expire(self, older_than_s: float = INCOMPLETE_EXPIRY_S) -> None:
@@ -202,11 +206,14 @@ class Collector:
                  self.link.settings.host, self.link.settings.port, self.store.root)
         next_expiry = 0.0
         while not stop.wait(1.0):
-            if self.link.connected.is_set():
-                self.ask_for_missing()
-            if time.monotonic() >= next_expiry:
-                self.store.expire()
-                next_expiry = time.monotonic() + 600
+            try:
+                if self.link.connected.is_set():
+                    self.ask_for_missing()
+                if time.monotonic() >= next_expiry:
+                    self.store.expire()
+                    next_expiry = time.monotonic() + 600
+            except Exception:  # housekeeping must not end collecting
+                log.exception("collector: housekeeping failed; carrying on")
         self.link.close()
 
     def ask_for_missing(self) -> None:

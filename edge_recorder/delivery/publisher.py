@@ -167,8 +167,11 @@ class Publisher:
             self._wake.wait(IDLE_RESCAN_S)
             self._wake.clear()
             if self.link.connected.is_set():
-                self._do_resends()
-                self.drain()
+                try:
+                    self._do_resends()
+                    self.drain()
+                except Exception:  # a bug must not end delivery; the watchdog sees the rest
+                    log.exception("publisher: unexpected error; retrying")
 
     @property
     def alive(self) -> bool:
