@@ -539,7 +539,8 @@ def write_table(path: Path | None, args: argparse.Namespace) -> str:
              "|---|---|---|---|---|---|"]
     for r in ROWS:
         met = "" if r.met is None else (" ✔" if r.met else " ✘ missed")
-        lines.append(f"| {r.section} | {r.measure} | {r.figure:.5g} {r.unit} | "
+        measure = r.measure.replace("|", "\\|")  # markdown table cells
+        lines.append(f"| {r.section} | {measure} | {r.figure:.5g} {r.unit} | "
                      f"{r.baseline:.5g} ({r.baseline_name}) | {r.ratio:.3g}× | "
                      f"{r.target}{met} |")
     text = "\n".join(lines) + "\n"
