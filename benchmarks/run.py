@@ -566,7 +566,7 @@ def main() -> int:
             bench_pipeline(tmp, 20.0 if quick else 60.0, broker)
             NAIVE_US.append(next(r.baseline for r in ROWS if r.section == "pipeline"))
             bench_timestamps(tmp, 60.0 if quick else 600.0)
-            bench_publish(tmp, broker, 10)
+            bench_publish(tmp, broker, 40)  # large enough that fixed costs (fsyncs) do not dominate
             bench_daemon(tmp, broker, session_s=10.0 if quick else 60.0,
                          window_s=5.0 if quick else 20.0)
             if args.minutes:
