@@ -233,7 +233,8 @@ def test_three_chip_families_record_at_once_each_at_its_own_rate(tmp_path):
     duration = manifest["duration_s"]
     by_name = {s["name"]: s for s in manifest["sensors"]}
     for name, rate in (("mpu", 200), ("lsm", 104), ("icm", 500)):
-        assert by_name[name]["samples"] == pytest.approx(rate * duration, abs=3), name
+        # each at its own rate (real clock, a freshly started timebase: within 3 %)
+        assert by_name[name]["samples"] == pytest.approx(rate * duration, rel=0.03), name
         assert by_name[name]["dropped"] == 0
     counts: dict[str, int] = {}
     for sensor, batch in iter_batches(daemon.store.path("outbox", sid)):
