@@ -35,7 +35,7 @@ import yaml
 from edge_recorder.config import MqttConfig, SessionConfig
 from edge_recorder.delivery.mqtt import MqttLink
 from edge_recorder.delivery.publisher import Publisher
-from edge_recorder.devtools import Broker
+from edge_recorder.devtools import Broker, wait_until
 from edge_recorder.recording.events import StartRequested, StopRequested, Trigger
 from edge_recorder.recording.store import DeviceStore
 from edge_recorder.sensors import mpu6050 as mpu_reg
@@ -349,15 +349,6 @@ class Subscriber:
         self.got.setdefault(msg.topic, time.perf_counter())
         self.payloads[msg.topic] = msg.payload
 
-    def wait_for(self, pred: Any, timeout_s: float) -> Any:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            hit = pred()
-            if hit:
-                return hit
-            time.sleep(0.005)
-        raise TimeoutError("benchmark: waited too long")
-
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
@@ -388,9 +379,9 @@ def command(sub: Subscriber, port: int, payload: dict[str, Any]) -> dict[str, An
     pub.loop_start()
     pub.publish("edge-recorder/bench/cmd", json.dumps({**payload, "request_id": rid}),
                 qos=1).wait_for_publish(5)
-    reply = sub.wait_for(lambda: next(
+    reply = wait_until(lambda: next(
         (json.loads(p) for t, p in list(sub.payloads.items()) if t.endswith("/cmd/reply")
-         and json.loads(p).get("request_id") == rid), None), 10)
+         and json.loads(p).get("request_id") == rid), None), 10, "a command reply", 0.005)
     pub.disconnect()
     pub.loop_stop()
     return dict(reply)
@@ -405,7 +396,7 @@ def bench_daemon(tmp: Path, broker: Broker, session_s: float, window_s: float) -
                             stderr=open(tmp / "daemon.log", "wb"), cwd=REPO)
     sub = Subscriber(broker.port, "edge-recorder/bench/#")
     try:
-        sub.wait_for(lambda: "edge-recorder/bench/status" in sub.got, 20)
+        wait_until(lambda: "edge-recorder/bench/status" in sub.got, 20, "the daemon's status")
         started = command(sub, broker.port, {"cmd": "start"})
         sid = started["session_id"]
         time.sleep(min(3.0, session_s))  # let the rings fill a little before measuring
@@ -421,7 +412,7 @@ def bench_daemon(tmp: Path, broker: Broker, session_s: float, window_s: float) -
         manifest_topic = f"edge-recorder/bench/sessions/{sid}/manifest"
         t_stop = time.perf_counter()
         command(sub, broker.port, {"cmd": "stop", "session_id": sid})
-        sub.wait_for(lambda: manifest_topic in sub.got, 30)
+        wait_until(lambda: manifest_topic in sub.got, 30, "the manifest", 0.005)
         latency = sub.got[manifest_topic] - t_stop
         manifest = json.loads(sub.payloads[manifest_topic])
         answered, sent = fuzz_commands(broker.port, FUZZ_PAYLOADS[0])

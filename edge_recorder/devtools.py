@@ -12,9 +12,23 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str,
+               poll_s: float = 0.05) -> Any:
+    """Poll until ``predicate()`` is truthy and return it; TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def find_mosquitto() -> str | None:
