@@ -111,3 +111,18 @@ def test_relative_storage_dir_is_relative_to_the_config_file(tmp_path: Path) -> 
     path.parent.mkdir()
     path.write_text(yaml.safe_dump({**GOOD, "storage": {"dir": "../data"}}))
     assert load_config(path).storage.dir.resolve() == (tmp_path / "data").resolve()
+
+
+@pytest.mark.parametrize("mqtt, expected", [
+    ({"username": "pi", "password_file": "missing-pw"}, "mqtt.password_file: cannot read"),
+    ({"tls": {"ca_file": "missing-ca.crt"}}, "mqtt.tls.ca_file:"),
+])
+def test_missing_credential_files_name_the_key_exit_2(tmp_path: Path, mqtt: dict,
+                                                     expected: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        **GOOD, "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated"}],
+        "mqtt": mqtt, "storage": {"dir": str(tmp_path / "store")}}))
+    r = cli("run", "-c", str(path), timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert expected in r.stderr and "Traceback" not in r.stderr

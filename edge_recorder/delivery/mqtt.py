@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_recorder.config import MqttConfig
+from edge_recorder.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +101,28 @@ class MqttLink:
         if settings.username is not None:
             password = None
             if settings.password_file is not None:
-                password = Path(settings.password_file).read_text().strip()
+                try:
+                    password = Path(settings.password_file).read_text().strip()
+                except OSError as exc:
+                    raise ConfigError([f"mqtt.password_file: cannot read "
+                                       f"{settings.password_file} ({exc.strerror or exc})"]
+                                      ) from exc
             self._client.username_pw_set(settings.username, password)
         if settings.tls is not None:
             t = settings.tls
-            self._client.tls_set(
-                ca_certs=str(t.ca_file) if t.ca_file else None,
-                certfile=str(t.cert_file) if t.cert_file else None,
-                keyfile=str(t.key_file) if t.key_file else None,
-            )
+            for key, path in (("ca_file", t.ca_file), ("cert_file", t.cert_file),
+                              ("key_file", t.key_file)):
+                if path is not None and not Path(path).is_file():
+                    raise ConfigError([f"mqtt.tls.{key}: {path} is not a readable file"])
+            try:
+                self._client.tls_set(
+                    ca_certs=str(t.ca_file) if t.ca_file else None,
+                    certfile=str(t.cert_file) if t.cert_file else None,
+                    keyfile=str(t.key_file) if t.key_file else None,
+                )
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise ConfigError([f"mqtt.tls: the certificate files cannot be used ({exc})"]
+                                  ) from exc
         self._client.on_connect = self._handle_connect
         self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_disconnect = self._handle_disconnect
