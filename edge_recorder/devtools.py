@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -89,3 +90,79 @@ class Broker:
             self.proc.send_signal(sig)
             self.proc.wait(10)
             self.proc = None
+
+
+def find_postgres_bin() -> Path | None:
+    """The directory holding ``initdb`` and ``pg_ctl`` (Debian keeps them out of PATH)."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit()
+                      else 0)
+    return versions[-1].parent if versions else None
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster (``initdb`` + ``pg_ctl``) on a free loopback port.
+
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the ``postgres``
+    system user that Debian's package creates; its data lives in a fresh directory under
+    the system temp dir (a pytest ``tmp_path`` is not reachable by another user).
+    """
+
+    def __init__(self, bindir: Path | None = None) -> None:
+        found = bindir or find_postgres_bin()
+        if found is None:
+            raise FileNotFoundError(
+                "PostgreSQL is not installed (sudo apt-get install postgresql)")
+        self.bindir = found
+        self.port = free_port()
+        self.workdir = Path(tempfile.mkdtemp(prefix="edge-recorder-pg-"))
+        self.datadir = self.workdir / "data"
+        self._user: str | None = None
+        if os.geteuid() == 0:
+            self._user = "postgres"
+            try:
+                pw = pwd.getpwnam(self._user)
+            except KeyError as e:
+                raise FileNotFoundError("as root, PostgreSQL needs the 'postgres' user "
+                                        "(created by Debian's postgresql package)") from e
+            os.chown(self.workdir, pw.pw_uid, pw.pw_gid)
+        self.started = False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://edge@127.0.0.1:{self.port}/edge"
+
+    def _run(self, *args: str) -> None:
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if self._user is not None:
+            cmd = ["runuser", "-u", self._user, "--", *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({result.returncode}): "
+                               f"{(result.stderr or result.stdout).strip()[-2000:]}")
+
+    def start(self) -> None:
+        fresh = not self.datadir.exists()
+        if fresh:
+            self._run("initdb", "-D", str(self.datadir), "-U", "edge", "--auth=trust",
+                      "-E", "UTF8", "--no-sync")
+        self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.workdir / "server.log"),
+                  "-w", "-t", "60", "-o",
+                  f"-p {self.port} -c listen_addresses=127.0.0.1 "
+                  f"-c unix_socket_directories={self.workdir} -c fsync=off "
+                  "-c max_connections=200", "start")
+        self.started = True
+        if fresh:
+            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "edge", "edge")
+
+    def stop(self, mode: str = "fast") -> None:
+        if self.started:
+            self._run("pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop")
+            self.started = False
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -30,3 +30,8 @@ fi
 need_mosquitto() {
     command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
 }
+
+need_postgres() {
+    [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || command -v initdb >/dev/null || \
+        apt_install postgresql || echo "setup: could not install PostgreSQL; its tests will skip" >&2
+}

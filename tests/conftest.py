@@ -3,6 +3,7 @@ MQTT test client. No mocks of the broker: every MQTT test talks to Mosquitto."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -17,9 +18,10 @@ import paho.mqtt.client as paho
 import pytest
 import yaml
 
-from edge_recorder.devtools import Broker, find_mosquitto, wait_until
+from edge_recorder.devtools import Broker, Postgres, find_mosquitto, find_postgres_bin, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
+_db_counter = itertools.count()
 
 
 @pytest.fixture
@@ -31,6 +33,29 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One real PostgreSQL cluster for the run (each test gets its own database)."""
+    if find_postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed and could not be (scripts/test.sh installs "
+                    "Debian's postgresql package)")
+    server = Postgres()
+    server.start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def postgres(postgres_server: Postgres, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database on the shared cluster; yields its URL."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
+    name = f"{name}_{os.getpid()}_{next(_db_counter)}"
+    base = postgres_server.url.rsplit("/", 1)[0]
+    subprocess.run([str(postgres_server.bindir / "psql"), postgres_server.url, "-q", "-c", f'CREATE DATABASE "{name}"'],
+                   check=True, capture_output=True)
+    yield f"{base}/{name}"
 
 
 class Client:
