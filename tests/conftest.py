@@ -53,7 +53,8 @@ def postgres(postgres_server: Postgres, request: pytest.FixtureRequest) -> Itera
     name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:40]
     name = f"{name}_{os.getpid()}_{next(_db_counter)}"
     base = postgres_server.url.rsplit("/", 1)[0]
-    subprocess.run([str(postgres_server.bindir / "psql"), postgres_server.url, "-q", "-c", f'CREATE DATABASE "{name}"'],
+    psql = str(postgres_server.bindir / "psql")
+    subprocess.run([psql, postgres_server.url, "-q", "-c", f'CREATE DATABASE "{name}"'],
                    check=True, capture_output=True)
     yield f"{base}/{name}"
 
