@@ -21,6 +21,7 @@ from typing import Any
 from edge_recorder import __version__
 from edge_recorder.config import SessionConfig
 from edge_recorder.errors import StoreFull
+from edge_recorder.log import describe
 from edge_recorder.recording.events import (
     UNSET,
     Event,
@@ -145,7 +146,7 @@ class Recorder:
             reply = error(exc.code, exc.message)
         except Exception as exc:  # never let one request kill the recorder
             log.exception("recorder: failed to handle %s", type(event).__name__)
-            reply = error("internal_error", f"the recorder failed: {exc}")
+            reply = error("internal_error", f"the recorder failed: {describe(exc)}")
         if event.reply is not None:
             try:
                 event.reply(reply)
@@ -307,7 +308,8 @@ class Recorder:
             manifest = self.store.complete(s.session_id, manifest)
         except OSError as exc:
             log.error("session %s: could not finalise its file (%s); it stays in "
-                      "recording/ and is recovered at the next start", s.session_id, exc)
+                      "recording/ and is recovered at the next start", s.session_id,
+                      describe(exc))
             s.writer.abort()
             with self._lock:
                 del self.sessions[s.session_id]
