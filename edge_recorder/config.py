@@ -9,6 +9,7 @@ YAML path and what to change. Nothing past :func:`load_config` sees a raw dict.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 import socket
@@ -26,6 +27,18 @@ DEFAULT_CONFIG_PATH = Path("/etc/edge-recorder/config.yaml")
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 MAX_JOURNEY_ID_CHARS = 128
+
+# Limits checked before the work they bound (a config is a few KiB of plain keys).
+MAX_CONFIG_BYTES = 256 * 1024  # the file is refused unread beyond this
+MAX_CONFIG_NODES = 10_000  # YAML nodes once aliases are expanded (stops "billion laughs")
+MAX_DURATION_S = 86_400.0  # any session duration: one day at most
+MIN_INTERVAL_S = 1.0  # triggers.interval.every_s: at least this
+MAX_INTERVAL_S = 7 * 86_400.0  # ... and at most a week
+MAX_BOUNCE_S = 10.0
+# The rings hold int64 time + 7 float32 channels (36 B) a sample, plus each block's share
+# of Python object overhead (a block per FIFO drain): budget 64 B a sample.
+RING_BYTES_PER_SAMPLE = 64
+MAX_RING_BYTES = 128 << 20  # every sensor's ring together (buffer.seconds × rate_hz)
 
 
 @dataclass(frozen=True)
@@ -155,9 +168,14 @@ class Config:
 _MISSING = object()
 
 
+SHOW_CHARS = 60
+
+
 def _show(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else str(value).lower() \
+    """A value as the error message quotes it, cut to ``SHOW_CHARS``."""
+    text = repr(value) if isinstance(value, str) else str(value).lower() \
         if isinstance(value, bool) else str(value)
+    return text if len(text) <= SHOW_CHARS else f"{text[:SHOW_CHARS - 3]}..."
 
 
 class _Reader:
@@ -229,7 +247,14 @@ def _as_int(v: Any) -> Any:
 
 
 def _as_number(v: Any) -> Any:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else _MISSING
+    """A finite float (``.inf``, ``.nan`` and 400-digit integers are not numbers of seconds)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return _MISSING
+    try:
+        f = float(v)
+    except OverflowError:
+        return _MISSING
+    return f if math.isfinite(f) else _MISSING
 
 
 def _as_str(v: Any) -> Any:
@@ -256,7 +281,7 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "labels": _as_labels, "pin": _as_pin,
 }
 _KIND_TEXT = {
-    "int": "a whole number", "number": "a number", "str": "a string",
+    "int": "a whole number", "number": "a finite number", "str": "a string",
     "bool": "true or false", "labels": "a list of strings",
     "pin": "a GPIO number (17) or a pin name (\"GPIO17\", \"BOARD11\")",
 }
@@ -268,6 +293,17 @@ def _positive(v: float) -> str | None:
 
 def _non_negative(v: float) -> str | None:
     return None if v >= 0 else f"must be 0 or more, got {_show(v)}"
+
+
+def _duration(v: float) -> str | None:
+    return None if 0 < v <= MAX_DURATION_S else \
+        f"must be more than 0 and at most {MAX_DURATION_S:g} s (one day), got {_show(v)}"
+
+
+def _at_most(limit: float) -> Callable[[float], str | None]:
+    def check(v: float) -> str | None:
+        return None if 0 <= v <= limit else f"must be from 0 to {limit:g}, got {_show(v)}"
+    return check
 
 
 def _one_of(*choices: str) -> Callable[[Any], str | None]:
@@ -351,7 +387,7 @@ def _read_sensor(r: _Reader, raw: Any, path: str) -> SensorConfig | None:
             motion=r.get(e, "motion", epath, "str", "rest", check=_one_of("rest", "rotation")),
             seed=r.get(e, "seed", epath, "int", 0),
             hang_after_s=r.get(e, "hang_after_s", epath, "number", None, nullable=True,
-                               check=_non_negative),
+                               check=_at_most(MAX_DURATION_S)),
             absent_s=_windows(r, e.get("absent_s"), f"{epath}.absent_s"),
             chip=r.get(e, "chip", epath, "str", None, nullable=True,
                        check=lambda v: None if driver is None or v in driver.chip_ids.values()
@@ -368,11 +404,11 @@ def _windows(r: _Reader, raw: Any, path: str) -> tuple[tuple[float, float], ...]
     if raw is None:
         return ()
     ok = isinstance(raw, list) and all(
-        isinstance(w, list) and len(w) == 2 and all(isinstance(x, int | float) and
-                                                     not isinstance(x, bool) for x in w)
-        and 0 <= w[0] < w[1] for w in raw)
+        isinstance(w, list) and len(w) == 2 and all(_as_number(x) is not _MISSING for x in w)
+        and 0 <= w[0] < w[1] <= MAX_DURATION_S for w in raw)
     if not ok:
-        r.fail(path, "must be a list of [from_s, to_s] pairs, e.g. [[10, 12]]")
+        r.fail(path, f"must be a list of [from_s, to_s] pairs within {MAX_DURATION_S:g} s, "
+               "e.g. [[10, 12]]")
         return ()
     return tuple((float(a), float(b)) for a, b in raw)
 
@@ -385,9 +421,9 @@ def _read_session(r: _Reader, raw: Any) -> SessionConfig:
     allowed = r.get(d, "allowed_labels", p, "labels", None, nullable=True, check=_label_list)
     return SessionConfig(
         duration_s=r.get(d, "duration_s", p, "number", dflt.duration_s, nullable=True,
-                         check=_positive),
+                         check=_duration),
         max_duration_s=r.get(d, "max_duration_s", p, "number", dflt.max_duration_s,
-                             check=_positive),
+                             check=_duration),
         pre_trigger_s=r.get(d, "pre_trigger_s", p, "number", 0.0, check=_non_negative),
         labels=r.get(d, "labels", p, "labels", (), check=_label_list),
         allowed_labels=allowed,
@@ -422,17 +458,19 @@ def _read_triggers(r: _Reader, raw: Any) -> TriggersConfig:
                          check=_one_of("start", "stop", "toggle")),
             labels=r.get(g, "labels", gp, "labels", (), check=_label_list),
             duration_s=r.get(g, "duration_s", gp, "number", None, nullable=True,
-                             check=_positive),
+                             check=_duration),
             pre_trigger_s=r.get(g, "pre_trigger_s", gp, "number", None, nullable=True,
                                 check=_non_negative),
-            bounce_s=r.get(g, "bounce_s", gp, "number", 0.05, check=_non_negative),
+            bounce_s=r.get(g, "bounce_s", gp, "number", 0.05, check=_at_most(MAX_BOUNCE_S)),
         ))
     interval = None
     if d.get("interval") is not None:
         ip = "triggers.interval"
         iv = r.section(d["interval"], ip, ("every_s", "duration_s", "labels"))
-        every = r.get(iv, "every_s", ip, "number", check=_positive)
-        duration = r.get(iv, "duration_s", ip, "number", check=_positive)
+        every = r.get(iv, "every_s", ip, "number",
+                      check=lambda v: None if MIN_INTERVAL_S <= v <= MAX_INTERVAL_S else
+                      f"must be from {MIN_INTERVAL_S:g} to {MAX_INTERVAL_S:g} s, got {_show(v)}")
+        duration = r.get(iv, "duration_s", ip, "number", check=_duration)
         labels = r.get(iv, "labels", ip, "labels", ("periodic",), check=_label_list)
         if every is not None and duration is not None:
             interval = IntervalTriggerConfig(every, duration, labels)
@@ -598,9 +636,20 @@ def _cross_check(r: _Reader, sensors: list[SensorConfig], session: SessionConfig
             r.fail(f"sensors[{i}].address", f"0x{s.address:02x} on bus {s.bus} is already "
                    f"used by sensors[{seen_addr[key]}]")
         seen_addr.setdefault(key, i)
-    if session.duration_s is not None and session.duration_s > session.max_duration_s:
-        r.fail("session.duration_s", f"{session.duration_s:g} is longer than "
-               f"session.max_duration_s ({session.max_duration_s:g})")
+    durations = [("session.duration_s", session.duration_s)] + [
+        (f"triggers.gpio[{i}].duration_s", g.duration_s) for i, g in enumerate(triggers.gpio)] \
+        + ([("triggers.interval.duration_s", triggers.interval.duration_s)]
+           if triggers.interval else [])
+    for path, duration in durations:
+        if duration is not None and duration > session.max_duration_s:
+            r.fail(path, f"{duration:g} is longer than session.max_duration_s "
+                   f"({session.max_duration_s:g}); every session stops there")
+    ring_bytes = sum(buffer.seconds * s.rate_hz * RING_BYTES_PER_SAMPLE for s in sensors)
+    if ring_bytes > MAX_RING_BYTES:
+        r.fail("buffer.seconds", f"{buffer.seconds:g} s of ring buffer for "
+               f"{len(sensors)} sensor(s) at {', '.join(f'{s.rate_hz:g}' for s in sensors)} Hz "
+               f"needs ~{ring_bytes / (1 << 20):.0f} MiB of memory, more than the "
+               f"{MAX_RING_BYTES >> 20} MiB limit; lower buffer.seconds or rate_hz")
     pre_triggers = [("session.pre_trigger_s", session.pre_trigger_s)] + [
         (f"triggers.gpio[{i}].pre_trigger_s", g.pre_trigger_s)
         for i, g in enumerate(triggers.gpio) if g.pre_trigger_s is not None]
@@ -632,16 +681,106 @@ def _cross_check(r: _Reader, sensors: list[SensorConfig], session: SessionConfig
 def load_config(path: Path | str) -> Config:
     """Read and validate a YAML config file."""
     path = Path(path)
+    return parse_config(read_yaml(path), base_dir=path.parent.resolve(), source=str(path))
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file as plain data, bounded before it is built: at most ``MAX_CONFIG_BYTES``
+    of UTF-8, at most ``MAX_CONFIG_NODES`` nodes with aliases expanded, no duplicate keys."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"cannot read the config file: {exc.strerror or exc}"],
                           str(path)) from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"the file is larger than {MAX_CONFIG_BYTES} bytes, the limit for a "
+                           "config file (MAX_CONFIG_BYTES); is it the right file?"], str(path))
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError([f"line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                           f"{exc.start}); save the file as UTF-8"], str(path)) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problems = _node_problems(node)
+        if problems:
+            raise ConfigError(problems, str(path))
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{where}not valid YAML ({problem})"], str(path)) from exc
-    return parse_config(data, base_dir=path.parent.resolve(), source=str(path))
+        raise ConfigError([f"{where}not valid YAML ({problem})"], str(path)) from None
+    except RecursionError:
+        raise ConfigError(["the YAML is nested too deeply to be a config"], str(path)) from None
+    finally:
+        loader.dispose()
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _expanded_size(root: yaml.Node) -> int | None:
+    """How many nodes the document has once every alias is expanded (capped just past
+    ``MAX_CONFIG_NODES``), counted without expanding anything; None if an alias refers
+    to a node that contains it."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in size:
+            continue
+        kids = _children(node)
+        if children_done:
+            on_path.discard(id(node))
+            size[id(node)] = min(MAX_CONFIG_NODES + 1, 1 + sum(size[id(k)] for k in kids))
+            continue
+        on_path.add(id(node))
+        stack.append((node, True))
+        for kid in kids:
+            if id(kid) in on_path:
+                return None
+            if id(kid) not in size:
+                stack.append((kid, False))
+    return size[id(root)]
+
+
+def _node_problems(root: yaml.Node) -> list[str]:
+    """Refuse alias bombs and recursive aliases, then duplicate keys (with their path)."""
+    expanded = _expanded_size(root)
+    if expanded is None:
+        return ["an alias (*name) refers to a node that contains it; configs cannot be "
+                "recursive"]
+    if expanded > MAX_CONFIG_NODES:
+        return [f"the document expands to more than {MAX_CONFIG_NODES} YAML nodes "
+                "(MAX_CONFIG_NODES) through its aliases (*name); write the values out"]
+    problems: list[str] = []
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(kid, f"{path}[{i}]") for i, kid in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key, value in node.value:
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+                if name == "<<":  # a merge: keys written here override the merged ones
+                    continue
+                line = key.start_mark.line + 1
+                if name in first_line:
+                    problems.append(f"{_join(path, name)}: duplicate key (lines "
+                                    f"{first_line[name]} and {line}); keep one")
+                first_line.setdefault(name, line)
+                stack.append((value, _join(path, name)))
+    return sorted(problems)
