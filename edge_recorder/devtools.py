@@ -1,10 +1,12 @@
-"""A throwaway Mosquitto on a free loopback port, for the tests, benchmarks and demos.
+"""Harness tools for the tests, benchmarks and demos: a throwaway Mosquitto (and PostgreSQL)
+on a free loopback port, and a CPU quota (a cgroup) to starve a process as a busy Pi would.
 
-Like gpiozero's MockFactory, it ships in the package so every harness uses the same one.
+Like gpiozero's MockFactory, they ship in the package so every harness uses the same one.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import pwd
 import shutil
@@ -166,3 +168,87 @@ class Postgres:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+_group_numbers = itertools.count()
+
+
+class CpuQuota:
+    """A cgroup CPU quota for whole processes: ``quota_us`` of CPU per ``period_us``.
+
+    cgroup v1 (``cpu.cfs_quota_us``/``cpu.cfs_period_us`` under ``/sys/fs/cgroup/cpu``) or
+    v2 (``cpu.max``, the ``cpu`` controller enabled for the root's children). Needs root
+    (or a delegated subtree). :meth:`unavailable` says why it cannot work here, or ''.
+    """
+
+    def __init__(self, period_us: int = 40_000, name: str = "edge-recorder") -> None:
+        self.period_us = period_us
+        self.version, root = self._find()
+        self.path = root / f"{name}-{os.getpid()}-{next(_group_numbers)}"
+        self.path.mkdir()
+        self.set_share(None)
+
+    @staticmethod
+    def _find() -> tuple[int, Path]:
+        if (CGROUP_V1_CPU / "cpu.cfs_quota_us").exists():
+            return 1, CGROUP_V1_CPU
+        controllers = CGROUP_V2 / "cgroup.controllers"
+        if controllers.exists() and "cpu" in controllers.read_text().split():
+            subtree = CGROUP_V2 / "cgroup.subtree_control"
+            if "cpu" not in subtree.read_text().split():
+                subtree.write_text("+cpu")
+            return 2, CGROUP_V2
+        raise OSError("no cgroup cpu controller: neither /sys/fs/cgroup/cpu/cpu.cfs_quota_us "
+                      "(v1) nor \"cpu\" in /sys/fs/cgroup/cgroup.controllers (v2)")
+
+    @classmethod
+    def unavailable(cls) -> str:
+        """Why a quota cannot be set here ('' when it can): tried by making a group."""
+        try:
+            cls(name="edge-recorder-probe").close()
+        except OSError as exc:
+            return f"cgroup CPU quotas are not available here ({type(exc).__name__}: {exc})"
+        return ""
+
+    def set_share(self, share: float | None) -> None:
+        """Limit to ``share`` of one core (0.03 = 3 %), or lift the limit with None."""
+        quota = -1 if share is None else max(1000, round(share * self.period_us))
+        if self.version == 1:
+            (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
+            (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            (self.path / "cpu.max").write_text(
+                f"{'max' if quota < 0 else quota} {self.period_us}")
+
+    def add(self, pid: int) -> None:
+        """Move a process (all its threads, and the ones it starts later) into the group."""
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def throttled_us(self) -> int:
+        """Total time the group was held back by its quota so far."""
+        for line in (self.path / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "throttled_time":  # v1, ns
+                return int(value) // 1000
+            if key == "throttled_usec":  # v2
+                return int(value)
+        return 0
+
+    def close(self) -> None:
+        """Move any remaining processes back to the root group and remove the group."""
+        if not self.path.exists():
+            return
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            try:
+                (self.path.parent / "cgroup.procs").write_text(pid)
+            except OSError:
+                pass  # exited meanwhile
+        self.path.rmdir()
+
+    def __enter__(self) -> CpuQuota:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

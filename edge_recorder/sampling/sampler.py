@@ -38,11 +38,13 @@ class SensorCounters:
     gaps: int = 0
     bus_errors: int = 0
     overflows: int = 0
+    fifo_peak_pct: float = 0.0  # fullest the FIFO was at a read, % of its frames (100: overflow)
     rate_hz: float = 0.0
     last_error: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__, rate_hz=round(self.rate_hz, 3))
+        return dict(self.__dict__, rate_hz=round(self.rate_hz, 3),
+                    fifo_peak_pct=round(self.fifo_peak_pct, 1))
 
 
 @dataclass
@@ -119,6 +121,10 @@ class BusSampler:
             self._bus_error(s, exc, now)
             return
         s.consecutive_errors = 0
+        fill_pct = 100.0 if read.overflowed else \
+            100.0 * (read.frames + read.lost_frames) / s.driver.fifo_frames
+        if fill_pct > s.counters.fifo_peak_pct:
+            s.counters.fifo_peak_pct = min(100.0, fill_pct)
         if read.overflowed:
             s.counters.overflows += 1
             since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
