@@ -14,12 +14,15 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_recorder import __version__
 from edge_recorder.config import DEFAULT_CONFIG_PATH, MqttConfig, load_config
 from edge_recorder.errors import ConfigError, EdgeRecorderError, UsageError
 from edge_recorder.log import setup_logging
+
+if TYPE_CHECKING:
+    from edge_recorder.query.index import SessionIndex
 
 log = logging.getLogger("edge_recorder")
 
@@ -77,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device")
     q.add_argument("--since", help="ISO 8601 UTC time or an age (30m, 2h, 7d)")
     q.add_argument("--until", help="ISO 8601 UTC time or an age (30m, 2h, 7d)")
+    q.add_argument("--state", choices=["failed"],
+                   help="failed: the quarantined items (the collector's rejected/, the "
+                        "device's failed/), each with why")
     journeys = sub.add_parser("journeys", parents=[common], help="journeys")
     jsub = journeys.add_subparsers(dest="action", required=True, parser_class=_Parser)
     store_arg(jsub.add_parser("list", parents=[common], help="one row per journeyId"))
@@ -179,15 +185,27 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_damaged(index: SessionIndex) -> None:
+    """A manifest that does not validate is left out of a listing, never breaks it."""
+    for path, reason in index.damaged:
+        print(f"edge-recorder: warning: {path} left out: {reason}", file=sys.stderr)
+    if index.damaged:
+        print(f"edge-recorder: warning: {len(index.damaged)} damaged manifest(s) left out "
+              "(the collector quarantines them in rejected/)", file=sys.stderr)
+
+
 def cmd_sessions_list(args: argparse.Namespace) -> int:
     from edge_recorder.query.index import SessionIndex
     from edge_recorder.query.times import parse_time
 
+    if args.state == "failed":
+        return _list_failed(args)
     since = parse_time(args.since) if args.since else None
     until = parse_time(args.until) if args.until else None
     with SessionIndex(args.store) as index:
         entries = index.select(labels=args.label, journey=args.journey, device=args.device,
                                since=since, until=until)
+        _report_damaged(index)
     if args.json:
         for e in entries:
             print(json.dumps(e.as_json()))
@@ -198,14 +216,41 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
     print(header + ("  PUBLISHED" if device_store else ""))
     for e in entries:
         m = e.manifest
-        line = (f"{m['session_id']:<31} {str(m.get('device_id')):<16} "
-                f"{m.get('started_at', ''):<27} {m.get('duration_s', 0):>8.2f}  "
-                f"{m.get('stop_reason', ''):<12} {str(m.get('journey_id')):<30} "
-                f"{','.join(m.get('labels') or [])}")
+        line = (f"{m.session_id:<31} {m.device_id:<16} {m.started_at:<27} "
+                f"{m.duration_s:>8.2f}  {m.stop_reason:<12} {str(m.journey_id):<30} "
+                f"{','.join(m.labels)}")
         if device_store:
             line += f"  {'yes' if e.published else 'no'}"
         print(line)
     print(f"({len(entries)} session(s))", file=sys.stderr)
+    return 0
+
+
+def _list_failed(args: argparse.Namespace) -> int:
+    """Quarantined items: the collector's ``rejected/{device}/{id}/`` (with reason.json)
+    and the device's ``failed/``."""
+    from edge_recorder.collector.collector import list_rejected
+
+    if not any((args.store / d).is_dir() for d in ("rejected", "failed", "sessions", "outbox")):
+        raise UsageError(f"{args.store} is not an edge-recorder store")
+    rows: list[dict[str, str | None]] = [
+        {"device_id": r.device_id, "session_id": r.session_id, "state": "failed",
+         "reason": r.reason, "rejected_at": r.rejected_at, "path": str(r.path)}
+        for r in list_rejected(args.store)]
+    failed = args.store / "failed"
+    if failed.is_dir():  # the device's quarantine
+        for path in sorted(failed.glob("*.json")):
+            rows.append({"device_id": None, "session_id": path.stem, "state": "failed",
+                         "reason": None, "rejected_at": None, "path": str(path)})
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(f"{'SESSION':<31} {'DEVICE':<16} {'SINCE (UTC)':<21} REASON")
+        for row in rows:
+            print(f"{row['session_id']:<31} {str(row['device_id']):<16} "
+                  f"{str(row['rejected_at'] or ''):<21} {row['reason'] or ''}")
+    print(f"({len(rows)} failed)", file=sys.stderr)
     return 0
 
 
@@ -214,6 +259,7 @@ def cmd_journeys_list(args: argparse.Namespace) -> int:
 
     with SessionIndex(args.store) as index:
         rows = index.journeys()
+        _report_damaged(index)
     if args.json:
         for row in rows:
             print(json.dumps(row))

@@ -20,13 +20,15 @@ from typing import Any
 
 import yaml
 
+from edge_recorder import documents
 from edge_recorder.errors import ConfigError
 from edge_recorder.sensors.registry import DRIVERS
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-recorder/config.yaml")
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# a device id is an id (documents.ID_RE: safe in topics and file names) of at most 64 characters
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-MAX_JOURNEY_ID_CHARS = 128
+MAX_JOURNEY_ID_CHARS = documents.MAX_JOURNEY_ID_CHARS
 
 # Limits checked before the work they bound (a config is a few KiB of plain keys).
 MAX_CONFIG_BYTES = 256 * 1024  # the file is refused unread beyond this
@@ -428,8 +430,9 @@ def _read_session(r: _Reader, raw: Any) -> SessionConfig:
         labels=r.get(d, "labels", p, "labels", (), check=_label_list),
         allowed_labels=allowed,
         journey_id=r.get(d, "journey_id", p, "str", "auto", nullable=True,
-                         check=lambda v: None if 0 < len(v) <= MAX_JOURNEY_ID_CHARS else
-                         f"must be 1-{MAX_JOURNEY_ID_CHARS} characters"),
+                         check=lambda v: None if 0 < len(v) <= MAX_JOURNEY_ID_CHARS
+                         and v.isprintable() else
+                         f"must be 1-{MAX_JOURNEY_ID_CHARS} printable characters"),
         max_concurrent=r.get(d, "max_concurrent", p, "int", dflt.max_concurrent,
                              check=lambda v: None if 1 <= v <= 64 else "must be 1 to 64"),
     )
@@ -535,7 +538,8 @@ def _read_pin_section(r: _Reader, raw: Any, path: str) -> StatusLedConfig | None
 
 def default_device_id() -> str:
     """The hostname, with characters a device id cannot hold replaced by '-'."""
-    return re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64] or "edge-recorder"
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname()).lstrip("_-")[:64]
+    return name or "edge-recorder"
 
 
 TOP_KEYS = ("device_id", "sensors", "buffer", "session", "triggers", "status_led",
@@ -556,7 +560,8 @@ def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config
         r.problems.append(f"the file must hold a mapping of keys ({', '.join(TOP_KEYS)})")
     device_id = r.get(top, "device_id", "", "str", None, nullable=True,
                       check=lambda v: None if DEVICE_ID_RE.match(v) else
-                      f"{v!r} must be 1-64 characters of letters, digits, '_' or '-'")
+                      f"{v!r} must be 1-64 characters of letters, digits, '_' or '-', "
+                      "starting with a letter or digit")
     sensors: list[SensorConfig] = []
     raw_sensors = top.get("sensors", _MISSING)
     if raw_sensors is _MISSING or raw_sensors is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_recorder.collector.collector import CollectorStore
+from edge_recorder.collector.collector import CollectorStore, Refused
 from edge_recorder.devtools import Broker
 from edge_recorder.errors import StoreFull
 from edge_recorder.recording.store import DeviceStore
@@ -46,7 +46,7 @@ def test_sigkill_mid_session_is_recovered_with_all_but_the_last_second(tmp_path,
     assert (tmp_path / "device-store" / "recording" / f"{sid}.mcap").exists()
 
     daemon = spawn("run", "-c", str(cfg), name="daemon-again")
-    manifest_path = store_dir / "sessions" / f"{sid}.json"
+    manifest_path = store_dir / "sessions" / "test-pi" / f"{sid}.json"
     wait_until(manifest_path.exists, 20, "the recovered session at the collector")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["stop_reason"] == "recovered"
@@ -55,7 +55,7 @@ def test_sigkill_mid_session_is_recovered_with_all_but_the_last_second(tmp_path,
     assert samples >= (recorded_s - 1.0) * 200, (samples, recorded_s)  # lost: under 1 s
     assert samples <= recorded_s * 200 + 5
     # the collected file is a finished, readable MCAP with the same manifest inside
-    inner = read_manifest(store_dir / "sessions" / f"{sid}.mcap")
+    inner = read_manifest(store_dir / "sessions" / "test-pi" / f"{sid}.mcap")
     assert inner["stop_reason"] == "recovered" and inner["session_id"] == sid
     assert daemon.stop() == 0
 
@@ -88,13 +88,13 @@ def test_sessions_made_while_the_broker_is_down_all_arrive_once(tmp_path, broker
     assert daemon.stop() == 0
     published = {p.stem for p in (device / "published").glob("*.json")}
     assert queued <= published
-    wait_until(lambda: {p.stem for p in (store_dir / "sessions").glob("*.json")} >= published,
+    wait_until(lambda: {p.stem for p in (store_dir / "sessions").glob("*/*.json")} >= published,
                30, "every published session at the collector")
-    collected = sorted(p.stem for p in (store_dir / "sessions").glob("*.json"))
+    collected = sorted(p.stem for p in (store_dir / "sessions").glob("*/*.json"))
     assert len(published) >= 3 and set(collected) == published
     for sid in collected:  # each stored once, intact
-        manifest = json.loads((store_dir / "sessions" / f"{sid}.json").read_text())
-        data = (store_dir / "sessions" / f"{sid}.mcap").read_bytes()
+        manifest = json.loads((store_dir / "sessions" / "test-pi" / f"{sid}.json").read_text())
+        data = (store_dir / "sessions" / "test-pi" / f"{sid}.mcap").read_bytes()
         assert hashlib.sha256(data).hexdigest() == manifest["sha256"]
     assert collector.stop() == 0
     assert "Traceback" not in daemon.log()
@@ -104,9 +104,11 @@ def _session_parts(tmp_path: Path, size: int = 5000, part: int = 1024):
     data = bytes(range(256)) * (size // 256 + 1)
     data = data[:size]
     parts = [data[i:i + part] for i in range(0, size, part)]
-    manifest = {"session_id": "20261126T000000000Z-abc", "device_id": "d", "labels": [],
+    manifest = {"session_id": "20261126T000000000Z-abc", "device_id": "dev-7", "labels": [],
                 "journey_id": None, "bytes": size, "parts": len(parts),
-                "sha256": hashlib.sha256(data).hexdigest(), "started_at": "x"}
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "started_at": "2026-11-26T00:00:00.000000Z",
+                "stopped_at": "2026-11-26T00:00:05.000000Z"}
     return CollectorStore(tmp_path / "c"), manifest, parts
 
 
@@ -116,40 +118,47 @@ def test_collector_rejects_a_corrupted_part_then_accepts_the_resend(tmp_path):
     bad = bytearray(parts[2])
     bad[10] ^= 0xFF
     for n, p in enumerate(parts):
-        store.add_part(sid, n, bytes(bad) if n == 2 else p)
-    store.add_manifest(sid, json.dumps(manifest).encode())
-    assert not store.has(sid) and store.rejected == 1
-    assert not (store.sessions / f"{sid}.mcap").exists()
+        store.add_part("dev-7", sid, n, bytes(bad) if n == 2 else p)
+    assert store.add_manifest("dev-7", sid, json.dumps(manifest).encode()) is None
+    assert not store.has("dev-7", sid) and store.mismatches == 1
+    assert not store.session_path("dev-7", sid).exists()
     # the parts were discarded, the manifest kept: every part is asked for again
-    (folder,) = store.incoming.iterdir()
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]
+    folder = store.incoming / "dev-7" / sid
+    assert sorted(p.name for p in folder.iterdir()) == ["first_seen", "manifest.json"]
     for n, p in reversed(list(enumerate(parts))):  # the resend, in any order
-        store.add_part(sid, n, p)
-    assert store.has(sid)
-    assert (store.sessions / f"{sid}.mcap").read_bytes() == b"".join(parts)
-    store.add_manifest(sid, json.dumps(manifest).encode())
-    store.add_part(sid, 0, parts[0])
+        store.add_part("dev-7", sid, n, p)
+    assert store.has("dev-7", sid)
+    assert store.session_path("dev-7", sid).read_bytes() == b"".join(parts)
+    receipt = store.add_manifest("dev-7", sid, json.dumps(manifest).encode())
+    assert receipt is not None and receipt.duplicate and receipt.sha256 == manifest["sha256"]
+    store.add_part("dev-7", sid, 0, parts[0])
     assert store.stored == 1 and store.duplicates == 2  # later copies are ignored
 
 
 def test_collector_never_stores_a_session_with_a_missing_part(tmp_path):
     store, manifest, parts = _session_parts(tmp_path)
     sid = manifest["session_id"]
-    store.add_manifest(sid, json.dumps(manifest).encode(), "dev-7")
+    store.add_manifest("dev-7", sid, json.dumps(manifest).encode())
     for n, p in enumerate(parts):
         if n != 3:
-            store.add_part(sid, n, p, "dev-7")
-    assert not store.has(sid)
-    assert store.incomplete(quiet_for_s=-1) == [(sid, "dev-7", [3])]  # what to ask for
+            store.add_part("dev-7", sid, n, p)
+    assert not store.has("dev-7", sid)
+    assert store.incomplete(quiet_for_s=-1) == [("dev-7", sid, [3])]  # what to ask for
     store.expire(older_than_s=-1)
-    assert not (store.incoming / sid).exists() and not store.has(sid)
+    assert not (store.incoming / "dev-7" / sid).exists() and not store.has("dev-7", sid)
+    # quarantined, not deleted
+    (rejected,) = store.rejected()
+    assert (rejected.device_id, rejected.session_id) == ("dev-7", sid)
+    assert "incomplete" in rejected.reason and "4 of 5 parts" in rejected.reason
 
 
 def test_collector_rejects_a_manifest_that_does_not_match_its_topic(tmp_path):
     store, manifest, _ = _session_parts(tmp_path)
-    store.add_manifest("other-id", json.dumps(manifest).encode())
-    store.add_manifest("other-id", b"not json")
-    assert store.rejected == 2 and not store.has("other-id")
+    for payload in (json.dumps(manifest).encode(), b"not json"):
+        with pytest.raises(Refused):
+            store.add_manifest("dev-7", "other-id", payload)
+    assert not store.has("dev-7", "other-id")
+    assert list(store.incoming.iterdir()) == []  # refused before anything was written
 
 
 def test_full_store_drops_published_first_and_never_unpublished(tmp_path):
@@ -203,7 +212,8 @@ def test_sessions_published_while_the_collector_is_down_arrive_when_it_returns(
     wait_until(lambda: all((device / "published" / f"{s}.json").exists() for s in sids), 20,
                "all three published while the collector is away")
     collector = spawn(*collect_args, name="collector-again")
-    wait_until(lambda: all((store_dir / "sessions" / f"{s}.json").exists() for s in sids), 20,
+    stored = store_dir / "sessions" / "test-pi"
+    wait_until(lambda: all((stored / f"{s}.json").exists() for s in sids), 20,
                "the queued sessions at the restarted collector")
     assert collector.stop() == 0 and daemon.stop() == 0
 
@@ -244,13 +254,13 @@ def test_broker_killed_mid_publish_the_session_arrives_once_and_intact(tmp_path,
     assert parts_before < total, "the broker died before the collector had everything"
     time.sleep(1.0)
     broker.start()
-    stored_manifest = store_dir / "sessions" / f"{sid}.json"
+    stored_manifest = store_dir / "sessions" / "test-pi" / f"{sid}.json"
     wait_until(stored_manifest.exists, 60, "the session at the collector after the restart")
     manifest = json.loads(stored_manifest.read_text())
-    data = (store_dir / "sessions" / f"{sid}.mcap").read_bytes()
+    data = (store_dir / "sessions" / "test-pi" / f"{sid}.mcap").read_bytes()
     assert len(data) == manifest["bytes"]
     assert hashlib.sha256(data).hexdigest() == manifest["sha256"]
-    assert len(list((store_dir / "sessions").glob("*.json"))) == 1
+    assert len(list((store_dir / "sessions").glob("*/*.json"))) == 1
     r = cli("sessions", "list", "--store", str(store_dir), "--json")
     assert [json.loads(x)["session_id"] for x in r.stdout.splitlines()] == [sid]
     assert daemon.stop() == 0
@@ -325,8 +335,9 @@ def test_a_partly_sent_session_resumes_where_it_stopped(tmp_path, broker):
     sid = "20261126T000000000Z-resume"
     store.path("outbox", sid).write_bytes(data)
     store.path("outbox", sid, ".json").write_text(json.dumps(
-        {"session_id": sid, "bytes": len(data), "parts": 50,
-         "sha256": hashlib.sha256(data).hexdigest()}))
+        {"session_id": sid, "device_id": "dev", "bytes": len(data), "parts": 50,
+         "sha256": hashlib.sha256(data).hexdigest(),
+         "started_at": "2026-11-26T00:00:00.000000Z", "stopped_at": "2026-11-26T00:00:01Z"}))
     store.note_parts_sent(sid, 32)  # a previous run got this far before it died
     watcher = Client(broker.port)
     watcher.subscribe(f"dev/sessions/{sid}/#")

@@ -40,7 +40,7 @@ def test_command_session_is_collected_listed_and_exported(tmp_path, broker, clie
                                     if r.get("request_id") == "r2"), None), 10, "stop reply")
     assert stop == {"request_id": "r2", "ok": True, "stopped": [session_id]}
 
-    stored = store / "sessions" / f"{session_id}.json"
+    stored = store / "sessions" / "test-pi" / f"{session_id}.json"
     wait_until(stored.exists, 20, "the collector to store the session")
     manifest = json.loads(stored.read_text())
     assert manifest["labels"] == ["login", "bench-test"]

@@ -26,7 +26,8 @@ def fake_store(root: Path, folder: str, manifests: list[dict]) -> None:
 def manifest(sid: str, started: str, labels: list[str], journey: str | None, device: str = "d1",
              stopped: str | None = None) -> dict:
     return {"session_id": sid, "device_id": device, "labels": labels, "journey_id": journey,
-            "started_at": started, "stopped_at": stopped or started, "stop_reason": "command"}
+            "started_at": started, "stopped_at": stopped or started, "stop_reason": "command",
+            "bytes": 0, "sha256": "0" * 64, "parts": 1}
 
 
 SESSIONS = [
@@ -39,7 +40,7 @@ SESSIONS = [
 
 
 def ids(entries) -> list[str]:
-    return [e.manifest["session_id"] for e in entries]
+    return [e.manifest.session_id for e in entries]
 
 
 def test_filters_combine_and_labels_must_all_match(tmp_path):
@@ -71,7 +72,7 @@ def test_the_index_follows_the_manifests_and_can_be_rebuilt(tmp_path):
     (tmp_path / "outbox" / "s2.json").unlink()
     fake_store(tmp_path, "outbox", SESSIONS[2:3])
     with SessionIndex(tmp_path) as index:
-        assert [(e.manifest["session_id"], e.published) for e in index.select()] == \
+        assert [(e.manifest.session_id, e.published) for e in index.select()] == \
             [("s1", True), ("s3", False)]
     (tmp_path / "index.sqlite").unlink()
     with SessionIndex(tmp_path) as index:

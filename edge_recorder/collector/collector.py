@@ -1,24 +1,32 @@
 """``edge-recorder collect``: subscribe to published sessions and store each one once.
 
-The MQTT session is persistent (fixed client id, no clean start, long expiry, QoS 1),
-so the broker queues what is published while the collector is down. Parts are written
-to ``incoming/{id}/`` before they are acknowledged (paho acks after the handler
-returns), so a collector crash loses nothing either. When the manifest and every part
-are present, the file is assembled, its size and sha256 checked against the manifest,
-and only then moved into ``sessions/`` with its manifest beside it. A mismatch is
-logged and the parts discarded. A session left incomplete (a mismatch, or parts a
-crashed broker lost after acknowledging them) gets a ``resend`` command to its device
-for what is missing. Sessions already stored are ignored (duplicates are expected
-after a publisher reconnect).
+A session is identified by **(device, session id)**, the device taken from the topic; both
+must match the one id pattern (:data:`edge_recorder.documents.ID_RE`) before any path is
+built from them, and a manifest naming another device than its topic is refused. The
+store::
+
+    sessions/{device}/{id}.mcap  {id}.json   stored: verified against the manifest, indexed
+    incoming/{device}/{id}/                  parts and manifest of a session still arriving
+    rejected/{device}/{id}/                  quarantined: what arrived, and reason.json
+
+The MQTT session is persistent (fixed client id, no clean start, long expiry, QoS 1), so
+the broker queues what is published while the collector is down. A message is acknowledged
+only after it is durably written (manual acknowledgement): a collector that cannot write
+(a full disk) says so, does not acknowledge, and the broker delivers the message again.
+When the manifest and every part are present the file is assembled, its size and sha256
+checked, and only then moved into ``sessions/``, indexed, and a **receipt** published on
+``{prefix}/{device}/sessions/{id}/stored`` (also for a duplicate of a stored session).
+
+A stream whose size differs from its manifest (a truncated file on the device) cannot be
+mended by resending it: it is quarantined at once. A checksum mismatch is retried by
+asking for every part again, at most :data:`MAX_ASSEMBLY_ATTEMPTS` times. A session still
+incomplete :data:`INCOMPLETE_EXPIRY_S` after its first message is quarantined; until then
+the collector asks its device for what is missing, less and less often. Bookkeeping per
+arriving part is O(1) (an in-memory set per session, rebuilt from disk at start-up).
 
 Scale-out: with ``$share/group/`` subscriptions the broker spreads messages over the
 group's members, so parts of one session can land on different collectors. Sharing
-therefore needs a store all members see (a shared directory: ``incoming/`` is keyed by
-session id and writes are atomic renames) — or one collector per device prefix.
-
-Stored sessions are also indexed in ``index.sqlite`` (labels, journey, device, times, stop
-reason) for ``sessions list``; the index is derived from the manifests and rebuilt from
-them whenever it is missing or behind.
+therefore needs a store all members see — or one collector per device prefix.
 """
 
 from __future__ import annotations
@@ -27,153 +35,447 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_recorder.config import MqttConfig
-from edge_recorder.delivery.mqtt import Message, MqttLink
-from edge_recorder.fsutil import move_durable, write_atomic, write_json_atomic
-from edge_recorder.query.index import SessionIndex
+from edge_recorder.delivery.mqtt import Message, MqttLink, NotTaken
+from edge_recorder.documents import (
+    MAX_PARTS,
+    DocumentError,
+    Manifest,
+    Receipt,
+    receipt_topic,
+    valid_id,
+)
+from edge_recorder.errors import EdgeRecorderError
+from edge_recorder.fsutil import fsync_dir, move_durable, write_atomic, write_json_atomic
+from edge_recorder.query.index import Index, SessionIndex
 
 log = logging.getLogger(__name__)
 
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 PERSISTENT_SESSION_S = 7 * 24 * 3600
-INCOMPLETE_EXPIRY_S = 24 * 3600
+INCOMPLETE_EXPIRY_S = 24 * 3600  # from the first message of a session; never refreshed
 RESEND_AFTER_S = 3.0  # an incomplete session this quiet gets a resend request
-RESEND_EVERY_S = 30.0  # and at most one request per session this often
+RESEND_EVERY_S = 30.0  # the first repeat; each further one waits twice as long...
+RESEND_EVERY_MAX_S = 3600.0  # ...up to this
+MAX_ASSEMBLY_ATTEMPTS = 3  # checksum mismatches before a session is quarantined
+MAX_INCOMING_PER_DEVICE = 256  # sessions of one device being received at once
+MAX_RESEND_PARTS = 100_000  # part numbers in one resend command (the device's limit)
+PART_DIGITS = 7  # part numbers are at most MAX_PARTS - 1 (7 decimal digits)
+STATUS_LOG_EVERY_S = 60.0
+
+
+class Refused(EdgeRecorderError, ValueError):
+    """A message the collector will not take (bad id, bad manifest, wrong device, absurd
+    count). It is acknowledged — sending it again would not change it — logged and counted."""
+
+
+@dataclass
+class Incoming:
+    """A session still arriving: what is known of it, kept in memory for O(1) bookkeeping."""
+
+    folder: Path
+    first_seen: float  # wall clock, from the first message: the expiry counts from here
+    last_seen: float  # wall clock of the latest message
+    manifest: Manifest | None = None
+    have: set[int] = field(default_factory=set)
+    attempts: int = 0  # checksum mismatches so far
+    asked_at: float | None = None  # monotonic time of the last resend request
+    asked_every_s: float = RESEND_EVERY_S
+
+    def complete(self) -> bool:
+        return self.manifest is not None and len(self.have) == self.manifest.parts
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A quarantined item in ``rejected/``."""
+
+    device_id: str
+    session_id: str
+    reason: str
+    rejected_at: str
+    path: Path
 
 
 class CollectorStore:
-    """``sessions/{id}.mcap`` + ``{id}.json`` for stored sessions; ``incoming/`` for parts."""
+    """The collector's store: stored sessions, sessions arriving, and the quarantine."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, index: Callable[[CollectorStore], Index] | None = None
+                 ) -> None:
         self.root = root
         self.sessions = root / "sessions"
         self.incoming = root / "incoming"
-        self.sessions.mkdir(parents=True, exist_ok=True)
-        self.incoming.mkdir(parents=True, exist_ok=True)
-        self.index = SessionIndex(root, check_same_thread=False)
-        self.index.sync()
+        self.rejected_dir = root / "rejected"
+        for folder in (self.sessions, self.incoming, self.rejected_dir):
+            folder.mkdir(parents=True, exist_ok=True)
         self.stored = 0
-        self.rejected = 0
         self.duplicates = 0
-        self._lock = threading.Lock()
+        self.refused = 0  # messages refused (bad ids, manifests, devices, counts)
+        self.quarantined = 0  # items moved to rejected/ by this process
+        self.mismatches = 0  # assemblies that did not match their manifest
+        self._lock = threading.RLock()
+        self._incoming: dict[tuple[str, str], Incoming] = {}
+        self._migrate_flat_layout()
+        self.index: Index = index(self) if index is not None else SessionIndex(
+            root, check_same_thread=False, on_damaged=self._quarantine_stored)
+        self.index.sync()
+        self._load_incoming()
 
-    def has(self, session_id: str) -> bool:
-        return (self.sessions / f"{session_id}.json").exists()
+    # --- paths: built only from validated ids -------------------------------------------
+    def session_path(self, device_id: str, session_id: str, suffix: str = ".mcap") -> Path:
+        _require_ids(device_id, session_id)
+        return self.sessions / device_id / f"{session_id}{suffix}"
 
-    def _folder(self, session_id: str, device_id: str | None) -> Path:
-        folder = self.incoming / session_id
-        if not folder.is_dir():
-            folder.mkdir(exist_ok=True)
-            if device_id is not None:
-                (folder / "device").write_text(device_id)
-        return folder
+    def has(self, device_id: str, session_id: str) -> bool:
+        return self.session_path(device_id, session_id, ".json").exists()
 
-    def add_part(self, session_id: str, n: int, data: bytes, device_id: str | None = None) -> None:
-        if self.has(session_id):
-            self.duplicates += 1
-            return
-        folder = self._folder(session_id, device_id)
-        write_atomic(folder / f"part-{n:06d}", data)
-        self.try_assemble(session_id)
+    def stored_manifest(self, device_id: str, session_id: str) -> Manifest:
+        return Manifest.from_json(self.session_path(device_id, session_id, ".json").read_bytes())
 
-    def add_manifest(self, session_id: str, payload: bytes, device_id: str | None = None) -> None:
-        if self.has(session_id):
-            self.duplicates += 1
-            log.debug("session %s already stored; duplicate ignored", session_id)
-            return
-        try:
-            manifest = json.loads(payload)
-            if manifest.get("session_id") != session_id or int(manifest["parts"]) < 1 \
-                    or not isinstance(manifest["sha256"], str):
-                raise ValueError("fields do not match the topic")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            self.rejected += 1
-            log.error("session %s: unusable manifest (%s); ignored", session_id, exc)
-            return
-        folder = self._folder(session_id, device_id)
-        write_json_atomic(folder / "manifest.json", manifest)
-        self.try_assemble(session_id)
-
-    def try_assemble(self, session_id: str) -> bool:
+    # --- arrivals -------------------------------------------------------------------------
+    def add_part(self, device_id: str, session_id: str, n: int, data: bytes) -> None:
+        """Store part ``n``; assemble the session when it completes it. Refused for bad ids
+        or part numbers; OSError when it cannot be written (then it must not be acked)."""
+        _require_ids(device_id, session_id)
+        if not 0 <= n < MAX_PARTS:
+            raise Refused(f"part {n} of {device_id}/{session_id}: part numbers are 0.."
+                          f"{MAX_PARTS - 1}")
         with self._lock:
-            folder = self.incoming / session_id
-            manifest_path = folder / "manifest.json"
-            if self.has(session_id) or not manifest_path.exists():
-                return False
-            manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-            parts = [folder / f"part-{n:06d}" for n in range(int(manifest["parts"]))]
-            if not all(p.exists() for p in parts):
-                return False
-            tmp = folder / "assembled.mcap"
-            digest = hashlib.sha256()
-            size = 0
-            with open(tmp, "wb") as out:
-                for p in parts:
-                    data = p.read_bytes()
-                    digest.update(data)
-                    size += len(data)
-                    out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            if size != manifest.get("bytes") or digest.hexdigest() != manifest["sha256"]:
-                self.rejected += 1
-                log.error("session %s: reassembled file does not match its manifest (%d bytes, "
-                          "sha256 %s…; expected %s bytes, %s…); parts discarded, asking for "
-                          "a resend", session_id, size, digest.hexdigest()[:12],
-                          manifest.get("bytes"), str(manifest["sha256"])[:12])
-                for p in [*parts, tmp]:
-                    p.unlink(missing_ok=True)
-                return False
-            move_durable(tmp, self.sessions / f"{session_id}.mcap")
-            write_json_atomic(self.sessions / f"{session_id}.json", manifest)
-            shutil.rmtree(folder, ignore_errors=True)
-            self.index.add(self.sessions / f"{session_id}.json", None, manifest)
-            self.stored += 1
-            log.info("stored session %s from %s (%d bytes, labels [%s], journey %s)", session_id,
-                     manifest.get("device_id"), size, ", ".join(manifest.get("labels", [])),
-                     manifest.get("journey_id"))
-            return True
+            if self.has(device_id, session_id):
+                self.duplicates += 1
+                return
+            entry = self._entry(device_id, session_id)
+            if entry.manifest is not None and n >= entry.manifest.parts:
+                raise Refused(f"part {n} of {device_id}/{session_id}: its manifest has only "
+                              f"{entry.manifest.parts} parts")
+            if entry.manifest is not None and len(data) > entry.manifest.bytes:
+                raise Refused(f"part {n} of {device_id}/{session_id}: {len(data)} bytes, more "
+                              f"than the whole session's {entry.manifest.bytes}")
+            write_atomic(entry.folder / f"part-{n:0{PART_DIGITS}d}", data)
+            entry.have.add(n)
+            entry.last_seen = time.time()
+            self._try_assemble(device_id, session_id, entry)
 
+    def add_manifest(self, device_id: str, session_id: str, payload: bytes) -> Receipt | None:
+        """Take a manifest; the receipt to publish when the session is (or already was)
+        stored, else None. Refused when it does not validate or does not match its topic."""
+        _require_ids(device_id, session_id)
+        try:
+            manifest = Manifest.from_json(payload)
+        except DocumentError as exc:
+            raise Refused(f"manifest of {device_id}/{session_id}: {exc}") from None
+        if manifest.session_id != session_id:
+            raise Refused(f"manifest of {device_id}/{session_id} names session "
+                          f"{manifest.session_id!r}")
+        if manifest.device_id != device_id:
+            raise Refused(f"manifest of {device_id}/{session_id} names device "
+                          f"{manifest.device_id!r}, not the device it was published by; a "
+                          "device may only deliver its own sessions")
+        with self._lock:
+            if self.has(device_id, session_id):
+                self.duplicates += 1
+                log.debug("session %s/%s already stored; duplicate answered with a receipt",
+                          device_id, session_id)
+                return Receipt.for_manifest(self.stored_manifest(device_id, session_id),
+                                            duplicate=True)
+            entry = self._entry(device_id, session_id)
+            if entry.manifest is not None and entry.manifest != manifest:
+                log.warning("session %s/%s: a different manifest replaces the one received "
+                            "before", device_id, session_id)
+            beyond = {n for n in entry.have if n >= manifest.parts}
+            for n in beyond:
+                (entry.folder / f"part-{n:0{PART_DIGITS}d}").unlink(missing_ok=True)
+            entry.have -= beyond
+            write_atomic(entry.folder / "manifest.json", manifest.to_json())
+            entry.manifest = manifest
+            entry.last_seen = time.time()
+            return self._try_assemble(device_id, session_id, entry)
+
+    def _entry(self, device_id: str, session_id: str) -> Incoming:
+        key = (device_id, session_id)
+        entry = self._incoming.get(key)
+        if entry is not None:
+            return entry
+        if sum(1 for d, _ in self._incoming if d == device_id) >= MAX_INCOMING_PER_DEVICE:
+            raise Refused(f"{device_id} already has {MAX_INCOMING_PER_DEVICE} sessions being "
+                          f"received; {session_id} is refused for now (its device publishes "
+                          "it again when no receipt comes)")
+        folder = self.incoming / device_id / session_id
+        folder.mkdir(parents=True, exist_ok=True)
+        fsync_dir(folder.parent)
+        now = time.time()
+        write_atomic(folder / "first_seen", f"{now:.3f}\n".encode())
+        entry = self._incoming[key] = Incoming(folder, now, now)
+        return entry
+
+    def _try_assemble(self, device_id: str, session_id: str, entry: Incoming) -> Receipt | None:
+        if not entry.complete():
+            return None
+        manifest = entry.manifest
+        assert manifest is not None
+        parts = [entry.folder / f"part-{n:0{PART_DIGITS}d}" for n in range(manifest.parts)]
+        size = sum(p.stat().st_size for p in parts)
+        if size != manifest.bytes:  # a resend would bring the same bytes: nothing to retry
+            self.mismatches += 1
+            self._quarantine_incoming(
+                device_id, session_id,
+                f"the {manifest.parts} parts hold {size} bytes, the manifest says "
+                f"{manifest.bytes}: the file on the device does not match its manifest "
+                "(truncated?)")
+            return None
+        tmp = entry.folder / "assembled.mcap"
+        digest = hashlib.sha256()
+        with open(tmp, "wb") as out:
+            for p in parts:
+                data = p.read_bytes()
+                digest.update(data)
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if digest.hexdigest() != manifest.sha256:
+            self.mismatches += 1
+            entry.attempts += 1
+            if entry.attempts >= MAX_ASSEMBLY_ATTEMPTS:
+                tmp.unlink(missing_ok=True)
+                self._quarantine_incoming(
+                    device_id, session_id,
+                    f"sha256 {digest.hexdigest()} does not match the manifest's "
+                    f"{manifest.sha256} after {entry.attempts} attempts")
+                return None
+            log.error("session %s/%s: reassembled file does not match its manifest (sha256 "
+                      "%s…, expected %s…); parts discarded, asking for a resend (attempt %d "
+                      "of %d)", device_id, session_id, digest.hexdigest()[:12],
+                      manifest.sha256[:12], entry.attempts, MAX_ASSEMBLY_ATTEMPTS)
+            for p in [*parts, tmp]:
+                p.unlink(missing_ok=True)
+            entry.have.clear()
+            entry.asked_at = None  # ask at once
+            return None
+        target = self.session_path(device_id, session_id)
+        target.parent.mkdir(exist_ok=True)
+        fsync_dir(self.sessions)
+        move_durable(tmp, target)
+        manifest_path = self.session_path(device_id, session_id, ".json")
+        write_atomic(manifest_path, manifest.to_json())
+        self.index.add(manifest_path, None, manifest)
+        del self._incoming[(device_id, session_id)]
+        _remove_tree(entry.folder)
+        self.stored += 1
+        log.info("stored session %s from %s (%d bytes, labels [%s], journey %s)", session_id,
+                 device_id, size, ", ".join(manifest.labels), manifest.journey_id)
+        return Receipt.for_manifest(manifest, duplicate=False)
+
+    # --- housekeeping ----------------------------------------------------------------------
     def incomplete(self, quiet_for_s: float) -> list[tuple[str, str, list[int] | None]]:
-        """Sessions stuck incomplete for ``quiet_for_s``: (id, device, missing parts or None
-        for all, when the manifest never came)."""
-        out = []
+        """Sessions quiet for ``quiet_for_s``: (device, id, missing parts, or None for all
+        when the manifest never came)."""
+        with self._lock:
+            return [(d, s, self._missing(e)) for (d, s), e in self._quiet(quiet_for_s)]
+
+    def due_for_resend(self, quiet_for_s: float) -> list[tuple[str, str, list[int] | None]]:
+        """Like :meth:`incomplete`, limited to those whose next request is due (each request
+        doubles the wait for the next one, up to RESEND_EVERY_MAX_S)."""
+        now = time.monotonic()
+        due = []
+        with self._lock:
+            for (device_id, session_id), entry in self._quiet(quiet_for_s):
+                if entry.asked_at is not None:
+                    if now - entry.asked_at < entry.asked_every_s:
+                        continue
+                    entry.asked_every_s = min(entry.asked_every_s * 2, RESEND_EVERY_MAX_S)
+                entry.asked_at = now
+                due.append((device_id, session_id, self._missing(entry)))
+        return due
+
+    def _quiet(self, quiet_for_s: float) -> list[tuple[tuple[str, str], Incoming]]:
         cutoff = time.time() - quiet_for_s
-        for folder in self.incoming.iterdir():
-            try:  # the network thread may assemble (and remove) a folder meanwhile
-                files = list(folder.iterdir()) if folder.is_dir() else []
-                device = folder / "device"
-                if not files or not device.exists() or \
-                        max(f.stat().st_mtime for f in files) > cutoff:
-                    continue
-                manifest_path = folder / "manifest.json"
-                missing: list[int] | None = None
-                if manifest_path.exists():
-                    total = int(json.loads(manifest_path.read_text())["parts"])
-                    missing = [n for n in range(total)
-                               if not (folder / f"part-{n:06d}").exists()]
-                out.append((folder.name, device.read_text(), missing))
-            except FileNotFoundError:
-                continue
-        return out
+        return [(key, e) for key, e in self._incoming.items() if e.last_seen <= cutoff]
+
+    @staticmethod
+    def _missing(entry: Incoming) -> list[int] | None:
+        if entry.manifest is None:
+            return None
+        missing = []
+        for n in range(entry.manifest.parts):
+            if n not in entry.have:
+                missing.append(n)
+                if len(missing) == MAX_RESEND_PARTS:
+                    break
+        return missing
 
     def expire(self, older_than_s: float = INCOMPLETE_EXPIRY_S) -> None:
-        """Drop incomplete sessions whose last part arrived ``older_than_s`` ago."""
+        """Quarantine sessions still incomplete ``older_than_s`` after their first message."""
         cutoff = time.time() - older_than_s
-        for folder in self.incoming.iterdir():
-            if folder.is_dir() and folder.stat().st_mtime < cutoff:
-                have = len(list(folder.glob("part-*")))
-                log.warning("session %s: incomplete for %.0f h (%d parts, manifest %s); "
-                            "expired", folder.name, older_than_s / 3600, have,
-                            "present" if (folder / "manifest.json").exists() else "missing")
-                shutil.rmtree(folder, ignore_errors=True)
+        with self._lock:
+            for (device_id, session_id), entry in list(self._incoming.items()):
+                if entry.first_seen >= cutoff:
+                    continue
+                total = "?" if entry.manifest is None else str(entry.manifest.parts)
+                self._quarantine_incoming(
+                    device_id, session_id,
+                    f"incomplete {older_than_s / 3600:.1f} h after its first message: "
+                    f"{len(entry.have)} of {total} parts, manifest "
+                    f"{'present' if entry.manifest else 'missing'}")
+
+    def status(self) -> dict[str, int]:
+        with self._lock:
+            incoming = len(self._incoming)
+        return {"stored": self.stored, "duplicates": self.duplicates, "refused": self.refused,
+                "quarantined": self.quarantined, "mismatches": self.mismatches,
+                "incoming": incoming, "rejected_total": sum(1 for _ in self.rejected())}
+
+    # --- the quarantine -------------------------------------------------------------------
+    def rejected(self) -> list[Rejected]:
+        """Everything in ``rejected/``, oldest first."""
+        return list_rejected(self.root)
+
+    def _quarantine_dir(self, device_id: str, name: str) -> Path:
+        folder = self.rejected_dir / device_id
+        folder.mkdir(parents=True, exist_ok=True)
+        target, n = folder / name, 1
+        while target.exists():
+            n += 1
+            target = folder / f"{name}~{n}"
+        return target
+
+    def _record_reason(self, target: Path, device_id: str, session_id: str, reason: str) -> None:
+        write_json_atomic(target / "reason.json", {
+            "device_id": device_id, "session_id": session_id, "reason": reason,
+            "rejected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        fsync_dir(target.parent)
+        self.quarantined += 1
+
+    def _quarantine_incoming(self, device_id: str, session_id: str, reason: str) -> None:
+        entry = self._incoming.pop((device_id, session_id))
+        target = self._quarantine_dir(device_id, session_id)
+        move_durable(entry.folder, target)
+        self._record_reason(target, device_id, session_id, reason)
+        log.error("session %s from %s quarantined in %s: %s", session_id, device_id, target,
+                  reason)
+
+    def _quarantine_stored(self, manifest_path: Path, reason: str) -> None:
+        """A stored manifest that no longer validates: move it and its file out of the way."""
+        device = manifest_path.parent.name if manifest_path.parent != self.sessions \
+            else "_unknown"
+        target = self._quarantine_dir(device if valid_id(device) else "_unknown",
+                                      manifest_path.stem)
+        target.mkdir()
+        for path in (manifest_path, manifest_path.with_suffix(".mcap")):
+            if path.exists():
+                move_durable(path, target / path.name)
+        self._record_reason(target, device, manifest_path.stem, f"stored manifest: {reason}")
+        log.error("stored session %s quarantined in %s: %s", manifest_path, target, reason)
+
+    # --- start-up ---------------------------------------------------------------------------
+    def _load_incoming(self) -> None:
+        """Rebuild the in-memory bookkeeping from ``incoming/``; assemble what is complete."""
+        for device_dir in sorted(self.incoming.iterdir()):
+            if not device_dir.is_dir() or not valid_id(device_dir.name):
+                continue
+            for folder in sorted(device_dir.iterdir()):
+                if folder.is_dir() and valid_id(folder.name):
+                    self._load_one(device_dir.name, folder.name, folder)
+
+    def _load_one(self, device_id: str, session_id: str, folder: Path) -> None:
+        try:
+            first = float((folder / "first_seen").read_text())
+        except (OSError, ValueError):
+            first = folder.stat().st_mtime
+        entry = Incoming(folder, first, folder.stat().st_mtime)
+        for part in folder.glob("part-*"):
+            suffix = part.name[5:]
+            if suffix.isdigit() and len(suffix) <= PART_DIGITS:
+                entry.have.add(int(suffix))
+        manifest_path = folder / "manifest.json"
+        self._incoming[(device_id, session_id)] = entry
+        if manifest_path.exists():
+            try:
+                entry.manifest = Manifest.from_json(manifest_path.read_bytes())
+            except (OSError, DocumentError) as exc:
+                self._quarantine_incoming(device_id, session_id,
+                                          f"manifest unreadable ({type(exc).__name__}: {exc})")
+                return
+            entry.have = {n for n in entry.have if n < entry.manifest.parts}
+            (folder / "assembled.mcap").unlink(missing_ok=True)
+            with self._lock:
+                self._try_assemble(device_id, session_id, entry)
+
+    def _migrate_flat_layout(self) -> None:
+        """Stores written before sessions were keyed by device: ``sessions/{id}.json`` and
+        ``incoming/{id}/`` (with a ``device`` file) move under their device's folder."""
+        for manifest_path in sorted(self.sessions.glob("*.json")):
+            try:
+                m = Manifest.from_json(manifest_path.read_bytes())
+            except (OSError, DocumentError):
+                continue  # left for the index's sync, which quarantines it
+            (self.sessions / m.device_id).mkdir(exist_ok=True)
+            mcap = manifest_path.with_suffix(".mcap")
+            if mcap.exists():
+                move_durable(mcap, self.session_path(m.device_id, m.session_id))
+            move_durable(manifest_path, self.session_path(m.device_id, m.session_id, ".json"))
+            log.info("store: moved session %s under sessions/%s/", m.session_id, m.device_id)
+        for folder in sorted(self.incoming.iterdir()):
+            device_file = folder / "device"
+            if not folder.is_dir() or not (device_file.exists()
+                                           or (folder / "manifest.json").exists()
+                                           or any(folder.glob("part-*"))):
+                continue
+            try:
+                device = device_file.read_text().strip()
+            except OSError:
+                device = ""
+            if valid_id(device) and valid_id(folder.name):
+                target = self.incoming / device / folder.name
+                target.parent.mkdir(exist_ok=True)
+                device_file.unlink()
+                for part in folder.glob("part-*"):  # part-NNNNNN -> part-NNNNNNN
+                    if part.name[5:].isdigit():
+                        part.rename(folder / f"part-{int(part.name[5:]):0{PART_DIGITS}d}")
+                move_durable(folder, target)
+            else:
+                target = self._quarantine_dir("_unknown", folder.name)
+                move_durable(folder, target)
+                self._record_reason(target, device or "?", folder.name,
+                                    "incomplete session from before sessions were keyed by "
+                                    "device, without a readable device")
+
+
+def list_rejected(root: Path) -> list[Rejected]:
+    """Everything quarantined in ``{root}/rejected/``, oldest first (read only)."""
+    out = []
+    for reason_file in (root / "rejected").glob("*/*/reason.json"):
+        try:
+            doc = json.loads(reason_file.read_text())
+            out.append(Rejected(str(doc.get("device_id")), str(doc.get("session_id")),
+                                str(doc.get("reason")), str(doc.get("rejected_at")),
+                                reason_file.parent))
+        except (OSError, ValueError):
+            out.append(Rejected(reason_file.parent.parent.name, reason_file.parent.name,
+                                "reason.json unreadable", "", reason_file.parent))
+    return sorted(out, key=lambda r: (r.rejected_at, str(r.path)))
+
+
+def _require_ids(device_id: str, session_id: str) -> None:
+    """Refuse before any path is built: only ids matching ID_RE reach the file system."""
+    if not valid_id(device_id):
+        raise Refused(f"device id {device_id[:80]!r} is not a valid id")
+    if not valid_id(session_id):
+        raise Refused(f"session id {session_id[:80]!r} is not a valid id")
+
+
+def _remove_tree(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        fsync_dir(folder.parent)
+    except OSError:
+        pass
 
 
 class Collector:
@@ -181,54 +483,101 @@ class Collector:
                  client_id: str = "edge-recorder-collector") -> None:
         self.store = CollectorStore(store_dir)
         self.topic_prefix = topic_prefix
+        self.store_errors = 0  # messages not acknowledged because they could not be stored
         self.link = MqttLink(mqtt, client_id, persistent_session_s=PERSISTENT_SESSION_S,
-                             name="collector")
-        self.link.subscribe(f"{topic_prefix}/+/sessions/#", self.on_message, qos=1)
-        self._asked: dict[str, float] = {}
+                             name="collector", manual_ack=True)
+        # narrowly: never our own receipts (…/stored) nor anything else under a device
+        self.link.subscribe(f"{topic_prefix}/+/sessions/+/part/+", self.on_message, qos=1)
+        self.link.subscribe(f"{topic_prefix}/+/sessions/+/manifest", self.on_message, qos=1)
+        self._last_status: dict[str, int] = {}
 
     def on_message(self, message: Message) -> None:
-        rest = message.topic[len(self.topic_prefix) + 1:].split("/")
-        # {device}/sessions/{id}/part/{n} or {device}/sessions/{id}/manifest
-        if len(rest) < 4 or rest[1] != "sessions" or not SESSION_ID_RE.match(rest[2]):
-            log.warning("collector: ignoring unexpected topic %s", message.topic)
+        """Handle one message; raise NotTaken when it could not be stored (not acked)."""
+        try:
+            receipt = self.handle(message.topic, message.payload)
+        except Refused as exc:
+            self.store.refused += 1
+            log.warning("collector: refused %s: %s", message.topic[:200], exc)
             return
-        device, session_id = rest[0], rest[2]
-        if len(rest) == 5 and rest[3] == "part" and rest[4].isdigit():
-            self.store.add_part(session_id, int(rest[4]), message.payload, device)
-        elif len(rest) == 4 and rest[3] == "manifest":
-            self.store.add_manifest(session_id, message.payload, device)
-        else:
-            log.warning("collector: ignoring unexpected topic %s", message.topic)
+        except OSError as exc:
+            self.store_errors += 1
+            raise NotTaken(f"cannot store it: {type(exc).__name__}: {exc}") from exc
+        if receipt is not None:
+            self.publish_receipt(receipt)
+
+    def handle(self, topic: str, payload: bytes) -> Receipt | None:
+        """Route a session message by its topic; Refused for anything not a session message."""
+        prefix = f"{self.topic_prefix}/"
+        if not topic.startswith(prefix):
+            raise Refused("not under the topic prefix")
+        rest = topic[len(prefix):].split("/")
+        # {device}/sessions/{id}/part/{n} or {device}/sessions/{id}/manifest
+        if len(rest) not in (4, 5) or rest[1] != "sessions":
+            raise Refused("not a session topic")
+        device_id, session_id = rest[0], rest[2]
+        _require_ids(device_id, session_id)
+        if len(rest) == 5 and rest[3] == "part":
+            n = rest[4]
+            if not (n.isascii() and n.isdigit() and len(n) <= PART_DIGITS):
+                raise Refused(f"part number {n[:20]!r} is not 0..{MAX_PARTS - 1}")
+            self.store.add_part(device_id, session_id, int(n), payload)
+            return None
+        if len(rest) == 4 and rest[3] == "manifest":
+            return self.store.add_manifest(device_id, session_id, payload)
+        raise Refused("not a session topic")
+
+    def publish_receipt(self, receipt: Receipt) -> None:
+        """Tell the device its session is stored (QoS 1, not retained)."""
+        self.link.publish(receipt_topic(self.topic_prefix, receipt.device_id, receipt.session_id),
+                          receipt.to_json(), qos=1)
+
+    def status(self) -> dict[str, Any]:
+        return {**self.store.status(), "store_errors": self.store_errors,
+                "not_acknowledged": self.link.not_acked}
+
+    def log_status(self, force: bool = False) -> None:
+        status = self.status()
+        if force or status != self._last_status:
+            log.info("collector: %s", ", ".join(f"{k} {v}" for k, v in status.items()))
+            self._last_status = status
 
     def run(self, stop: threading.Event) -> None:
         self.link.start()
-        log.info("collecting %s/+/sessions/# from %s:%d into %s", self.topic_prefix,
-                 self.link.settings.host, self.link.settings.port, self.store.root)
-        next_expiry = 0.0
+        log.info("collecting %s/+/sessions/+/{part/+,manifest} from %s:%d into %s",
+                 self.topic_prefix, self.link.settings.host, self.link.settings.port,
+                 self.store.root)
+        rejected = self.store.rejected()
+        if rejected:
+            log.warning("collector: %d quarantined item(s) in %s (sessions list --state failed)",
+                        len(rejected), self.store.rejected_dir)
+        next_expiry = next_status = 0.0
         while not stop.wait(1.0):
             try:
                 if self.link.connected.is_set():
                     self.ask_for_missing()
-                if time.monotonic() >= next_expiry:
+                now = time.monotonic()
+                if now >= next_expiry:
                     self.store.expire()
-                    next_expiry = time.monotonic() + 600
-            except Exception:  # housekeeping must not end collecting
-                log.exception("collector: housekeeping failed; carrying on")
+                    self.store.index.sync()  # quarantines a stored manifest damaged meanwhile
+                    next_expiry = now + 600
+                if now >= next_status:
+                    self.log_status()
+                    next_status = now + STATUS_LOG_EVERY_S
+            except Exception as exc:  # housekeeping must not end collecting
+                log.error("collector: housekeeping failed (%s: %s); carrying on",
+                          type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
         self.link.close()
+        self.log_status(force=True)
 
     def ask_for_missing(self) -> None:
-        """Ask devices to resend what a broker lost (at most every RESEND_EVERY_S each)."""
-        now = time.monotonic()
-        for session_id, device, missing in self.store.incomplete(RESEND_AFTER_S):
-            if now - self._asked.get(session_id, -RESEND_EVERY_S) < RESEND_EVERY_S:
-                continue
-            self._asked[session_id] = now
+        """Ask devices to resend what a broker lost (backing off per session)."""
+        for device_id, session_id, missing in self.store.due_for_resend(RESEND_AFTER_S):
             what = "all parts" if missing is None else f"{len(missing)} part(s)"
             log.warning("session %s from %s is incomplete; asking for %s again", session_id,
-                        device, what)
+                        device_id, what)
             command: dict[str, Any] = {"cmd": "resend", "session_id": session_id,
-                       "request_id": f"collector-resend-{session_id}"}
+                                       "request_id": f"collector-resend-{session_id}"}
             if missing is not None:
                 command["parts"] = missing
-            self.link.publish(f"{self.topic_prefix}/{device}/cmd", json.dumps(command).encode(),
-                              qos=1)
+            self.link.publish(f"{self.topic_prefix}/{device_id}/cmd",
+                              json.dumps(command).encode(), qos=1)

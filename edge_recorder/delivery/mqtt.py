@@ -10,6 +10,7 @@ evidence the publisher trusts before it lets go of a session.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,12 @@ log = logging.getLogger(__name__)
 
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 10  # notice a returning broker within seconds
+REDELIVER_AFTER_S = 2.0  # a message a handler could not take is asked for again this late
+
+
+class NotTaken(Exception):
+    """Raised by a handler that could not take a message (it could not store it): with
+    ``manual_ack`` the message is not acknowledged, so the broker delivers it again."""
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,16 @@ class MqttLink:
         persistent_session_s: int | None = None,
         on_connect: Callable[[], None] | None = None,
         name: str = "mqtt",
+        manual_ack: bool = False,
     ) -> None:
         """``persistent_session_s``: keep the broker-side session (subscriptions and queued
-        QoS 1 messages) for that long across disconnects, as the collector needs."""
+        QoS 1 messages) for that long across disconnects, as the collector needs.
+
+        ``manual_ack``: acknowledge a QoS 1 message only after every handler returned. When a
+        handler raises, the message is left unacknowledged and, ``REDELIVER_AFTER_S`` later,
+        the connection is dropped and made again, so the broker (holding the persistent
+        session) delivers it again — MQTT resends unacknowledged messages only on a new
+        connection. Without it paho acknowledges as soon as the handler returns."""
         self.settings = settings
         self.name = name
         self.v5 = settings.protocol == "5"
@@ -88,11 +102,15 @@ class MqttLink:
         self.connected = threading.Event()
         self.generation = 0  # connections made so far
         self.last_error = ""
+        self.manual_ack = manual_ack
+        self.not_acked = 0  # messages left unacknowledged because a handler failed
+        self._redeliver: threading.Timer | None = None
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=paho.MQTTv5 if self.v5 else paho.MQTTv311,
             clean_session=None if self.v5 else persistent_session_s is None,
+            manual_ack=manual_ack,
         )
         self._client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         self._client.max_queued_messages_set(0)
@@ -147,6 +165,8 @@ class MqttLink:
 
     def close(self) -> None:
         """Disconnect cleanly (no will) and stop the network thread; idempotent."""
+        if self._redeliver is not None:
+            self._redeliver.cancel()
         try:
             self._client.disconnect()
         finally:
@@ -241,12 +261,49 @@ class MqttLink:
             response_topic=getattr(props, "ResponseTopic", None) if props else None,
             correlation_data=getattr(props, "CorrelationData", None) if props else None,
         )
-        for pattern, (_qos, handler) in self._subscriptions.items():
+        taken = True
+        for pattern, (_qos, handler) in list(self._subscriptions.items()):
             if paho.topic_matches_sub(pattern, msg.topic):
                 try:
                     handler(message)
-                except Exception:  # nothing a client sends may kill the network thread
-                    log.exception("%s: handler for %s failed", self.name, msg.topic)
+                except NotTaken as exc:
+                    taken = False
+                    log.error("%s: %s could not be taken (%s); not acknowledged, the broker "
+                              "will deliver it again", self.name, msg.topic, exc)
+                except Exception as exc:  # nothing a client sends may kill the network thread
+                    taken = False
+                    log.error("%s: handler for %s failed (%s: %s)%s", self.name, msg.topic,
+                              type(exc).__name__, exc,
+                              "; not acknowledged, the broker will deliver it again"
+                              if self.manual_ack else "", exc_info=log.isEnabledFor(logging.DEBUG))
+        if not self.manual_ack or msg.qos == 0:
+            return
+        if taken:
+            client.ack(msg.mid, msg.qos)
+        else:
+            self.not_acked += 1
+            self._schedule_redelivery()
+
+    def _schedule_redelivery(self) -> None:
+        """Drop the connection soon, so the broker delivers what was not acknowledged again
+        (once per failure burst: further failures meanwhile ride on the same reconnect)."""
+        with self._acked:
+            if self._redeliver is not None and self._redeliver.is_alive():
+                return
+            self._redeliver = threading.Timer(REDELIVER_AFTER_S, self._drop_connection)
+            self._redeliver.daemon = True
+            self._redeliver.start()
+
+    def _drop_connection(self) -> None:
+        sock = self._client.socket()
+        if sock is None:
+            return  # already disconnected: the reconnect brings the messages back anyway
+        log.info("%s: reconnecting so the broker delivers the unacknowledged messages again",
+                 self.name)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]  # a real socket
+        except OSError:
+            pass
 
     def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
                         reason_code: ReasonCode, properties: object) -> None:

@@ -5,33 +5,47 @@ and can always be rebuilt. ``sync`` adds what is new and forgets what is gone, s
 collector, the daemon's store and a copied directory all list the same way. Where the
 store is read-only (the daemon's state directory, read by another user), the index is
 built in memory instead.
+
+Every manifest is read through :class:`~edge_recorder.documents.Manifest`; one that does not
+validate is left out of the index and reported in :attr:`SessionIndex.damaged` (and handed to
+``on_damaged``, which the collector uses to quarantine it), so it never breaks a listing.
+Sessions are keyed by (device, session id). :class:`Index` is the interface the rest of the
+package uses, so another index (PostgreSQL, say) can stand in for SQLite.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from edge_recorder.documents import DocumentError, Manifest
 from edge_recorder.errors import UsageError
 
 INDEX_NAME = "index.sqlite"
-STORE_FOLDERS = {"sessions": None, "outbox": False, "published": True}
+SCHEMA_VERSION = 2  # 2: keyed by (device_id, session_id); an older index is rebuilt
+# folder -> (manifest globs, the "published" flag of what is in it)
+STORE_FOLDERS: dict[str, tuple[tuple[str, ...], bool | None]] = {
+    "sessions": (("*/*.json", "*.json"), None),  # collector: sessions/{device}/{id}.json
+    "outbox": (("*.json",), False),
+    "published": (("*.json",), True),
+}
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY,
+    rowid INTEGER PRIMARY KEY,
+    device_id TEXT NOT NULL, session_id TEXT NOT NULL,
     manifest_path TEXT NOT NULL,
     published INTEGER,            -- NULL on the collector's store
-    device_id TEXT, journey_id TEXT, started_at TEXT, stopped_at TEXT, stop_reason TEXT,
-    manifest TEXT NOT NULL
+    journey_id TEXT, started_at TEXT, stopped_at TEXT, stop_reason TEXT,
+    manifest TEXT NOT NULL,
+    UNIQUE (device_id, session_id)
 );
 CREATE TABLE IF NOT EXISTS labels (
-    session_id TEXT NOT NULL REFERENCES sessions(session_id) ON DELETE CASCADE,
+    session INTEGER NOT NULL REFERENCES sessions(rowid) ON DELETE CASCADE,
     label TEXT NOT NULL,
-    PRIMARY KEY (session_id, label)
+    PRIMARY KEY (session, label)
 );
 CREATE INDEX IF NOT EXISTS by_journey ON sessions (journey_id, started_at);
 CREATE INDEX IF NOT EXISTS by_device ON sessions (device_id, started_at);
@@ -42,21 +56,47 @@ CREATE INDEX IF NOT EXISTS by_label ON labels (label);
 
 @dataclass(frozen=True)
 class Entry:
-    manifest: dict[str, Any]
+    manifest: Manifest
     path: Path
     published: bool | None  # None on the collector's store
 
     def as_json(self) -> dict[str, Any]:
-        doc = dict(self.manifest, path=str(self.path))
+        doc = dict(self.manifest.to_dict(), path=str(self.path))
         if self.published is not None:
             doc["published"] = self.published
         return doc
 
 
+DamagedHandler = Callable[[Path, str], None]
+
+
+class Index(Protocol):
+    """What the collector and the CLI need from an index of stored sessions."""
+
+    damaged: list[tuple[Path, str]]
+
+    def add(self, manifest_path: Path, published: bool | None,
+            manifest: Manifest | None = None) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def select(self, *, labels: Iterable[str] = (), journey: str | None = None,
+               device: str | None = None, since: str | None = None,
+               until: str | None = None) -> list[Entry]: ...
+
+    def journeys(self) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
 class SessionIndex:
-    def __init__(self, store: Path, *, check_same_thread: bool = True) -> None:
+    def __init__(self, store: Path, *, check_same_thread: bool = True,
+                 on_damaged: DamagedHandler | None = None) -> None:
         self.store = store
-        self.folders = [(store / name, flag) for name, flag in STORE_FOLDERS.items()
+        self.on_damaged = on_damaged
+        self.damaged: list[tuple[Path, str]] = []  # manifests the last sync could not use
+        self.folders = [(store / name, globs, flag)
+                        for name, (globs, flag) in STORE_FOLDERS.items()
                         if (store / name).is_dir()]
         if not self.folders:
             raise UsageError(f"{store} is not an edge-recorder store (no sessions/, outbox/ or "
@@ -65,11 +105,20 @@ class SessionIndex:
         try:
             self.db = sqlite3.connect(store / INDEX_NAME, timeout=10,
                                       check_same_thread=check_same_thread)
-            self.db.executescript(SCHEMA)
+            self._create()
         except sqlite3.OperationalError:  # read-only store: index in memory
             self.db = sqlite3.connect(":memory:", check_same_thread=check_same_thread)
-            self.db.executescript(SCHEMA)
+            self._create()
         self.db.execute("PRAGMA foreign_keys = ON")
+
+    def _create(self) -> None:
+        (version,) = self.db.execute("PRAGMA user_version").fetchone()
+        if version != SCHEMA_VERSION:  # derived data: an older layout is rebuilt
+            with self.db:
+                self.db.execute("DROP TABLE IF EXISTS labels")
+                self.db.execute("DROP TABLE IF EXISTS sessions")
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        self.db.executescript(SCHEMA)
 
     def close(self) -> None:
         self.db.close()
@@ -83,36 +132,50 @@ class SessionIndex:
 
     # --- keeping it in step with the manifests ------------------------------------------
     def add(self, manifest_path: Path, published: bool | None,
-            manifest: dict[str, Any] | None = None) -> None:
+            manifest: Manifest | None = None) -> None:
+        """Index one manifest (read and validated from ``manifest_path`` unless given)."""
         if manifest is None:
-            manifest = json.loads(manifest_path.read_text())
-        sid = manifest["session_id"]
+            manifest = Manifest.from_json(manifest_path.read_bytes())
+        m = manifest
         with self.db:
-            self.db.execute("DELETE FROM sessions WHERE session_id = ?", (sid,))
-            self.db.execute(
-                "INSERT INTO sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sid, str(manifest_path), published, manifest.get("device_id"),
-                 manifest.get("journey_id"), manifest.get("started_at"),
-                 manifest.get("stopped_at"), manifest.get("stop_reason"), json.dumps(manifest)))
+            self.db.execute("DELETE FROM sessions WHERE device_id = ? AND session_id = ?",
+                            (m.device_id, m.session_id))
+            cursor = self.db.execute(
+                "INSERT INTO sessions (device_id, session_id, manifest_path, published, "
+                "journey_id, started_at, stopped_at, stop_reason, manifest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (m.device_id, m.session_id, str(manifest_path), published, m.journey_id,
+                 m.started_at, m.stopped_at, m.stop_reason, m.to_json().decode()))
             self.db.executemany("INSERT OR IGNORE INTO labels VALUES (?, ?)",
-                                [(sid, label) for label in manifest.get("labels") or []])
+                                [(cursor.lastrowid, label) for label in m.labels])
 
     def sync(self) -> None:
-        """Index new manifests, re-index moved ones (outbox → published), drop vanished ones."""
+        """Index new manifests, re-index moved ones (outbox → published), drop vanished ones.
+
+        A manifest that does not validate is not indexed: it is listed in ``damaged`` and
+        given to ``on_damaged`` (the collector quarantines it)."""
         on_disk: dict[str, tuple[Path, bool | None]] = {}
-        for folder, flag in self.folders:
-            for path in folder.glob("*.json"):
-                on_disk[str(path)] = (path, flag)
+        for folder, globs, flag in self.folders:
+            for pattern in globs:
+                for path in folder.glob(pattern):
+                    if not path.name.startswith("."):
+                        on_disk[str(path)] = (path, flag)
         known = {row[0] for row in self.db.execute("SELECT manifest_path FROM sessions")}
         for gone in known - on_disk.keys():
             with self.db:
                 self.db.execute("DELETE FROM sessions WHERE manifest_path = ?", (gone,))
-        for key in on_disk.keys() - known:
+        self.damaged = []
+        for key in sorted(on_disk.keys() - known):
             path, flag = on_disk[key]
             try:
                 self.add(path, flag)
-            except (OSError, ValueError, KeyError):
-                continue  # being written or damaged: not a complete session
+            except FileNotFoundError:
+                continue  # moved meanwhile (outbox -> published): the next sync sees it
+            except (OSError, DocumentError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                self.damaged.append((path, reason))
+                if self.on_damaged is not None:
+                    self.on_damaged(path, reason)
 
     # --- queries --------------------------------------------------------------------------
     def select(
@@ -127,7 +190,7 @@ class SessionIndex:
         """Sessions having every label, the journey and device given, starting in [since, until)."""
         where, args = [], []
         for label in dict.fromkeys(labels):
-            where.append("session_id IN (SELECT session_id FROM labels WHERE label = ?)")
+            where.append("rowid IN (SELECT session FROM labels WHERE label = ?)")
             args.append(label)
         for column, value, op in (("journey_id", journey, "="), ("device_id", device, "="),
                                   ("started_at", since, ">="), ("started_at", until, "<")):
@@ -138,7 +201,7 @@ class SessionIndex:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started_at, session_id"
-        return [Entry(json.loads(m), Path(p).with_suffix(".mcap"),
+        return [Entry(Manifest.from_json(m), Path(p).with_suffix(".mcap"),
                       None if pub is None else bool(pub))
                 for m, p, pub in self.db.execute(sql, args)]
 

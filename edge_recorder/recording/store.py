@@ -14,13 +14,13 @@ are: a full store refuses new sessions instead.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
+from edge_recorder.documents import Manifest, file_fields_added
 from edge_recorder.errors import StoreFull
 from edge_recorder.fsutil import move_durable, write_json_atomic
 
@@ -60,22 +60,26 @@ class DeviceStore:
         return self.path(RECORDING, session_id)
 
     def complete(self, session_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
-        """The session file is finished: add size, sha256 and part count; queue it."""
+        """The session file is finished: add size, sha256 and part count; queue it.
+
+        The manifest is validated (:class:`Manifest`) before the file moves: a session whose
+        manifest the collector would refuse never reaches the outbox."""
         src = self.path(RECORDING, session_id)
         size, digest = file_digest(src)
-        manifest = dict(manifest, bytes=size, sha256=digest,
-                        parts=max(1, math.ceil(size / self.part_bytes)))
+        checked = file_fields_added(manifest, nbytes=size, sha256=digest,
+                                    parts=max(1, math.ceil(size / self.part_bytes)))
         move_durable(src, self.path(OUTBOX, session_id))
-        write_json_atomic(self.path(OUTBOX, session_id, ".json"), manifest)
+        write_json_atomic(self.path(OUTBOX, session_id, ".json"), checked.to_dict())
         self.path(RECORDING, session_id, ".json").unlink(missing_ok=True)
-        return manifest
+        return checked.to_dict()
 
     def pending(self) -> list[str]:
         """Session ids waiting to be published, oldest first."""
         return sorted(p.stem for p in (self.root / OUTBOX).glob("*.json"))
 
     def manifest(self, session_id: str, state: str = OUTBOX) -> dict[str, Any]:
-        return dict(json.loads(self.path(state, session_id, ".json").read_text()))
+        """The session's manifest, validated (DocumentError, a ValueError, if it is not)."""
+        return Manifest.from_json(self.path(state, session_id, ".json").read_bytes()).to_dict()
 
     def note_parts_sent(self, session_id: str, parts: int) -> None:
         """Parts ``0 .. parts-1`` are acknowledged: a restarted publish can begin after them.

@@ -1,0 +1,390 @@
+"""The documents that cross module and machine boundaries, typed and validated in one place.
+
+Every reader and writer of a manifest goes through :class:`Manifest`: ``from_json`` bounds
+the payload before parsing it, then checks every field's type and range, and raises
+:class:`DocumentError` (a ``ValueError``) naming the field. Keys this version does not know
+are kept (bounded in number and size) and written back unchanged, so a newer device's
+manifest survives an older collector.
+
+Identifiers that reach a topic or a file name (session ids, device ids) match one pattern,
+:data:`ID_RE`: ASCII letters, digits, ``_`` and ``-``, starting with a letter or digit, at
+most 128 characters. No dots and no slashes, so no id is ever ``.``, ``..`` or a path.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_recorder.errors import EdgeRecorderError
+from edge_recorder.recording.labels import MAX_LABEL_CHARS, MAX_LABELS
+
+# --- named limits: each bounds memory or CPU before the work it bounds ---------------------
+ID_MAX_CHARS = 128
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+MAX_MANIFEST_BYTES = 256 * 1024  # a manifest payload larger than this is not parsed
+MAX_SESSION_BYTES = 16 << 30  # 16 GiB: far beyond max_duration_s at any supported rate
+MAX_PARTS = 1 << 20  # 1,048,576 parts: 16 GiB at the 16 KiB a part needs to be sensible
+MAX_TEXT_CHARS = 1024  # free-text fields: trigger detail, stop reason, version, warnings
+MAX_JOURNEY_ID_CHARS = 128
+MAX_SENSORS = 64
+MAX_GAPS_PER_SENSOR = 10_000
+MAX_WARNINGS = 64
+MAX_EXTRA_KEYS = 32  # unknown keys kept for forward compatibility...
+MAX_EXTRA_BYTES = 64 * 1024  # ...and their JSON size, together
+MAX_SECONDS = 10.0 * 365 * 86400  # durations: ten years is absurd, and finite
+ISO_UTC_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DocumentError(EdgeRecorderError, ValueError):
+    """A document is not valid; the message names the field and what is wrong."""
+
+
+def valid_id(value: object) -> bool:
+    """True if ``value`` is a string matching :data:`ID_RE` (safe in topics and file names)."""
+    return isinstance(value, str) and ID_RE.match(value) is not None
+
+
+def check_id(value: object, what: str = "id") -> str:
+    if not valid_id(value):
+        raise DocumentError(f"{what}: {_show(value)} is not a valid id (ASCII letters, digits, "
+                            f"'_' and '-', starting with a letter or digit, 1-{ID_MAX_CHARS} "
+                            "characters)")
+    assert isinstance(value, str)
+    return value
+
+
+# --- field checks ---------------------------------------------------------------------------
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _int(value: object, what: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise DocumentError(f"{what}: {_show(value)} is not an integer")
+    if not low <= value <= high:
+        raise DocumentError(f"{what}: {value} is outside {low}..{high}")
+    return value
+
+
+def _float(value: object, what: str, low: float, high: float) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise DocumentError(f"{what}: {_show(value)} is not a number")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise DocumentError(f"{what}: {value} is outside {low}..{high}")
+    return float(value)
+
+
+def _text(value: object, what: str, max_chars: int = MAX_TEXT_CHARS, *,
+          min_chars: int = 0) -> str:
+    if not isinstance(value, str):
+        raise DocumentError(f"{what}: {_show(value)} is not a string")
+    if not min_chars <= len(value) <= max_chars:
+        raise DocumentError(f"{what}: must be {min_chars}-{max_chars} characters, "
+                            f"not {len(value)}")
+    if not value.isprintable():
+        raise DocumentError(f"{what}: {_show(value)} holds a control character")
+    return value
+
+
+def _time(value: object, what: str) -> str:
+    if not isinstance(value, str) or ISO_UTC_RE.match(value) is None:
+        raise DocumentError(f"{what}: {_show(value)} is not an ISO 8601 UTC time "
+                            "(2026-11-26T10:00:00.000000Z)")
+    return value
+
+
+def _list(value: object, what: str, max_items: int) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise DocumentError(f"{what}: {_show(value)} is not a list")
+    if len(value) > max_items:
+        raise DocumentError(f"{what}: {len(value)} items; at most {max_items} are allowed")
+    return list(value)
+
+
+def _object(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise DocumentError(f"{what}: {_show(value)} is not an object")
+    return value
+
+
+def _extra(doc: Mapping[str, Any], known: set[str], what: str) -> dict[str, Any]:
+    """Keys this version does not know, kept as they are, bounded in number and size."""
+    extra = {k: v for k, v in doc.items() if k not in known}
+    if len(extra) > MAX_EXTRA_KEYS:
+        raise DocumentError(f"{what}: {len(extra)} unknown keys; at most {MAX_EXTRA_KEYS}")
+    if extra:
+        try:
+            size = len(json.dumps(extra))
+        except (TypeError, ValueError) as exc:
+            raise DocumentError(f"{what}: unknown keys hold what JSON cannot: {exc}") from None
+        if size > MAX_EXTRA_BYTES:
+            raise DocumentError(f"{what}: unknown keys take {size} bytes; at most "
+                                f"{MAX_EXTRA_BYTES}")
+    return extra
+
+
+def _required(doc: Mapping[str, Any], key: str, what: str) -> Any:
+    if key not in doc:
+        raise DocumentError(f"{what}.{key}: missing" if what else f"{key}: missing")
+    return doc[key]
+
+
+def parse_json_bounded(payload: bytes | str, max_bytes: int, what: str) -> Any:
+    """``json.loads`` after checking the size; DocumentError for anything unreadable."""
+    if len(payload) > max_bytes:
+        raise DocumentError(f"{what}: {len(payload)} bytes; at most {max_bytes} are read")
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise DocumentError(f"{what}: not JSON ({type(exc).__name__}: {exc})") from None
+
+
+# --- the manifest ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Gap:
+    """Samples lost between two instants (ns since the UNIX epoch), and why."""
+
+    start_ns: int
+    end_ns: int
+    lost: int
+    reason: str
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    KEYS = frozenset({"start_ns", "end_ns", "lost", "reason"})
+
+    @classmethod
+    def from_dict(cls, doc: object, what: str) -> Gap:
+        d = _object(doc, what)
+        start = _int(_required(d, "start_ns", what), f"{what}.start_ns", 0, 2**63 - 1)
+        return cls(
+            start_ns=start,
+            end_ns=_int(_required(d, "end_ns", what), f"{what}.end_ns", start, 2**63 - 1),
+            lost=_int(_required(d, "lost", what), f"{what}.lost", 0, 2**63 - 1),
+            reason=_text(_required(d, "reason", what), f"{what}.reason", 64),
+            extra=_extra(d, set(cls.KEYS), what),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start_ns": self.start_ns, "end_ns": self.end_ns, "lost": self.lost,
+                "reason": self.reason, **self.extra}
+
+
+@dataclass(frozen=True)
+class SensorSummary:
+    """One sensor's part of a session: what it is, samples kept, samples lost."""
+
+    name: str
+    driver: str
+    rate_hz: float
+    samples: int
+    dropped: int
+    gaps: tuple[Gap, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    KEYS = frozenset({"name", "driver", "rate_hz", "samples", "dropped", "gaps"})
+
+    @classmethod
+    def from_dict(cls, doc: object, what: str) -> SensorSummary:
+        d = _object(doc, what)
+        gaps = _list(d.get("gaps", []), f"{what}.gaps", MAX_GAPS_PER_SENSOR)
+        return cls(
+            name=_text(_required(d, "name", what), f"{what}.name", 64, min_chars=1),
+            driver=_text(_required(d, "driver", what), f"{what}.driver", 64, min_chars=1),
+            rate_hz=_float(_required(d, "rate_hz", what), f"{what}.rate_hz", 0.0, 1e6),
+            samples=_int(_required(d, "samples", what), f"{what}.samples", 0, 2**63 - 1),
+            dropped=_int(_required(d, "dropped", what), f"{what}.dropped", 0, 2**63 - 1),
+            gaps=tuple(Gap.from_dict(g, f"{what}.gaps[{i}]") for i, g in enumerate(gaps)),
+            extra=_extra(d, set(cls.KEYS), what),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        rate: float | int = int(self.rate_hz) if self.rate_hz.is_integer() else self.rate_hz
+        return {"name": self.name, "driver": self.driver, "rate_hz": rate,
+                "samples": self.samples, "dropped": self.dropped,
+                "gaps": [g.to_dict() for g in self.gaps], **self.extra}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A finished session: who recorded it, when, what is in it, and the file's identity.
+
+    ``bytes``, ``sha256`` and ``parts`` describe the file; the rest is also inside it.
+    ``extra`` holds keys this version does not know (kept, bounded).
+    """
+
+    session_id: str
+    device_id: str
+    started_at: str
+    stopped_at: str
+    bytes: int
+    sha256: str
+    parts: int
+    labels: tuple[str, ...] = ()
+    journey_id: str | None = None
+    duration_s: float = 0.0
+    stop_reason: str = ""
+    trigger: dict[str, str] = field(default_factory=dict)
+    pre_trigger_s: float = 0.0
+    sensors: tuple[SensorSummary, ...] = ()
+    format: str = "mcap"
+    recorder_version: str | None = None
+    warnings: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    KEYS = frozenset({"session_id", "device_id", "started_at", "stopped_at", "bytes", "sha256",
+                      "parts", "labels", "journey_id", "duration_s", "stop_reason", "trigger",
+                      "pre_trigger_s", "sensors", "format", "recorder_version", "warnings"})
+
+    def __post_init__(self) -> None:
+        # a Manifest is valid however it was made: re-check through the one validator
+        Manifest._check(self.to_dict())
+
+    @classmethod
+    def from_json(cls, payload: builtins.bytes | str) -> Manifest:
+        """Parse and validate a manifest payload (bounded to :data:`MAX_MANIFEST_BYTES`)."""
+        return cls.from_dict(parse_json_bounded(payload, MAX_MANIFEST_BYTES, "manifest"))
+
+    @classmethod
+    def from_dict(cls, doc: object) -> Manifest:
+        return cls(**cls._check(doc))
+
+    @classmethod
+    def _check(cls, doc: object) -> dict[str, Any]:
+        d = _object(doc, "manifest")
+        nbytes = _int(_required(d, "bytes", ""), "bytes", 0, MAX_SESSION_BYTES)
+        parts = _int(_required(d, "parts", ""), "parts", 1, MAX_PARTS)
+        if parts > max(1, nbytes):
+            raise DocumentError(f"parts: {parts} parts cannot hold {nbytes} bytes "
+                                "(every part holds at least one byte)")
+        sha = _required(d, "sha256", "")
+        if not isinstance(sha, str) or SHA256_RE.match(sha) is None:
+            raise DocumentError(f"sha256: {_show(sha)} is not 64 lower-case hex digits")
+        labels = [_text(x, f"labels[{i}]", MAX_LABEL_CHARS, min_chars=1)
+                  for i, x in enumerate(_list(d.get("labels", []), "labels", MAX_LABELS))]
+        journey = d.get("journey_id")
+        if journey is not None:
+            journey = _text(journey, "journey_id", MAX_JOURNEY_ID_CHARS, min_chars=1)
+        trigger = _object(d.get("trigger", {}), "trigger")
+        if len(trigger) > 8:
+            raise DocumentError(f"trigger: {len(trigger)} keys; at most 8")
+        version = d.get("recorder_version")
+        if version is not None:
+            version = _text(version, "recorder_version", 64)
+        sensors = _list(d.get("sensors", []), "sensors", MAX_SENSORS)
+        return {
+            "session_id": check_id(_required(d, "session_id", ""), "session_id"),
+            "device_id": check_id(_required(d, "device_id", ""), "device_id"),
+            "started_at": _time(_required(d, "started_at", ""), "started_at"),
+            "stopped_at": _time(_required(d, "stopped_at", ""), "stopped_at"),
+            "bytes": nbytes, "sha256": sha, "parts": parts,
+            "labels": tuple(labels),
+            "journey_id": journey,
+            "duration_s": _float(d.get("duration_s", 0.0), "duration_s", 0.0, MAX_SECONDS),
+            "stop_reason": _text(d.get("stop_reason", ""), "stop_reason", 64),
+            "trigger": {_text(k, "trigger key", 64): _text(v, f"trigger.{k}")
+                        for k, v in trigger.items()},
+            "pre_trigger_s": _float(d.get("pre_trigger_s", 0.0), "pre_trigger_s", 0.0,
+                                    MAX_SECONDS),
+            "sensors": tuple(SensorSummary.from_dict(s, f"sensors[{i}]")
+                             for i, s in enumerate(sensors)),
+            "format": _text(d.get("format", "mcap"), "format", 32, min_chars=1),
+            "recorder_version": version,
+            "warnings": tuple(_text(w, f"warnings[{i}]") for i, w in
+                              enumerate(_list(d.get("warnings", []), "warnings", MAX_WARNINGS))),
+            "extra": _extra(d, set(cls.KEYS), "manifest"),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as JSON-ready data: known fields in contract order, then unknown keys."""
+        doc: dict[str, Any] = {
+            "session_id": self.session_id, "device_id": self.device_id,
+            "labels": list(self.labels), "journey_id": self.journey_id,
+            "started_at": self.started_at, "stopped_at": self.stopped_at,
+            "duration_s": self.duration_s, "stop_reason": self.stop_reason,
+            "trigger": dict(self.trigger), "pre_trigger_s": self.pre_trigger_s,
+            "sensors": [s.to_dict() for s in self.sensors], "format": self.format,
+        }
+        if self.recorder_version is not None:
+            doc["recorder_version"] = self.recorder_version
+        if self.warnings:
+            doc["warnings"] = list(self.warnings)
+        doc.update(self.extra)
+        doc.update(bytes=self.bytes, sha256=self.sha256, parts=self.parts)
+        return doc
+
+    def to_json(self) -> builtins.bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+    def replace(self, **changes: Any) -> Manifest:
+        """A copy with ``changes`` applied (validated like any other manifest)."""
+        return Manifest.from_dict({**self.to_dict(), **changes})
+
+
+def file_fields_added(inner: Mapping[str, Any], *, nbytes: int, sha256: str,
+                      parts: int) -> Manifest:
+    """The complete manifest of a finished session file: its inner fields plus the file's."""
+    return Manifest.from_dict({**inner, "bytes": nbytes, "sha256": sha256, "parts": parts})
+
+
+# --- the receipt (issue 17): the collector's word that a session is stored ---------------
+MAX_RECEIPT_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Published by the collector on ``{prefix}/{device_id}/sessions/{session_id}/stored``
+    (QoS 1, not retained) once a session is durably stored (file and index), and again for
+    every duplicate of a session it already holds (``duplicate: true``)."""
+
+    session_id: str
+    device_id: str
+    sha256: str
+    bytes: int
+    duplicate: bool
+
+    def __post_init__(self) -> None:
+        Receipt._check(self.to_dict())
+
+    @classmethod
+    def for_manifest(cls, manifest: Manifest, *, duplicate: bool) -> Receipt:
+        return cls(manifest.session_id, manifest.device_id, manifest.sha256, manifest.bytes,
+                   duplicate)
+
+    @classmethod
+    def from_json(cls, payload: builtins.bytes | str) -> Receipt:
+        return cls(**cls._check(parse_json_bounded(payload, MAX_RECEIPT_BYTES, "receipt")))
+
+    @classmethod
+    def _check(cls, doc: object) -> dict[str, Any]:
+        d = _object(doc, "receipt")
+        sha = _required(d, "sha256", "")
+        if not isinstance(sha, str) or SHA256_RE.match(sha) is None:
+            raise DocumentError(f"sha256: {_show(sha)} is not 64 lower-case hex digits")
+        duplicate = _required(d, "duplicate", "")
+        if not isinstance(duplicate, bool):
+            raise DocumentError(f"duplicate: {_show(duplicate)} is not true or false")
+        return {"session_id": check_id(_required(d, "session_id", ""), "session_id"),
+                "device_id": check_id(_required(d, "device_id", ""), "device_id"),
+                "sha256": sha, "bytes": _int(_required(d, "bytes", ""), "bytes", 0,
+                                             MAX_SESSION_BYTES),
+                "duplicate": duplicate}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "device_id": self.device_id,
+                "sha256": self.sha256, "bytes": self.bytes, "duplicate": self.duplicate}
+
+    def to_json(self) -> builtins.bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+
+def receipt_topic(topic_prefix: str, device_id: str, session_id: str) -> str:
+    return f"{topic_prefix}/{device_id}/sessions/{session_id}/stored"
+
