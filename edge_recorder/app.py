@@ -41,12 +41,18 @@ PUBLISHER_STALL_S = 60.0  # the publisher may wait up to 20 s for one acknowledg
 SHUTDOWN_FLUSH_S = 5.0
 
 
-def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], int]) -> I2CBus:
-    """The bus the sensors sit on: ``/dev/i2c-N`` or an emulated bus with their chips."""
+def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], int],
+             *, realtime: bool = True) -> I2CBus:
+    """The bus the sensors sit on: ``/dev/i2c-N`` or an emulated bus with their chips.
+
+    An emulated bus runs at the sensors' ``emulation.bus_hz`` and, with ``realtime``
+    (a clock at real speed), holds the caller for as long as a transfer would take."""
     if bus == "emulated":
+        from edge_recorder.config import bus_clock_hz
         from edge_recorder.sensors.emulation import EMULATORS, VARIANTS, EmulatedBus, Rotation
 
-        emulated = EmulatedBus(clock=clock)
+        emulated = EmulatedBus(clock=clock, clock_hz=bus_clock_hz(bus, sensors)[0],
+                               realtime=realtime)
         for s in sensors:
             e = s.emulation
             chip_class = VARIANTS.get(e.chip or "", EMULATORS[s.driver]) if e else \

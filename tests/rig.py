@@ -55,7 +55,7 @@ class Rig:
                                                 faults=self.faults, record_truth=True)
         self.bus = EmulatedBus({address: self.chip}, clock=self.clock)
         self.driver = driver_cls(self.bus, address, rate_hz=self.rate_hz, accel_range_g=4,
-                                 gyro_range_dps=500, sleep=lambda s: None)
+                                 gyro_range_dps=500, sleep=self.clock.advance)
         self.ring = SampleRing(int(self.buffer_s * self.rate_hz))
         self.channel = SensorChannel("imu0", self.driver, self.ring)
         self.sampler = BusSampler("emulated", [self.channel], clock=self.clock,

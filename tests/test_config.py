@@ -126,3 +126,22 @@ def test_missing_credential_files_name_the_key_exit_2(tmp_path: Path, mqtt: dict
     r = cli("run", "-c", str(path), timeout=30)
     assert r.returncode == 2, r.stderr
     assert expected in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_bus_budget_uses_the_real_bus_clock(tmp_path: Path, monkeypatch) -> None:
+    # FACTS.md: 9 clock cycles a byte; 100 kHz ≈ 11.1 kB/s, one MPU-6050 at 1 kHz needs
+    # 14 kB/s. The Pi's clock is in i2c-N/of_node/clock-frequency (big-endian u32).
+    from edge_recorder.sensors import smbus
+
+    node = tmp_path / "i2c-1" / "of_node"
+    node.mkdir(parents=True)
+    (node / "clock-frequency").write_bytes((100_000).to_bytes(4, "big"))
+    monkeypatch.setattr(smbus, "SYSFS_I2C_ADAPTERS", tmp_path)
+    one_khz = {"sensors": [{"name": "imu0", "driver": "mpu6050", "bus": 1, "rate_hz": 1000}]}
+    assert any("runs at 100 kHz" in p and "dtparam=i2c_arm_baudrate" in p
+               for p in problems(one_khz)), problems(one_khz)
+    (node / "clock-frequency").write_bytes((400_000).to_bytes(4, "big"))
+    parse_config(one_khz)
+    emulated = {"sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated",
+                             "rate_hz": 1000, "emulation": {"bus_hz": 100_000}}]}
+    assert any("runs at 100 kHz" in p for p in problems(emulated)), problems(emulated)

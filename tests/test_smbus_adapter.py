@@ -75,3 +75,14 @@ def test_writes_and_close(bus):
     assert raw.closed
     with pytest.raises(OSError, match="closed"):
         bus.read(0x68, 0, 1)
+
+
+def test_the_bus_clock_is_read_from_the_device_tree_when_present(tmp_path, monkeypatch):
+    # FACTS.md / Raspberry Pi firmware: dtparam=i2c_arm_baudrate lands in the adapter's
+    # device-tree node as a big-endian u32 `clock-frequency`.
+    node = tmp_path / "i2c-1" / "of_node"
+    node.mkdir(parents=True)
+    (node / "clock-frequency").write_bytes((100_000).to_bytes(4, "big"))
+    monkeypatch.setattr(adapter, "SYSFS_I2C_ADAPTERS", tmp_path)
+    assert adapter.read_bus_clock_hz(1) == 100_000
+    assert adapter.read_bus_clock_hz(2) is None  # not described: unknown, not guessed

@@ -98,6 +98,7 @@ class BusSampler:
         self.bus_name = bus_name
         self.sensors = sensors
         self.clock = clock
+        self._auto_interval = not interval_s
         self.interval_s = interval_s or poll_interval_s([s.driver for s in sensors])
         self.last_loop_s = time.monotonic()  # heartbeat for the watchdog
         self._stop = threading.Event()
@@ -192,6 +193,8 @@ class BusSampler:
             log.info("sensor %s: %s on bus %s at 0x%02x, %g Hz", s.name, s.driver.variant,
                      self.bus_name, s.driver.address, s.driver.rate_hz)
         s.counters.state = "up"
+        if self._auto_interval:  # the identified variant's FIFO size decides
+            self.interval_s = poll_interval_s([c.driver for c in self.sensors])
         s.consecutive_errors = 0
         s.down_since_ns = None
         s.backoff_s = BACKOFF_MIN_S
@@ -199,6 +202,9 @@ class BusSampler:
 
     # --- the worker -------------------------------------------------------------------
     def start(self) -> None:
+        """Bring the sensors up (so a session opened next has data from its first
+        instant), then sample in a thread."""
+        self.poll_once()
         self._thread = threading.Thread(target=self._run, name=f"sampler-{self.bus_name}",
                                         daemon=True)
         self._thread.start()

@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
-from edge_recorder.errors import SensorNotFound
+from edge_recorder.errors import SensorError, SensorNotFound
 from edge_recorder.sensors.bus import I2CBus
 
 STANDARD_GRAVITY_MPS2 = 9.80665
@@ -47,7 +47,8 @@ class ImuDriver(ABC):
     rates_hz: ClassVar[tuple[float, ...]]
     accel_ranges_g: ClassVar[tuple[int, ...]]
     gyro_ranges_dps: ClassVar[tuple[int, ...]]
-    fifo_bytes: ClassVar[int]
+    fifo_bytes_by_variant: ClassVar[dict[str, int]]
+    """FIFO size of each variant (chip_ids' values), bytes; until identified, the smallest."""
     frame_bytes: ClassVar[int]
     has_temperature: ClassVar[bool] = True
     default_rate_hz: ClassVar[float] = 200
@@ -73,11 +74,35 @@ class ImuDriver(ABC):
         self.bus_name = bus_name
         self.sleep = sleep
         self.variant = ""
+        self._written: dict[int, int] = {}
+
+    @property
+    def fifo_bytes(self) -> int:
+        """The identified variant's FIFO size; before identification the family's smallest."""
+        sizes = self.fifo_bytes_by_variant
+        return sizes[self.variant] if self.variant in sizes else min(sizes.values())
 
     @property
     def fifo_frames(self) -> int:
         """How many frames the FIFO holds before it overflows."""
         return self.fifo_bytes // self.frame_bytes
+
+    # --- configuration that is read back --------------------------------------------
+    def write_config(self, register: int, value: int) -> None:
+        """Write a configuration register and remember it for :meth:`verify_config`."""
+        self.bus.write(self.address, register, value)
+        self._written[register] = value
+
+    def verify_config(self) -> None:
+        """Read every configuration register back: a write lost on the wire (a glitch, a
+        brown-out) would otherwise leave the chip asleep or misconfigured, silently."""
+        for register, value in self._written.items():
+            actual = self.bus.read(self.address, register, 1)[0]
+            if actual != value:
+                raise SensorError(
+                    f"{self.name} on I2C bus {self.bus_name} at 0x{self.address:02x}: register "
+                    f"0x{register:02x} reads back 0x{actual:02x}, 0x{value:02x} was written; "
+                    "check the wiring and the power supply")
 
     def identify(self) -> str:
         """Read WHO_AM_I; return the chip variant or raise :class:`SensorNotFound`."""
@@ -102,6 +127,7 @@ class ImuDriver(ABC):
     def start(self) -> None:
         """Identify, reset and configure the chip, and start its FIFO."""
         self.identify()
+        self._written = {}
         self.configure()
 
     @abstractmethod

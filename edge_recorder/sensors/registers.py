@@ -31,3 +31,12 @@ class Bits:
             raise ValueError(f"{value} does not fit in {self.width} bit(s)")
         old = bus.read(address, self.register, 1)[0]
         bus.write(address, self.register, (old & ~self.mask) | (value << self.shift))
+
+    def encode(self, value: int) -> int:
+        """``value`` placed in this field, for composing a whole register write."""
+        if not 0 <= value < (1 << self.width):
+            raise ValueError(f"{value} does not fit in {self.width} bit(s)")
+        return value << self.shift
+
+    def decode(self, register_value: int) -> int:
+        return (register_value & self.mask) >> self.shift

@@ -7,10 +7,30 @@ joined by a repeated start, which is what keeps the wire busy with data, not add
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from smbus2 import SMBus, i2c_msg
 
 SMBUS_BLOCK_MAX = 32
 I2C_MSG_MAX = 8192  # kernel limit per i2c_msg
+SYSFS_I2C_ADAPTERS = Path("/sys/class/i2c-adapter")
+
+
+def read_bus_clock_hz(bus_number: int, adapters: Path | None = None) -> int | None:
+    """The bus's configured SCL clock, or None where the system does not say.
+
+    On a Raspberry Pi the device tree holds it (``dtparam=i2c_arm_baudrate``) as a
+    big-endian u32 in ``i2c-N/of_node/clock-frequency``; the Pi's default is 100 kHz.
+    """
+    adapters = SYSFS_I2C_ADAPTERS if adapters is None else adapters
+    try:
+        raw = (adapters / f"i2c-{bus_number}" / "of_node" / "clock-frequency").read_bytes()
+    except OSError:
+        return None
+    if len(raw) != 4:
+        return None
+    hz = int.from_bytes(raw, "big")
+    return hz or None
 
 
 class SMBusI2C:
@@ -19,6 +39,8 @@ class SMBusI2C:
     def __init__(self, bus_number: int) -> None:
         self.bus_number = bus_number
         self._bus: SMBus | None = SMBus(bus_number)
+        self.clock_hz: int | None = read_bus_clock_hz(bus_number)
+        """The SCL clock the system reports for this bus, if it does."""
 
     def _open(self) -> SMBus:
         if self._bus is None:

@@ -13,7 +13,11 @@ from edge_recorder.sensors.emulation.lsm6ds import (
     EmulatedLsm6dsox,
 )
 from edge_recorder.sensors.emulation.motion import AtRest, Motion, Rotation
-from edge_recorder.sensors.emulation.mpu6050 import EmulatedMpu6050
+from edge_recorder.sensors.emulation.mpu6050 import (
+    EmulatedMpu6050,
+    EmulatedMpu9250,
+    EmulatedMpu9255,
+)
 
 EMULATORS: dict[str, type[EmulatedChip]] = {
     "mpu6050": EmulatedMpu6050,
@@ -22,6 +26,8 @@ EMULATORS: dict[str, type[EmulatedChip]] = {
 }
 """The chip each driver gets with ``bus: emulated`` (``emulation.chip`` picks a variant)."""
 VARIANTS: dict[str, type[EmulatedChip]] = {
+    "MPU-9250": EmulatedMpu9250,
+    "MPU-9255": EmulatedMpu9255,
     "LSM6DS3": EmulatedLsm6ds3,
     "LSM6DS3TR-C": EmulatedLsm6ds3trc,
 }
@@ -36,6 +42,8 @@ __all__ = [
     "EmulatedLsm6ds3trc",
     "EmulatedLsm6dsox",
     "EmulatedMpu6050",
+    "EmulatedMpu9250",
+    "EmulatedMpu9255",
     "VARIANTS",
     "Faults",
     "Motion",

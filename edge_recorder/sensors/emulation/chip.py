@@ -3,6 +3,16 @@
 The FIFO fills at the rate the chip's registers select, times ``1 + clock_error``
 (real oscillators are off by up to a few percent), on the injected clock. Each frame's
 true sampling instant is kept beside it so tests can measure timestamp error exactly.
+
+As strict as the chips, so a driver that passes here survives real parts:
+
+* the bus tells the chip *when* each transfer happens (bus time advances while bytes
+  cross the wire), so frames arrive between a FIFO count read and the burst after it;
+* a full FIFO overwrites its oldest data in the chip's own unit (``overflow_unit_bytes``:
+  single bytes on the MPU, so frames misalign; 7-byte words on the LSM6DSOX; whole
+  packets on the ICM-42688) and keeps the newest, as the silicon does;
+* a reset takes time (``reset_ns``), during which the chip does not acknowledge;
+* :class:`Faults` can lose register writes, so drivers must read their configuration back.
 """
 
 from __future__ import annotations
@@ -31,6 +41,9 @@ class Faults:
     and after which it comes back power-cycled, registers at their reset values."""
     hang_from_ns: int | None = None
     """From this time on every transaction blocks, as on a wedged bus (until closed)."""
+    lost_writes: dict[int, int] = field(default_factory=dict)
+    """Register → how many of the next writes to it are lost on the wire (acknowledged,
+    never stored), as a glitch or a brown-out can do."""
 
 
 class EmulatedChip:
@@ -39,6 +52,10 @@ class EmulatedChip:
     default_address: int = 0x00
     fifo_capacity_bytes: int = 1024
     fifo_port: int = -1
+    overflow_unit_bytes: int = 1
+    """What a full FIFO drops to make room: 1 = single bytes (frames misalign)."""
+    reset_ns: int = 0
+    """How long a soft reset keeps the chip off the bus (no ACK)."""
 
     def __init__(
         self,
@@ -70,6 +87,8 @@ class EmulatedChip:
         self._start_ns: int | None = None
         self._next_k = 1
         self._was_absent = False
+        self.resetting_until_ns = 0
+        self.now_ns = 0  # bus time of the transfer being served
         self.power_on_reset()
 
     # --- what subclasses describe -------------------------------------------------
@@ -104,18 +123,25 @@ class EmulatedChip:
         """Auto-increment for burst reads (FIFO ports do not advance)."""
         return register if register == self.fifo_port else (register + 1) & 0xFF
 
+    def start_reset(self) -> None:
+        """A soft reset: registers to power-on values, off the bus for ``reset_ns``."""
+        self.power_on_reset()
+        self.resetting_until_ns = self.now_ns + self.reset_ns
+
     # --- the bus side ----------------------------------------------------------------
     def present(self, now_ns: int) -> bool:
+        """Whether the chip acknowledges its address at ``now_ns``."""
         absent = any(start <= now_ns < end for start, end in self.faults.absent)
         if absent:
             self._was_absent = True
         elif self._was_absent:
             self._was_absent = False
             self.power_on_reset()  # came back after losing power
-        return not absent
+        return not absent and now_ns >= self.resetting_until_ns
 
-    def read(self, register: int, length: int) -> bytes:
-        self.advance()
+    def read(self, register: int, length: int, now_ns: int | None = None) -> bytes:
+        """A burst read as the bus delivers it; ``now_ns`` is when its data phase starts."""
+        self.advance(now_ns)
         if register == self.fifo_port:
             return self.pop_fifo(length)
         out = bytearray()
@@ -124,8 +150,12 @@ class EmulatedChip:
             register = self.next_register(register)
         return bytes(out)
 
-    def write(self, register: int, value: int) -> None:
-        self.advance()
+    def write(self, register: int, value: int, now_ns: int | None = None) -> None:
+        self.advance(now_ns)
+        lost = self.faults.lost_writes.get(register, 0)
+        if lost:
+            self.faults.lost_writes[register] = lost - 1
+            return
         self.write_register(register, value & 0xFF)
 
     # --- FIFO and sampling ------------------------------------------------------------
@@ -154,14 +184,15 @@ class EmulatedChip:
         """Rate or power changed: the next sample comes one new period from now."""
         self._start_ns = None
 
-    def advance(self) -> None:
-        """Generate every sample due up to the clock's now.
+    def advance(self, now_ns: int | None = None) -> None:
+        """Generate every sample due up to ``now_ns`` (default: the clock's now).
 
         Sample ``k`` (k ≥ 1) falls at ``start + k · period``, kept as an integer start and a
         count, so hours of emulated time at epoch-sized nanoseconds lose no precision.
         """
         period = self.nominal_period_ns()
-        now = self.clock()
+        now = self.clock() if now_ns is None else now_ns
+        self.now_ns = now
         if period is None:
             self._start_ns = None
             return
@@ -175,14 +206,11 @@ class EmulatedChip:
             return
         frame = max(self.frame_size(), 1)
         keep = self.fifo_capacity_bytes // frame + 1
-        if due > keep:  # a stalled reader: all but the last FIFO-full are lost anyway
+        if due > keep:  # a stalled reader: only the newest FIFO-full can survive anyway
             skipped = due - keep
             self._next_k += skipped
             self.samples_generated += skipped
-            if self.frame_size():
-                self.clear_fifo()
-                self.on_fifo_overflow()
-            due = keep
+            due = keep  # the writes below overwrite the oldest data exactly as the chip does
         for _ in range(due):
             self._sample(self._start_ns + int(self._next_k * period))
             self._next_k += 1
@@ -211,7 +239,9 @@ class EmulatedChip:
         self.fifo += frame
         self.fifo_true_ns.append(t_ns)
         excess = len(self.fifo) - self.fifo_capacity_bytes
-        if excess > 0:  # the oldest bytes are overwritten: frames lose their alignment
+        if excess > 0:  # the oldest data is overwritten, in the chip's own unit
+            unit = self.overflow_unit_bytes
+            excess = -(-excess // unit) * unit
             del self.fifo[:excess]
             self.fifo_removed_bytes += excess
             while len(self.fifo_true_ns) * len(frame) > len(self.fifo):

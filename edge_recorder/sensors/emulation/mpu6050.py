@@ -1,4 +1,10 @@
-"""Register-level emulation of the MPU-6050: what :mod:`edge_recorder.sensors.mpu6050` drives."""
+"""Register-level emulation of the MPU-6050 and MPU-9250/9255 accel+gyro core.
+
+Strict where the silicon is: the FIFO (1024 bytes, 512 on the 9250/9255) keeps writing
+when full and drops its oldest *bytes*, so frames misalign; the overflow flag is set
+only with ``INT_ENABLE.FIFO_OFLOW_EN``; a reset keeps the chip off the bus for
+``reset_ns``; the 9250 family reports temperature with its own formula.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,10 @@ class EmulatedMpu6050(EmulatedChip):
     fifo_capacity_bytes = 1024
     fifo_port = reg.FIFO_R_W
     who_am_i = 0x68
+    overflow_unit_bytes = 1  # the oldest bytes go: frames misalign
+    reset_ns = 50_000_000  # between the datasheet's 20 ms typical and 100 ms maximum
+    temp_lsb_per_c = 340.0  # MPU-6050 register map §4.18: °C = raw / 340 + 36.53
+    temp_offset_c = 36.53
 
     def power_on_reset(self) -> None:
         super().power_on_reset()
@@ -42,11 +52,18 @@ class EmulatedMpu6050(EmulatedChip):
             clamp_i16(accel[0] * a),
             clamp_i16(accel[1] * a),
             clamp_i16(accel[2] * a),
-            clamp_i16((temp_c - reg.TEMP_OFFSET_C) * reg.TEMP_LSB_PER_C),
+            clamp_i16((temp_c - self.temp_offset_c) * self.temp_lsb_per_c),
             clamp_i16(gyro[0] * g),
             clamp_i16(gyro[1] * g),
             clamp_i16(gyro[2] * g),
         )
+
+    def frame_size(self) -> int:
+        if not self.regs[reg.USER_CTRL] & 0x40:
+            return 0
+        enabled = self.regs[reg.FIFO_EN]
+        return 2 * (3 * bool(enabled & reg.FIFO_EN_ACCEL) + bool(enabled & reg.FIFO_EN_TEMP)
+                    + sum(bool(enabled & bit) for bit in (0x40, 0x20, 0x10)))
 
     def fifo_frame(self, accel: Vector, gyro: Vector, temp_c: float) -> bytes:
         if not self.regs[reg.USER_CTRL] & 0x40:
@@ -69,7 +86,8 @@ class EmulatedMpu6050(EmulatedChip):
         )
 
     def on_fifo_overflow(self) -> None:
-        self.regs[reg.INT_STATUS] |= reg.FIFO_OFLOW_INT
+        if self.regs[reg.INT_ENABLE] & reg.FIFO_OFLOW_EN.encode(1):
+            self.regs[reg.INT_STATUS] |= reg.FIFO_OFLOW_INT
 
     def read_register(self, register: int) -> int:
         if register == reg.INT_STATUS:
@@ -84,13 +102,26 @@ class EmulatedMpu6050(EmulatedChip):
 
     def write_register(self, register: int, value: int) -> None:
         if register == reg.PWR_MGMT_1 and value & 0x80:
-            self.power_on_reset()  # DEVICE_RESET completes at once and reads back 0
+            self.start_reset()  # off the bus for reset_ns, then at power-on values
             return
         if register == reg.USER_CTRL and value & 0x04:
             self.clear_fifo()
             value &= ~0x04  # FIFO_RST self-clears
-        if register == reg.WHO_AM_I:
-            return  # read-only
+        if register in (reg.WHO_AM_I, reg.SIGNAL_PATH_RESET):
+            return  # read-only / self-clearing
         self.regs[register] = value
         if register in (reg.PWR_MGMT_1, reg.SMPLRT_DIV, reg.CONFIG):
             self.restart_sampling()
+
+
+class EmulatedMpu9250(EmulatedMpu6050):
+    """MPU-9250: a 512-byte FIFO and the MPU-6500 temperature sensor (Linux ``hw_info``)."""
+
+    who_am_i = 0x71
+    fifo_capacity_bytes = 512
+    temp_lsb_per_c = 333.87  # Linux INV_MPU6500_TEMP_SCALE 2995178 n°C/LSB
+    temp_offset_c = 21.0  # Linux INV_MPU6500_TEMP_OFFSET 7011 LSB × 2.995178 m°C ≈ 21 °C
+
+
+class EmulatedMpu9255(EmulatedMpu9250):
+    who_am_i = 0x73
