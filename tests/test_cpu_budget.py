@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from edge_recorder.sensors.mpu6050 import Mpu6050
 from tests.rig import Rig
 
 
 def test_status_reports_how_full_the_fifo_got_and_an_overflow_as_full(tmp_path):
     rig = Rig(tmp_path, rate_hz=1000, poll_s=0.01)  # 10 frames a poll, of 1024 // 14 = 73
-    frames = Mpu6050.fifo_bytes // Mpu6050.frame_bytes
+    frames = rig.driver.fifo_frames
     rig.run(1.0)
     assert rig.channel.counters.fifo_peak_pct == pytest.approx(100 * 10 / frames, abs=3)
     rig.clock.advance(0.04)  # a late poll: 50 frames waiting
