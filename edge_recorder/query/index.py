@@ -16,7 +16,7 @@ package uses, so another index (PostgreSQL, say) can stand in for SQLite.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +54,16 @@ CREATE INDEX IF NOT EXISTS by_label ON labels (label);
 """
 
 
+def manifests_on_disk(store: Path) -> Iterator[tuple[Path, bool | None]]:
+    """Every manifest in a store's folders, with the "published" flag of its folder."""
+    for name, (globs, flag) in STORE_FOLDERS.items():
+        folder = store / name
+        for pattern in globs:
+            for path in folder.glob(pattern):
+                if not path.name.startswith("."):
+                    yield path, flag
+
+
 @dataclass(frozen=True)
 class Entry:
     manifest: Manifest
@@ -87,6 +97,10 @@ class Index(Protocol):
     def journeys(self) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
+
+    def __enter__(self) -> Index: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
 
 class SessionIndex:
@@ -154,12 +168,7 @@ class SessionIndex:
 
         A manifest that does not validate is not indexed: it is listed in ``damaged`` and
         given to ``on_damaged`` (the collector quarantines it)."""
-        on_disk: dict[str, tuple[Path, bool | None]] = {}
-        for folder, globs, flag in self.folders:
-            for pattern in globs:
-                for path in folder.glob(pattern):
-                    if not path.name.startswith("."):
-                        on_disk[str(path)] = (path, flag)
+        on_disk = {str(path): (path, flag) for path, flag in manifests_on_disk(self.store)}
         known = {row[0] for row in self.db.execute("SELECT manifest_path FROM sessions")}
         for gone in known - on_disk.keys():
             with self.db:
@@ -210,7 +219,22 @@ class SessionIndex:
         rows = self.db.execute(
             "SELECT journey_id, COUNT(*), GROUP_CONCAT(DISTINCT device_id), MIN(started_at), "
             "MAX(stopped_at) FROM sessions WHERE journey_id IS NOT NULL "
-            "GROUP BY journey_id ORDER BY MIN(started_at)")
+            "GROUP BY journey_id ORDER BY MIN(started_at), journey_id")
         return [{"journey_id": j, "sessions": n, "devices": sorted(d.split(",")) if d else [],
                  "first_started_at": first, "last_stopped_at": last}
                 for j, n, d, first, last in rows]
+
+
+def open_index(store: Path, url: str | None = None, *, check_same_thread: bool = True,
+               on_damaged: DamagedHandler | None = None) -> Index:
+    """The index of ``store``: its own SQLite file, or the PostgreSQL database at ``url``."""
+    if url is None or url == "":
+        return SessionIndex(store, check_same_thread=check_same_thread, on_damaged=on_damaged)
+    if url.startswith(("postgresql://", "postgres://")):
+        if not any((store / name).is_dir() for name in STORE_FOLDERS):
+            raise UsageError(f"{store} is not an edge-recorder store (no sessions/, outbox/ or "
+                             "published/ folder)")
+        from edge_recorder.query.pg_index import PostgresIndex
+        return PostgresIndex(url, store, on_damaged=on_damaged)
+    raise UsageError(f"--index {url.split('://')[0]}://…: only postgresql://… is supported "
+                     "(without --index, the store's own SQLite file is used)")
