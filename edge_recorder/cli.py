@@ -22,7 +22,7 @@ from edge_recorder.errors import ConfigError, EdgeRecorderError, UsageError
 from edge_recorder.log import setup_logging
 
 if TYPE_CHECKING:
-    from edge_recorder.query.index import SessionIndex
+    from edge_recorder.query.index import Index
 
 log = logging.getLogger("edge_recorder")
 
@@ -64,11 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--username")
     q.add_argument("--password-file", type=Path)
     q.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    q.add_argument("--share", metavar="GROUP",
+                   help="join an MQTT 5 shared-subscription group: the broker spreads the "
+                        "sessions over every collector started with the same GROUP, all on "
+                        "one --store (e.g. --share collectors); each member needs its own "
+                        "--client-id")
+    q.add_argument("--index", metavar="URL",
+                   help="index into this database instead of the store's SQLite file, e.g. "
+                        "postgresql://collector@db.local/sessions")
+
+    def index_arg(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--index", metavar="URL",
+                       help="the index to use instead of the store's own SQLite file, e.g. "
+                            "postgresql://collector@db.local/sessions (pip install "
+                            "'edge-recorder[postgres]')")
 
     def store_arg(q: argparse.ArgumentParser) -> None:
         q.add_argument("--store", type=Path, required=True,
                        help="the collector's store or the daemon's storage.dir")
         q.add_argument("--json", action="store_true", help="one JSON object per line")
+        index_arg(q)
 
     sessions = sub.add_parser("sessions", parents=[common], help="stored sessions")
     ssub = sessions.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -175,17 +190,25 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from edge_recorder.collector.collector import Collector
+    from edge_recorder.documents import valid_id
 
     settings = MqttConfig(host=args.host, port=args.port, username=args.username,
                           password_file=args.password_file, protocol=args.protocol,
                           topic_prefix=args.topic_prefix)
+    if args.share is not None:
+        if not valid_id(args.share):
+            raise UsageError(f"--share {args.share!r}: a group name is letters, digits, '_' "
+                             "and '-'")
+        if args.protocol != "5":
+            raise UsageError("--share needs MQTT 5 (--protocol 5)")
     collector = Collector(settings, args.store, topic_prefix=args.topic_prefix,
-                          client_id=args.client_id)
+                          client_id=args.client_id, index_url=args.index,
+                          share_group=args.share)
     collector.run(_stop_on_signals())
     return 0
 
 
-def _report_damaged(index: SessionIndex) -> None:
+def _report_damaged(index: Index) -> None:
     """A manifest that does not validate is left out of a listing, never breaks it."""
     for path, reason in index.damaged:
         print(f"edge-recorder: warning: {path} left out: {reason}", file=sys.stderr)
@@ -195,14 +218,14 @@ def _report_damaged(index: SessionIndex) -> None:
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
-    from edge_recorder.query.index import SessionIndex
+    from edge_recorder.query.index import open_index
     from edge_recorder.query.times import parse_time
 
     if args.state == "failed":
         return _list_failed(args)
     since = parse_time(args.since) if args.since else None
     until = parse_time(args.until) if args.until else None
-    with SessionIndex(args.store) as index:
+    with open_index(args.store, args.index) as index:
         entries = index.select(labels=args.label, journey=args.journey, device=args.device,
                                since=since, until=until)
         _report_damaged(index)
@@ -255,9 +278,9 @@ def _list_failed(args: argparse.Namespace) -> int:
 
 
 def cmd_journeys_list(args: argparse.Namespace) -> int:
-    from edge_recorder.query.index import SessionIndex
+    from edge_recorder.query.index import open_index
 
-    with SessionIndex(args.store) as index:
+    with open_index(args.store, args.index) as index:
         rows = index.journeys()
         _report_damaged(index)
     if args.json:

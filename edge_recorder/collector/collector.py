@@ -55,7 +55,7 @@ from edge_recorder.documents import (
 )
 from edge_recorder.errors import EdgeRecorderError
 from edge_recorder.fsutil import fsync_dir, move_durable, write_atomic, write_json_atomic
-from edge_recorder.query.index import Index, SessionIndex
+from edge_recorder.query.index import Index, SessionIndex, open_index
 
 log = logging.getLogger(__name__)
 
@@ -480,15 +480,23 @@ def _remove_tree(folder: Path) -> None:
 
 class Collector:
     def __init__(self, mqtt: MqttConfig, store_dir: Path, *, topic_prefix: str = "edge-recorder",
-                 client_id: str = "edge-recorder-collector") -> None:
-        self.store = CollectorStore(store_dir)
+                 client_id: str = "edge-recorder-collector", index_url: str | None = None,
+                 share_group: str | None = None) -> None:
+        """``index_url``: a ``postgresql://`` index instead of the store's SQLite file.
+        ``share_group``: subscribe as a member of an MQTT 5 shared subscription group, so
+        the broker spreads the sessions over the group (all members on one store)."""
+        self.store = CollectorStore(store_dir, index=None if index_url is None else (
+            lambda s: open_index(s.root, index_url, check_same_thread=False,
+                                 on_damaged=s._quarantine_stored)))
         self.topic_prefix = topic_prefix
         self.store_errors = 0  # messages not acknowledged because they could not be stored
         self.link = MqttLink(mqtt, client_id, persistent_session_s=PERSISTENT_SESSION_S,
                              name="collector", manual_ack=True)
         # narrowly: never our own receipts (…/stored) nor anything else under a device
-        self.link.subscribe(f"{topic_prefix}/+/sessions/+/part/+", self.on_message, qos=1)
-        self.link.subscribe(f"{topic_prefix}/+/sessions/+/manifest", self.on_message, qos=1)
+        share = "" if share_group is None else f"$share/{share_group}/"
+        self.link.subscribe(f"{share}{topic_prefix}/+/sessions/+/part/+", self.on_message, qos=1)
+        self.link.subscribe(f"{share}{topic_prefix}/+/sessions/+/manifest", self.on_message,
+                            qos=1)
         self._last_status: dict[str, int] = {}
 
     def on_message(self, message: Message) -> None:

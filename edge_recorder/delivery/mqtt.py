@@ -70,6 +70,15 @@ class Delivery:
         return self.error is None
 
 
+
+def topic_filter(subscription: str) -> str:
+    """The topic filter of a subscription: ``$share/{group}/{filter}`` matches as ``{filter}``
+    (MQTT 5 §4.8.2; the broker delivers shared messages under their own topic)."""
+    if subscription.startswith("$share/"):
+        parts = subscription.split("/", 2)
+        return parts[2] if len(parts) == 3 else subscription
+    return subscription
+
 class MqttLink:
     def __init__(
         self,
@@ -263,7 +272,7 @@ class MqttLink:
         )
         taken = True
         for pattern, (_qos, handler) in list(self._subscriptions.items()):
-            if paho.topic_matches_sub(pattern, msg.topic):
+            if paho.topic_matches_sub(topic_filter(pattern), msg.topic):
                 try:
                     handler(message)
                 except NotTaken as exc:

@@ -169,7 +169,8 @@ class PostgresIndex:
                device: str | None = None, since: str | None = None,
                until: str | None = None) -> list[Entry]:
         """Sessions having every label, the journey and device given, starting in [since, until)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[object] = []
         wanted = list(dict.fromkeys(labels))
         if wanted:
             where.append("labels @> %s::text[]")
