@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_recorder import __version__
+from edge_recorder.clock import Clock, emulated_clock
 from edge_recorder.config import Config, SensorConfig, load_config
 from edge_recorder.delivery.mqtt import MqttLink
 from edge_recorder.delivery.publisher import Publisher
@@ -26,6 +27,7 @@ from edge_recorder.recording.events import ResendRequested, error, ok
 from edge_recorder.recording.ids import iso_utc, new_journey_id
 from edge_recorder.recording.recorder import Recorder, SensorSource
 from edge_recorder.recording.recovery import recover
+from edge_recorder.recording.restamp import restamp_if_synced
 from edge_recorder.recording.store import DeviceStore
 from edge_recorder.sampling.ring import SampleRing
 from edge_recorder.sampling.sampler import BusSampler, SensorChannel
@@ -43,7 +45,8 @@ SHUTDOWN_FLUSH_S = 5.0
 
 def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], int],
              *, realtime: bool = True) -> I2CBus:
-    """The bus the sensors sit on: ``/dev/i2c-N`` or an emulated bus with their chips.
+    """The bus the sensors sit on: ``/dev/i2c-N`` or an emulated bus with their chips
+    (sampling on ``clock``, the monotonic one).
 
     An emulated bus runs at the sensors' ``emulation.bus_hz`` and, with ``realtime``
     (a clock at real speed), holds the caller for as long as a transfer would take."""
@@ -86,18 +89,20 @@ def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], in
 class Daemon:
     """The running product. ``pin_factory`` overrides ``gpio_pin_factory`` (tests)."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], int] = time.time_ns,
+    def __init__(self, config: Config, *, clock: Clock | None = None,
                  pin_factory: Any = None, config_path: Path | None = None,
                  notifier: Notifier | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.config_error = ""
+        if clock is None:
+            steps = config.emulation.wall_clock_steps
+            clock = emulated_clock(steps) if steps else Clock()
         self.clock = clock
-        self.started_ns = clock()
         journey = config.session.journey_id
         if journey == "auto":
-            journey = new_journey_id(config.device_id, self.started_ns)
+            journey = new_journey_id(config.device_id, clock.wall_ns())
         self.store = DeviceStore(config.storage.dir, config.storage.max_bytes,
                                  part_bytes=config.mqtt.max_payload_bytes)
 
@@ -108,7 +113,7 @@ class Daemon:
         self.samplers: list[BusSampler] = []
         self.channels: list[SensorChannel] = []
         for bus_id, sensors in by_bus.items():
-            bus = open_bus(bus_id, sensors, clock)
+            bus = open_bus(bus_id, sensors, clock.mono_ns)
             self.buses.append(bus)
             channels = []
             for s in sensors:
@@ -118,14 +123,15 @@ class Daemon:
                 ring = SampleRing(max(1, int(config.buffer.seconds * s.rate_hz)))
                 channels.append(SensorChannel(s.name, driver, ring))
             self.channels += channels
-            self.samplers.append(BusSampler(str(bus_id), channels, clock=clock))
+            self.samplers.append(BusSampler(str(bus_id), channels, clock=clock.mono_ns))
 
         topic_root = config.topic_root
         self.status_topic = f"{topic_root}/status"
         self.link = self._make_link(config)
         self.publisher = Publisher(self.store, self.link, topic_root,
                                    part_bytes=config.mqtt.max_payload_bytes,
-                                   on_published=lambda sid: self.status_changed.set())
+                                   on_published=lambda sid: self.status_changed.set(),
+                                   prepare=lambda sid: restamp_if_synced(self.store, clock, sid))
         self.status_changed = threading.Event()
         self.recorder = Recorder(
             config.session, device_id=config.device_id,
@@ -182,7 +188,8 @@ class Daemon:
             "mqtt": {"connected": self.link.connected.is_set(), "last_error": self.link.last_error},
             "warnings": list(self.recorder.warnings),
             "config_error": self.config_error,
-            "updated_at": iso_utc(self.clock()),
+            "clock": self.clock.status(),
+            "updated_at": iso_utc(self.clock.wall_ns()),
         }
 
     def publish_status(self) -> None:
@@ -316,17 +323,18 @@ class Daemon:
             return
         old = self.config
         self.config_error = ""
-        fixed = [k for k in ("device_id", "sensors", "buffer", "storage")
+        fixed = [k for k in ("device_id", "sensors", "buffer", "storage", "emulation")
                  if getattr(new, k) != getattr(old, k)]
         if fixed:
             log.warning("reload: changes to %s take effect after a restart "
                         "(systemctl restart edge-recorder); applying the rest", ", ".join(fixed))
         applied = dataclasses.replace(new, device_id=old.device_id, sensors=old.sensors,
-                                      buffer=old.buffer, storage=old.storage)
+                                      buffer=old.buffer, storage=old.storage,
+                                      emulation=old.emulation)
         self.recorder.settings = applied.session
         if applied.session.journey_id != old.session.journey_id:
             journey = applied.session.journey_id
-            self.recorder.journey_id = new_journey_id(old.device_id, self.clock()) \
+            self.recorder.journey_id = new_journey_id(old.device_id, self.clock.wall_ns()) \
                 if journey == "auto" else journey
         restart_triggers = (applied.triggers, applied.status_led, applied.gpio_pin_factory) != \
             (old.triggers, old.status_led, old.gpio_pin_factory)

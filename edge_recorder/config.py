@@ -58,6 +58,15 @@ class EmulationConfig:
 
 
 @dataclass(frozen=True)
+class WorldEmulationConfig:
+    """Top-level ``emulation``: the emulated world around the chips (only when every
+    sensor is on ``bus: emulated``)."""
+
+    wall_clock_steps: tuple[tuple[float, float], ...] = ()  # (after_s, step_s): at after_s
+    # seconds after the daemon starts, the wall clock jumps by step_s (signed), as NTP does
+
+
+@dataclass(frozen=True)
 class SensorConfig:
     name: str
     driver: str
@@ -155,6 +164,7 @@ class Config:
     gpio_pin_factory: str | None
     mqtt: MqttConfig
     storage: StorageConfig
+    emulation: WorldEmulationConfig = WorldEmulationConfig()
 
     @property
     def topic_root(self) -> str:
@@ -547,7 +557,7 @@ def default_device_id() -> str:
 
 
 TOP_KEYS = ("device_id", "sensors", "buffer", "session", "triggers", "status_led",
-            "gpio_pin_factory", "mqtt", "storage")
+            "gpio_pin_factory", "mqtt", "storage", "emulation")
 
 
 def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config") -> Config:
@@ -595,6 +605,7 @@ def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config
         max_bytes=r.get(st, "max_bytes", "storage", "int", StorageConfig.max_bytes,
                         check=lambda v: None if v >= 1 << 20 else "must be at least 1048576"),
     )
+    emulation = _read_world_emulation(r, top.get("emulation"), sensors)
     _cross_check(r, sensors, session, triggers, buffer, status_led)
     if r.problems:
         raise ConfigError(r.problems, source)
@@ -608,6 +619,7 @@ def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config
         gpio_pin_factory=factory,
         mqtt=mqtt,
         storage=storage,
+        emulation=emulation,
     )
 
 
@@ -626,6 +638,29 @@ def bus_clock_hz(bus: int | str, sensors: list[SensorConfig]) -> tuple[int, bool
 
     hz = read_bus_clock_hz(int(bus))
     return (hz, True) if hz else (ASSUMED_BUS_HZ, False)
+
+
+def _read_world_emulation(r: _Reader, raw: Any, sensors: list[SensorConfig]) \
+        -> WorldEmulationConfig:
+    e = r.section(raw, "emulation", ("wall_clock_steps",))
+    path = "emulation.wall_clock_steps"
+    steps = e.get("wall_clock_steps")
+    if steps is None:
+        return WorldEmulationConfig()
+    ok = isinstance(steps, list) and all(
+        isinstance(w, list) and len(w) == 2 and all(isinstance(x, int | float) and
+                                                    not isinstance(x, bool) for x in w)
+        and w[0] >= 0 and w[1] != 0 for w in steps)
+    if not ok:
+        r.fail(path, "must be a list of [after_s, step_s] pairs: after_s ≥ 0 seconds after the "
+               "daemon starts, step_s a signed non-zero step in seconds, e.g. [[2, 3600]]")
+        return WorldEmulationConfig()
+    real = [f"sensors[{i}] is on bus {s.bus}" for i, s in enumerate(sensors) if not s.emulated]
+    if real:
+        r.fail(path, f"only applies when every sensor is on bus: emulated ({'; '.join(real)}); "
+               "a real device's clock is stepped by its NTP client, not by the config")
+    return WorldEmulationConfig(tuple((float(a), float(b)) for a, b in steps))
+
 
 
 def _check_bus_budget(r: _Reader, sensors: list[SensorConfig]) -> None:

@@ -30,6 +30,7 @@ from mcap.writer import CompressionType, Writer
 
 from edge_recorder import __version__
 from edge_recorder.errors import SessionFileError
+from edge_recorder.fsutil import move_durable
 from edge_recorder.sampling.ring import Block
 from edge_recorder.sensors.base import CHANNELS
 
@@ -58,16 +59,18 @@ class ChannelInfo:
     rate_hz: float
 
 
-def encode_block(block: Block) -> bytes:
+def encode_block(block: Block, offset_ns: int = 0) -> bytes:
     """One MCAP message: the block as a ROS 2 ``ImuSamples`` message in CDR (little-endian).
 
-    Each array is one ``struct.pack`` call: no per-value work in Python. Offsets are
+    ``offset_ns`` maps the ring's monotonic instants to the wall clock (``t_ns`` in the file
+    = ring instant + offset). Each float array is one ``struct.pack`` call. Offsets are
     aligned relative to the byte after the 4-byte encapsulation header, as CDR requires.
     """
     n = len(block.t_ns)
     length = struct.pack("<I", n)
+    t_ns = array("q", [t + offset_ns for t in block.t_ns]) if offset_ns else block.t_ns
     # t_ns at offset 0: uint32 length, 4 bytes padding to align the int64s to 8
-    parts = [CDR_LE_HEADER, length, b"\x00\x00\x00\x00", _packed("q", block.t_ns)]
+    parts = [CDR_LE_HEADER, length, b"\x00\x00\x00\x00", _packed("q", t_ns)]
     for i in range(len(FLOAT_FIELDS)):
         if i < len(block.columns):
             parts += (length, _packed("f", block.columns[i]))
@@ -105,6 +108,66 @@ def decode_samples(data: bytes) -> dict[str, list[Any]]:
     return out
 
 
+def session_record(manifest: dict[str, Any]) -> dict[str, str]:
+    """The ``session`` metadata record: every field as a string, plus the whole as JSON."""
+    inner = {k: v for k, v in manifest.items() if k not in FILE_ONLY_FIELDS}
+    record = {k: v if isinstance(v, str) else json.dumps(v) for k, v in inner.items()}
+    record["manifest"] = json.dumps(inner)
+    return record
+
+
+def shift_samples(data: bytes, delta_ns: int) -> bytes:
+    """An :func:`encode_block` message with every ``t_ns`` moved by ``delta_ns``."""
+    if data[:4] != CDR_LE_HEADER:
+        raise ValueError("not a little-endian CDR message")
+    (n,) = struct.unpack_from("<I", data, 4)
+    start, end = 12, 12 + 8 * n
+    t_ns = struct.unpack_from(f"<{n}q", data, start)
+    return data[:start] + struct.pack(f"<{n}q", *(t + delta_ns for t in t_ns)) + data[end:]
+
+
+def restamp(path: Path, delta_ns: int, manifest: dict[str, Any],
+            out_path: Path | None = None) -> None:
+    """Rewrite a finished session file on another time base: every sample's ``t_ns`` and
+    every message's log and publish time moved by ``delta_ns``, the ``session`` record
+    replaced by ``manifest``; everything else (header, schemas, channels, other metadata)
+    copied as it is. Written to ``out_path`` (fsync'd), or beside the file and then renamed
+    over it.
+    """
+    tmp = out_path or path.with_name(path.name + ".restamp")
+    with open(path, "rb") as src:
+        reader = _open_reader(src, path)
+        header = reader.get_header()
+        summary = reader.get_summary()
+        with open(tmp, "wb") as out:
+            writer = Writer(out, compression=CompressionType.ZSTD)
+            writer.start(profile=header.profile, library=header.library)
+            schema_ids: dict[int, int] = {}
+            channel_ids: dict[int, int] = {}
+            if summary is not None:
+                for schema in summary.schemas.values():
+                    schema_ids[schema.id] = writer.register_schema(
+                        schema.name, schema.encoding, schema.data)
+                for ch in summary.channels.values():
+                    channel_ids[ch.id] = writer.register_channel(
+                        ch.topic, ch.message_encoding, schema_ids.get(ch.schema_id, 0),
+                        dict(ch.metadata))
+            for _schema, ch, message in reader.iter_messages(log_time_order=False):
+                data = shift_samples(message.data, delta_ns) \
+                    if ch.topic.startswith(TOPIC_PREFIX) else message.data
+                writer.add_message(channel_ids[ch.id], message.log_time + delta_ns, data,
+                                   message.publish_time + delta_ns, message.sequence)
+            for record in reader.iter_metadata():
+                if record.name != "session":
+                    writer.add_metadata(record.name, dict(record.metadata))
+            writer.add_metadata("session", session_record(manifest))
+            writer.finish()
+            out.flush()
+            os.fsync(out.fileno())
+    if out_path is None:
+        move_durable(tmp, path)
+
+
 class SessionWriter:
     """Writes one session file while it records; :meth:`finish` makes it complete."""
 
@@ -138,10 +201,7 @@ class SessionWriter:
     def finish(self, manifest: dict[str, Any]) -> None:
         """Write the ``session`` metadata record and the index, fsync and close."""
         assert self._file is not None
-        inner = {k: v for k, v in manifest.items() if k not in FILE_ONLY_FIELDS}
-        record = {k: v if isinstance(v, str) else json.dumps(v) for k, v in inner.items()}
-        record["manifest"] = json.dumps(inner)
-        self._writer.add_metadata("session", record)
+        self._writer.add_metadata("session", session_record(manifest))
         self._writer.finish()
         self._file.flush()
         os.fsync(self._file.fileno())

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_recorder.clock import Clock
 from edge_recorder.config import SessionConfig
 from edge_recorder.recording.events import Event, Reply
 from edge_recorder.recording.recorder import Recorder, SensorSource
@@ -25,14 +26,28 @@ T0 = 1_800_000_000_000_000_000
 
 
 class FakeClock:
+    """A monotonic clock (``now``, called) and a wall clock beside it (``wall()`` = now +
+    ``wall_offset_ns``) that :meth:`step` jumps as NTP would; ``synced`` is what the kernel
+    would say. :attr:`clock` is the product's :class:`Clock` over them."""
+
     def __init__(self, start_ns: int = T0) -> None:
         self.now = start_ns
+        self.wall_offset_ns = 0
+        self.synced: bool | None = True
+        self.clock = Clock(mono=self, wall=self.wall, synced=lambda: self.synced,
+                           source="fake", boot_id="fake-boot")
 
     def __call__(self) -> int:
         return self.now
 
+    def wall(self) -> int:
+        return self.now + self.wall_offset_ns
+
     def advance(self, seconds: float) -> None:
         self.now += int(seconds * 1e9)
+
+    def step(self, seconds: float) -> None:
+        self.wall_offset_ns += int(seconds * 1e9)
 
 
 @dataclass
@@ -65,7 +80,8 @@ class Rig:
         self.recorder = Recorder(
             self.settings, device_id="rig", sources=[SensorSource("imu0", self.driver_name,
                                                                   self.rate_hz, self.ring)],
-            store=self.store, buffer_s=self.buffer_s, journey_id="j-auto", clock=self.clock,
+            store=self.store, buffer_s=self.buffer_s, journey_id="j-auto",
+            clock=self.clock.clock,
             on_complete=self.completed.append)
         self.rng = random.Random(7)
         self._since_pump = 0.0

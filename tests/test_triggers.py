@@ -114,7 +114,7 @@ def test_interval_sessions_are_clock_aligned_and_skip_while_one_is_open(tmp_path
     rig = SyncRig(tmp_path)
     trigger = IntervalTrigger(IntervalTriggerConfig(every_s=10, duration_s=15,
                                                     labels=("periodic",)),
-                              rig.submit, rig.is_open, clock=rig.clock)
+                              rig.submit, rig.is_open, clock=rig.clock.clock)
     trigger.fire(rig.clock.now)
     rig.run(10)
     trigger.fire(rig.clock.now)  # the first is still open: skipped

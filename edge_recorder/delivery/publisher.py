@@ -43,12 +43,16 @@ class Publisher:
         *,
         part_bytes: int,
         on_published: Callable[[str], None] = lambda session_id: None,
+        prepare: Callable[[str], object] = lambda session_id: None,
     ) -> None:
+        """``prepare(session_id)`` runs before a session's first part is sent (re-stamping
+        a session recorded before the clock was synchronised)."""
         self.store = store
         self.link = link
         self.topic_root = topic_root
         self.part_bytes = part_bytes
         self.on_published = on_published
+        self.prepare = prepare
         self.published = 0
         self.resent = 0
         self._resends: deque[tuple[str, list[int] | None]] = deque()
@@ -68,9 +72,11 @@ class Publisher:
     def publish_session(self, session_id: str) -> bool:
         """Send one session from the outbox; True once the broker has acknowledged all of it,
         and then the session is moved to ``published/``."""
+        done = self.store.parts_sent(session_id)
+        if not done:
+            self.prepare(session_id)
         manifest = self.store.manifest(session_id)
         parts = int(manifest["parts"])
-        done = self.store.parts_sent(session_id)
         if done:
             log.info("session %s: resuming its publish at part %d of %d", session_id, done, parts)
         if not self._send(session_id, OUTBOX, manifest, range(done, parts)):

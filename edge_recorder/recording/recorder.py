@@ -6,6 +6,12 @@ copied from the rings as they fill (so overlapping sessions hold the very same
 samples). Files are flushed and fsync'd every half second while recording. On stop, the
 recorder waits until every ring has passed the stop time (or a short grace), writes
 the manifest and hands the file to the store's outbox.
+
+Time (see :mod:`edge_recorder.clock`): rings, windows, deadlines and flushes are on the
+monotonic clock. A session is written on the wall clock as mapped when it opened; if the
+wall clock steps before it is finalised, the finished file is re-stamped once, so the whole
+session (samples, ``started_at``, ``stopped_at``, gaps) is on the clock as it is after the
+step. Steps are listed in the manifest's ``clock`` object.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_recorder import __version__
+from edge_recorder.clock import Clock
 from edge_recorder.config import SessionConfig
 from edge_recorder.errors import StoreFull
 from edge_recorder.log import describe
@@ -39,7 +46,7 @@ from edge_recorder.recording.ids import iso_utc, new_journey_id, new_session_id
 from edge_recorder.recording.labels import cardinality_warning, check_labels, merge_labels
 from edge_recorder.recording.store import DeviceStore
 from edge_recorder.sampling.ring import Block, SampleRing
-from edge_recorder.sessionfile import ChannelInfo, SessionWriter, encode_block
+from edge_recorder.sessionfile import ChannelInfo, SessionWriter, encode_block, restamp
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +72,7 @@ class OpenSession:
     labels: tuple[str, ...]
     journey_id: str | None
     trigger: Trigger
-    trigger_ns: int
+    trigger_ns: int  # instants on the monotonic clock
     window_start_ns: int
     deadline_ns: int | None
     deadline_reason: str
@@ -74,13 +81,15 @@ class OpenSession:
     samples: dict[str, int]
     overrun: dict[str, int]
     warnings: list[str]
+    offset_ns: int  # wall − mono the file is being written with
     stop_ns: int | None = None
     stop_reason: str | None = None
     last_flush_ns: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "labels": list(self.labels),
-                "journey_id": self.journey_id, "started_at": iso_utc(self.window_start_ns),
+                "journey_id": self.journey_id,
+                "started_at": iso_utc(self.window_start_ns + self.offset_ns),
                 "trigger": {"source": self.trigger.source, "detail": self.trigger.detail},
                 "stopping": self.stop_ns is not None}
 
@@ -95,7 +104,7 @@ class Recorder:
         store: DeviceStore,
         buffer_s: float,
         journey_id: str | None,
-        clock: Callable[[], int] = time.time_ns,
+        clock: Clock | None = None,
         on_complete: Callable[[dict[str, Any]], None] = lambda manifest: None,
         status: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
@@ -105,7 +114,7 @@ class Recorder:
         self.store = store
         self.buffer_s = buffer_s
         self.journey_id = journey_id
-        self.clock = clock
+        self.clock = clock or Clock()
         self.on_complete = on_complete
         self.status = status or self.snapshot
         self.sessions: dict[str, OpenSession] = {}
@@ -155,7 +164,7 @@ class Recorder:
 
     def _start(self, ev: StartRequested) -> Reply:
         s = self.settings
-        now = self.clock()
+        now = self.clock.mono_ns()
         at = ev.at_ns if ev.at_ns is not None else now
         if len(self.sessions) >= s.max_concurrent:
             raise Rejected("too_many_sessions",
@@ -184,11 +193,15 @@ class Recorder:
         warnings = [w for w in map(cardinality_warning, labels) if w]
         for w in warnings:
             log.warning("%s", w)
-        session_id = new_session_id(at)
+        offset = self.clock.offset_ns()
+        session_id = new_session_id(at + offset)
         window_start = at - int(pre * 1e9)
         header = {"session_id": session_id, "device_id": self.device_id,
                   "labels": list(labels), "journey_id": journey,
-                  "started_at": iso_utc(window_start), "window_start_ns": window_start,
+                  "started_at": iso_utc(window_start + offset),
+                  "window_start_ns": window_start + offset,  # on the file's time base
+                  "clock": {"source": self.clock.source, "offset_ns": offset,
+                            "boot_id": self.clock.boot_id},
                   "trigger": {"source": ev.trigger.source, "detail": ev.trigger.detail},
                   "pre_trigger_s": pre,
                   "sensors": [{"name": x.name, "driver": x.driver, "rate_hz": x.rate_hz}
@@ -205,7 +218,8 @@ class Recorder:
             deadline_reason=why, writer=writer,
             cursors={x.name: x.ring.seq_at(window_start) for x in self.sources},
             samples={x.name: 0 for x in self.sources},
-            overrun={x.name: 0 for x in self.sources}, warnings=warnings, last_flush_ns=now)
+            overrun={x.name: 0 for x in self.sources}, warnings=warnings, offset_ns=offset,
+            last_flush_ns=now)
         with self._lock:
             self.sessions[session_id] = session
             self.warnings = (self.warnings + warnings)[-10:]
@@ -218,14 +232,15 @@ class Recorder:
         return reply
 
     def _set_journey(self, ev: JourneyRequested) -> Reply:
-        journey = new_journey_id(self.device_id, self.clock()) if ev.new_auto else ev.journey_id
+        journey = new_journey_id(self.device_id, self.clock.wall_ns()) if ev.new_auto \
+            else ev.journey_id
         with self._lock:
             previous, self.journey_id = self.journey_id, journey
         log.info("journey is now %s (was %s)", journey, previous)
         return ok(journey_id=journey, previous_journey_id=previous)
 
     def _request_stop(self, ev: StopRequested) -> Reply:
-        now = self.clock()
+        now = self.clock.mono_ns()
         at = ev.at_ns if ev.at_ns is not None else now
         if ev.session_id is not None:
             session = self.sessions.get(ev.session_id)
@@ -247,8 +262,10 @@ class Recorder:
     # --- moving samples (recorder thread) ---------------------------------------------
     def pump(self) -> None:
         """Copy new samples into every open session; stop and finalise those that are due."""
-        now = self.clock()
-        encoded: dict[tuple[str, int, int], bytes] = {}  # blocks shared by overlapping sessions
+        now = self.clock.mono_ns()
+        self.clock.offset_ns()  # keeps watching the wall clock for steps
+        # blocks shared by overlapping sessions (on one time base)
+        encoded: dict[tuple[str, int, int, int], bytes] = {}
         for s in list(self.sessions.values()):
             if s.stop_ns is None and s.deadline_ns is not None and now >= s.deadline_ns:
                 self._mark_stop(s, s.deadline_ns, s.deadline_reason)
@@ -262,11 +279,11 @@ class Recorder:
                                 "they could be written", s.session_id, missed, src.name)
                 if blocks:  # one message per sensor per pump: MCAP framing costs per message
                     block = Block.join(blocks)
-                    key = (src.name, block.first_seq, block.end_seq)
+                    key = (src.name, block.first_seq, block.end_seq, s.offset_ns)
                     data = encoded.get(key)
                     if data is None:
-                        data = encoded[key] = encode_block(block)
-                    s.writer.write(src.name, block.t_ns[0], data)
+                        data = encoded[key] = encode_block(block, s.offset_ns)
+                    s.writer.write(src.name, block.t_ns[0] + s.offset_ns, data)
                     s.samples[src.name] += len(block)
                     s.cursors[src.name] = block.end_seq
                 elif missed:
@@ -282,6 +299,7 @@ class Recorder:
 
     def _finalise(self, s: OpenSession) -> None:
         assert s.stop_ns is not None and s.stop_reason is not None
+        offset = self.clock.offset_ns()  # the session's time base: the clock as it is now
         sensors = []
         for src in self.sources:
             gaps = src.ring.gaps_between(s.window_start_ns, s.stop_ns)
@@ -290,21 +308,26 @@ class Recorder:
             sensors.append({"name": src.name, "driver": src.driver, "rate_hz": src.rate_hz,
                             "samples": s.samples[src.name],
                             "dropped": lost + s.overrun[src.name],
-                            "gaps": [g.as_dict() for g in gaps]})
+                            "gaps": [dict(g.as_dict(), start_ns=g.start_ns + offset,
+                                          end_ns=g.end_ns + offset) for g in gaps]})
         manifest: dict[str, Any] = {
             "session_id": s.session_id, "device_id": self.device_id,
             "labels": list(s.labels), "journey_id": s.journey_id,
-            "started_at": iso_utc(s.window_start_ns), "stopped_at": iso_utc(s.stop_ns),
+            "started_at": iso_utc(s.window_start_ns + offset),
+            "stopped_at": iso_utc(s.stop_ns + offset),
             "duration_s": round((s.stop_ns - s.window_start_ns) / 1e9, 6),
             "stop_reason": s.stop_reason,
             "trigger": {"source": s.trigger.source, "detail": s.trigger.detail},
             "pre_trigger_s": round((s.trigger_ns - s.window_start_ns) / 1e9, 6),
-            "sensors": sensors, "format": "mcap", "recorder_version": __version__,
+            "sensors": sensors, "clock": self._clock_record(s, offset),
+            "format": "mcap", "recorder_version": __version__,
         }
         if s.warnings:
             manifest["warnings"] = s.warnings
         try:
             s.writer.finish(manifest)
+            if offset != s.offset_ns:  # the wall clock stepped: one time base for all of it
+                restamp(s.writer.path, offset - s.offset_ns, manifest)
             manifest = self.store.complete(s.session_id, manifest)
         except OSError as exc:
             log.error("session %s: could not finalise its file (%s); it stays in "
@@ -322,6 +345,13 @@ class Recorder:
                  ", ".join(f"{x['name']} {x['samples']} samples ({x['dropped']} dropped)"
                            for x in sensors))
         self.on_complete(manifest)
+
+    def _clock_record(self, s: OpenSession, offset_ns: int) -> dict[str, Any]:
+        """The manifest's ``clock``: sync state, the session's time base, the steps seen
+        from the start of its window until now (all of them moved it to this base)."""
+        return {"synced": self.clock.synced(), "source": self.clock.source,
+                "offset_ns": offset_ns, "boot_id": self.clock.boot_id,
+                "steps": [x.as_dict() for x in self.clock.steps_since(s.window_start_ns)]}
 
     # --- the worker ---------------------------------------------------------------------
     def start(self) -> None:
@@ -356,7 +386,7 @@ class Recorder:
             self._thread = None
         while not self._events.empty():  # answer what is still queued
             self.handle(self._events.get_nowait())
-        now = self.clock()
+        now = self.clock.mono_ns()
         for s in self.sessions.values():
             if s.stop_ns is None:
                 self._mark_stop(s, now, reason)

@@ -73,6 +73,32 @@ class DeviceStore:
         self.path(RECORDING, session_id, ".json").unlink(missing_ok=True)
         return checked.to_dict()
 
+    def replacement_path(self, session_id: str) -> Path:
+        """Where a rewritten (re-stamped) outbox file is prepared before :meth:`replace_file`."""
+        return self.path(OUTBOX, session_id, ".mcap.new")
+
+    def replace_file(self, session_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Swap the prepared rewrite into the outbox: the manifest with its new size and
+        sha256 is written first (the commit point), then the file renamed over the old one.
+        :meth:`settle_replacement` completes or undoes one a crash cut short."""
+        new = self.replacement_path(session_id)
+        size, digest = file_digest(new)
+        manifest = dict(manifest, bytes=size, sha256=digest,
+                        parts=max(1, math.ceil(size / self.part_bytes)))
+        write_json_atomic(self.path(OUTBOX, session_id, ".json"), manifest)
+        move_durable(new, self.path(OUTBOX, session_id))
+        return manifest
+
+    def settle_replacement(self, session_id: str) -> None:
+        """A rewrite left by a crash: renamed in if its manifest was committed, else dropped."""
+        new = self.replacement_path(session_id)
+        if not new.exists():
+            return
+        if self.manifest(session_id).get("sha256") == file_digest(new)[1]:
+            move_durable(new, self.path(OUTBOX, session_id))
+        else:
+            new.unlink()
+
     def pending(self) -> list[str]:
         """Session ids waiting to be published, oldest first."""
         return sorted(p.stem for p in (self.root / OUTBOX).glob("*.json"))

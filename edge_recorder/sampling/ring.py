@@ -26,7 +26,7 @@ class Block:
     """
 
     first_seq: int
-    t_ns: array[int]  # int64, ns since the epoch
+    t_ns: array[int]  # int64, ns on the monotonic clock (the file maps them to the wall)
     columns: tuple[array[float], ...]  # float32: 4 bytes a value, not a 32-byte Python float
 
     def __len__(self) -> int:

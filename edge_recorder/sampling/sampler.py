@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edge_recorder.clock import monotonic_ns
 from edge_recorder.sampling.ring import Gap, SampleRing
 from edge_recorder.sampling.timebase import FrameTimebase
 from edge_recorder.sensors.base import ImuDriver
@@ -92,7 +93,7 @@ class BusSampler:
         bus_name: str,
         sensors: list[SensorChannel],
         *,
-        clock: Callable[[], int] = time.time_ns,
+        clock: Callable[[], int] = monotonic_ns,  # monotonic: a wall-clock step is no gap
         interval_s: float | None = None,
     ) -> None:
         self.bus_name = bus_name

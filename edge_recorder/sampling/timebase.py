@@ -18,7 +18,7 @@ MAX_RATE_ERROR = 0.1  # an estimate outside ±10 % of nominal is rejected as non
 
 
 class FrameTimebase:
-    """Maps frame index → sampling instant (ns since the epoch) for one sensor."""
+    """Maps frame index → sampling instant (ns on the monotonic clock) for one sensor."""
 
     def __init__(self, nominal_period_ns: float, *, window_s: float = 60.0) -> None:
         self.nominal_period_ns = nominal_period_ns

@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import Callable
 
+from edge_recorder.clock import monotonic_ns
 from edge_recorder.sensors.emulation.chip import EmulatedChip, bus_error
 
 START_STOP_BITS = 3  # start, repeated start, stop (approx.)
@@ -34,7 +35,7 @@ class EmulatedBus:
         self,
         chips: dict[int, EmulatedChip] | None = None,
         *,
-        clock: Callable[[], int] = time.time_ns,
+        clock: Callable[[], int] = monotonic_ns,
         error_rate: float = 0.0,
         seed: int = 1,
         clock_hz: int = DEFAULT_BUS_HZ,

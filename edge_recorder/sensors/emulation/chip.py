@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import errno
 import random
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edge_recorder.clock import monotonic_ns
 from edge_recorder.sensors.emulation.motion import AtRest, Motion, Vector
 
 ACCEL_NOISE_MPS2 = 0.02
@@ -32,7 +32,7 @@ GYRO_NOISE_RADS = 0.002
 
 @dataclass
 class Faults:
-    """Faults to inject. Times are on the chip's clock, in ns since the epoch."""
+    """Faults to inject. Times are on the chip's (monotonic) clock, in ns."""
 
     error_rate: float = 0.0
     """Fraction of transactions that fail with EIO."""
@@ -60,7 +60,7 @@ class EmulatedChip:
     def __init__(
         self,
         *,
-        clock: Callable[[], int] = time.time_ns,
+        clock: Callable[[], int] = monotonic_ns,
         clock_error: float = 0.0,
         motion: Motion | None = None,
         noise: bool = True,

@@ -1,0 +1,396 @@
+"""Time a Pi can trust: monotonic sampling and deadlines, wall-clock steps survived and
+recorded, sync state in every session, unsynced sessions re-stamped before publishing."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcap.reader import make_reader
+
+from edge_recorder.app import Daemon
+from edge_recorder.clock import (
+    MONO_SOURCE,
+    STA_UNSYNC,
+    TIME_ERROR,
+    Clock,
+    KernelSync,
+    SteppedWall,
+    _Timex,
+    monotonic_ns,
+)
+from edge_recorder.config import IntervalTriggerConfig, SessionConfig, parse_config
+from edge_recorder.errors import ConfigError
+from edge_recorder.recording.events import StartRequested, StopRequested, Trigger
+from edge_recorder.recording.restamp import iso_ns, restamp_if_synced
+from edge_recorder.recording.store import file_digest
+from edge_recorder.triggers.interval import IntervalTrigger
+from tests.rig import Rig, samples_of, stored
+
+RATE_HZ = 200
+PERIOD_NS = 1e9 / RATE_HZ
+HOUR_NS = 3600 * 10**9
+
+
+# --- the clock itself --------------------------------------------------------------------
+
+def test_a_step_is_detected_once_and_read_noise_is_not_a_step() -> None:
+    mono = [10**12]
+    jitter = [0]
+    wall_offset = [1_700_000_000 * 10**9]
+    clock = Clock(mono=lambda: mono[0], wall=lambda: mono[0] + wall_offset[0] + jitter[0],
+                  synced=lambda: True, boot_id="b")
+    base = clock.offset_ns()
+    for j in (900_000, -900_000, 2_000_000, 0):  # reading noise, well under a step
+        jitter[0] = j
+        mono[0] += 10**8
+        assert clock.offset_ns() == base
+    assert clock.steps_since(0) == []
+    mono[0] += 10**8
+    wall_offset[0] += HOUR_NS
+    assert clock.offset_ns() == base + HOUR_NS
+    mono[0] += 10**8
+    clock.offset_ns()
+    (step,) = clock.steps_since(0)
+    assert step.step_ns == HOUR_NS
+    assert step.at_ns == step.mono_ns + base + HOUR_NS  # on the clock as it is after the step
+    assert clock.to_wall(mono[0]) == mono[0] + base + HOUR_NS
+    assert clock.steps_since(step.mono_ns + 1) == []
+
+
+def test_the_monotonic_source_is_boottime() -> None:
+    # Linux: CLOCK_BOOTTIME = CLOCK_MONOTONIC + time spent suspended, never stepped
+    # (kernel Documentation/core-api/timekeeping.rst, ktime_get_boottime)
+    assert MONO_SOURCE == "CLOCK_BOOTTIME"
+    a = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    b = monotonic_ns()
+    c = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    assert a <= b <= c
+
+
+def test_timex_layout_matches_the_kernel_abi() -> None:
+    # include/uapi/linux/timex.h, struct timex: unsigned int modes; then long offset, freq,
+    # maxerror, esterror; int status — so status sits after 5 longs (modes padded to a long)
+    assert _Timex.status.offset == 5 * ctypes.sizeof(ctypes.c_long)
+    # the kernel struct ends with 11 ints of padding after "int tai" (glibc: 208 B on LP64)
+    assert ctypes.sizeof(_Timex) >= _Timex.tai.offset + 12 * 4
+    assert STA_UNSYNC == 0x0040 and TIME_ERROR == 5  # timex.h: STA_UNSYNC, TIME_ERROR
+
+
+@pytest.mark.parametrize(("status", "result", "errno_", "expected"), [
+    (STA_UNSYNC, TIME_ERROR, 0, False),
+    (0, 0, 0, True),             # TIME_OK, synchronised
+    (0x2001, 0, 0, True),        # STA_PLL | STA_NANO: disciplined
+    (0, TIME_ERROR, 0, False),   # the kernel's own verdict
+    (0, -1, errno.EPERM, None),  # seccomp (systemd ProtectClock=yes) refuses the call
+])
+def test_kernel_sync_reads_sta_unsync(monkeypatch, status, result, errno_, expected) -> None:
+    sync = KernelSync()
+
+    def fake_adjtimex(ref: Any) -> int:
+        tx = ref._obj
+        assert tx.modes == 0, "must only read"
+        tx.status = status
+        ctypes.set_errno(errno_)
+        return result
+
+    sync._adjtimex = fake_adjtimex
+    assert sync() is expected
+
+
+def test_the_real_kernel_answers_or_says_unknown() -> None:
+    assert KernelSync()() in (True, False, None)
+
+
+# --- sessions across a step (fake clock: deterministic) --------------------------------------
+
+def _check_one_time_base(manifest: dict[str, Any], path: Path, seconds: float,
+                         step_ns: int, wall_at_stop_ns: int) -> list[int]:
+    t, _ = samples_of(path)
+    assert manifest["sensors"][0]["dropped"] == 0
+    assert len(t) == pytest.approx(seconds * RATE_HZ, rel=0.03)
+    assert manifest["duration_s"] == pytest.approx(seconds, abs=0.1)
+    assert all(0 < b - a <= 3 * PERIOD_NS for a, b in zip(t, t[1:])), "a gap or a jump"
+    assert abs(t[-1] - wall_at_stop_ns) < 2e9, "last sample on the stepped clock"
+    started, stopped = iso_ns(manifest["started_at"]), iso_ns(manifest["stopped_at"])
+    assert started <= t[0] < started + 3 * PERIOD_NS
+    assert stopped - 3 * PERIOD_NS < t[-1] < stopped
+    assert [s["step_ns"] for s in manifest["clock"]["steps"]] == [step_ns]
+    return t
+
+
+@pytest.mark.parametrize("step_s", [3600, -5])
+def test_a_step_mid_session_moves_the_whole_session_onto_the_new_clock(tmp_path, step_s):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=4))
+    rig.run(1)
+    sid = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.run(1)
+    rig.clock.step(step_s)
+    rig.run(3)
+    at_stop = rig.clock.wall()
+    rig.finish()
+    manifest, path = stored(rig, sid)
+    assert manifest["stop_reason"] == "duration"
+    _check_one_time_base(manifest, path, 4, step_s * 10**9, at_stop)
+    assert manifest["clock"]["offset_ns"] == step_s * 10**9
+    assert manifest["clock"]["synced"] is True
+    # what a third-party reader sees: message log times on the same clock
+    with open(path, "rb") as f:
+        log_times = [m.log_time for _, _, m in make_reader(f).iter_messages()]
+    assert min(log_times) >= iso_ns(manifest["started_at"])
+
+
+def test_a_step_inside_the_pre_trigger_window(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=2, pre_trigger_s=2))
+    rig.run(2)
+    rig.clock.step(3600)  # NTP steps; a second later a button asks for the last 2 s
+    rig.run(1)
+    sid = rig.ask(StartRequested, trigger=Trigger("gpio"))["session_id"]
+    rig.run(2)
+    at_stop = rig.clock.wall()
+    rig.finish()
+    manifest, path = stored(rig, sid)
+    t = _check_one_time_base(manifest, path, 4, HOUR_NS, at_stop)
+    assert manifest["pre_trigger_s"] == 2
+    assert t[0] > rig.clock.now + HOUR_NS - 6 * 10**9  # the early samples moved too
+
+
+def test_a_session_open_across_a_backward_hour_stops_on_time(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=None, max_duration_s=3))
+    sid = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.run(1)
+    rig.clock.step(-3600)
+    rig.run(2)
+    at_stop = rig.clock.wall()
+    rig.finish()
+    manifest, path = stored(rig, sid)
+    assert manifest["stop_reason"] == "max_duration"
+    _check_one_time_base(manifest, path, 3, -HOUR_NS, at_stop)
+
+
+def test_a_step_after_stop_but_before_finalising_is_applied_too(tmp_path):
+    rig = Rig(tmp_path)
+    sid = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.run(1)
+    rig.ask(StopRequested, trigger=Trigger("mqtt"), session_id=sid)
+    rig.clock.step(60)
+    at_stop = rig.clock.wall()
+    rig.finish()
+    manifest, path = stored(rig, sid)
+    _check_one_time_base(manifest, path, 1, 60 * 10**9, at_stop)
+
+
+# --- unsynced -> synced -------------------------------------------------------------------------
+
+def test_unsynced_session_is_restamped_before_publishing_once_synced(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=2))
+    rig.clock.synced = False  # booted on fake-hwclock's time
+    first = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.finish(2.5)
+    manifest, path = stored(rig, first)
+    assert manifest["clock"]["synced"] is False and manifest["clock"]["steps"] == []
+    before, _ = samples_of(path)
+
+    # still unsynchronised when the publisher gets to it: published as it is
+    assert restamp_if_synced(rig.store, rig.clock.clock, first) is False
+    assert rig.store.manifest(first) == manifest
+
+    rig.run(1)
+    rig.clock.step(3 * 3600 + 0.25)  # NTP's first sync
+    rig.clock.synced = True
+    rig.run(0.5)
+    assert restamp_if_synced(rig.store, rig.clock.clock, first) is True
+    after_manifest = rig.store.manifest(first)
+    after, _ = samples_of(path)
+    shift = 3 * HOUR_NS + 250_000_000
+    assert after == [t + shift for t in before]
+    assert after_manifest["clock"]["synced"] is True
+    assert after_manifest["clock"]["restamped"]["shift_ns"] == shift
+    assert iso_ns(after_manifest["started_at"]) == iso_ns(manifest["started_at"]) + shift
+    assert after_manifest["duration_s"] == manifest["duration_s"]
+    assert (after_manifest["bytes"], after_manifest["sha256"]) == file_digest(path)
+    with open(path, "rb") as f:  # the record inside the file says the same
+        inner = [json.loads(m.metadata["manifest"]) for m in make_reader(f).iter_metadata()
+                 if m.name == "session"]
+    assert inner[0]["clock"] == after_manifest["clock"]
+    # once is enough
+    assert restamp_if_synced(rig.store, rig.clock.clock, first) is False
+
+
+def test_a_session_from_another_boot_is_not_restamped(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=1))
+    rig.clock.synced = False
+    sid = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.finish(1.5)
+    rig.clock.synced = True
+    rig.clock.step(100)
+    rebooted = Clock(mono=rig.clock, wall=rig.clock.wall, synced=lambda: True,
+                     source="fake", boot_id="another-boot")
+    assert restamp_if_synced(rig.store, rebooted, sid) is False
+    assert rig.store.manifest(sid)["clock"]["synced"] is False
+
+
+def test_a_restamp_cut_short_by_a_crash_is_settled(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=1))
+    sid = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.finish(1.5)
+    path = rig.store.path("outbox", sid)
+    original = path.read_bytes()
+    rig.store.replacement_path(sid).write_bytes(b"half a rewrite")  # manifest not committed
+    rig.store.settle_replacement(sid)
+    assert path.read_bytes() == original and not rig.store.replacement_path(sid).exists()
+
+
+# --- the interval trigger across steps --------------------------------------------------------
+
+def _drive(rig: Rig, trigger: IntervalTrigger, seconds: float, steps: dict[int, float]) -> list:
+    """Tick the trigger on the fake clock; ``steps``: at whole second n, step the wall."""
+    fired: list[tuple[int, int]] = []  # (mono, wall) of each start
+    original = trigger.fire
+
+    def record(at_ns: int, slot_ns: int | None = None) -> None:
+        fired.append((at_ns, rig.clock.clock.to_wall(at_ns)))
+        original(at_ns, slot_ns)
+
+    trigger.fire = record  # type: ignore[method-assign]
+    end = rig.clock.now + int(seconds * 1e9)
+    second = 0
+    while rig.clock.now < end:
+        wait = trigger.tick()
+        rig.clock.advance(min(max(wait, 0.001), 0.25))
+        elapsed = int((rig.clock.now - (end - int(seconds * 1e9))) / 1e9)
+        if elapsed > second:
+            second = elapsed
+            if second in steps:
+                rig.clock.step(steps[second])
+    return fired
+
+
+@pytest.mark.parametrize(("step_at", "step_s"), [(12, -5), (12, 3600), (12, 4), (27, 7)])
+def test_interval_trigger_stays_aligned_without_firing_twice_or_skipping(tmp_path, step_at,
+                                                                          step_s):
+    rig = Rig(tmp_path)
+    trigger = IntervalTrigger(IntervalTriggerConfig(every_s=10, duration_s=1), lambda e: None,
+                              lambda sid: False, clock=rig.clock.clock)
+    fired = _drive(rig, trigger, 60, {step_at: step_s})
+    walls = [w for _, w in fired]
+    monos = [m for m, _ in fired]
+    assert all(abs(w % 10**10) < 3 * 10**8 or abs(w % 10**10 - 10**10) < 3 * 10**8
+               for w in walls), "every start on a wall-clock multiple of 10 s"
+    gaps = [(b - a) / 1e9 for a, b in zip(monos, monos[1:])]
+    assert all(5 <= g <= 15 for g in gaps), gaps  # never twice, never a skipped multiple
+    assert len(fired) == pytest.approx(6, abs=1)
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+def _config(**kw: Any) -> dict[str, Any]:
+    return {"sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated"}], **kw}
+
+
+def test_wall_clock_steps_need_every_sensor_emulated() -> None:
+    ok = parse_config(_config(emulation={"wall_clock_steps": [[2, 3600], [10, -5.5]]}))
+    assert ok.emulation.wall_clock_steps == ((2.0, 3600.0), (10.0, -5.5))
+    raw = _config(emulation={"wall_clock_steps": [[2, 3600]]})
+    raw["sensors"].append({"name": "imu1", "driver": "mpu6050", "bus": 1})
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw)
+    assert any(p.startswith("emulation.wall_clock_steps: only applies when every sensor is "
+                            "on bus: emulated (sensors[1] is on bus 1)") for p in e.value.problems)
+    for bad in ([[2]], [[-1, 5]], [[2, 0]], "soon", [[True, 3]]):
+        with pytest.raises(ConfigError) as e:
+            parse_config(_config(emulation={"wall_clock_steps": bad}))
+        assert e.value.problems[0].startswith("emulation.wall_clock_steps: must be a list")
+    with pytest.raises(ConfigError) as e:
+        parse_config(_config(emulation={"wall_clock_step": []}))
+    assert "emulation.wall_clock_step: unknown key" in e.value.problems[0]
+
+
+def test_stepped_wall_steps_at_its_times_and_is_synced_after_the_first() -> None:
+    mono = [0]
+    wall = SteppedWall([(2, 3600), (5, -5)], mono=lambda: mono[0], wall=lambda: 1000,
+                       start_mono_ns=0)
+    assert (wall(), wall.synced()) == (1000, False)
+    mono[0] = 2 * 10**9
+    assert (wall(), wall.synced()) == (1000 + HOUR_NS, True)
+    mono[0] = 5 * 10**9
+    assert wall() == 1000 + HOUR_NS - 5 * 10**9
+
+
+# --- the daemon, on real time, with the emulated world's wall clock stepping ------------------
+
+def _cdr_t_ns(data: bytes) -> list[int]:
+    """t_ns of one message, decoded from the CDR bytes here (not with the product's code):
+    4-byte encapsulation header, uint32 count, 4 bytes alignment, count × int64."""
+    (n,) = struct.unpack_from("<I", data, 4)
+    return list(struct.unpack_from(f"<{n}q", data, 12))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step_s", [3600, -5])
+def test_daemon_session_across_an_emulated_ntp_step(tmp_path, step_s):
+    config = parse_config({
+        "device_id": "clock-pi",
+        "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated",
+                     "rate_hz": RATE_HZ}],
+        "session": {"duration_s": 4},
+        "triggers": {"mqtt": False},
+        "mqtt": {"host": "127.0.0.1", "port": 9},  # no broker: the session stays in outbox/
+        "storage": {"dir": str(tmp_path / "store"), "max_bytes": 100 << 20},
+        "emulation": {"wall_clock_steps": [[2, step_s]]},
+    })
+    daemon = Daemon(config)
+    done = threading.Event()
+    replies: list[dict[str, Any]] = []
+    daemon.recorder.on_complete = lambda manifest: done.set()
+    daemon.start()
+    try:
+        time.sleep(1.0)
+        daemon.submit(StartRequested(Trigger("mqtt"), reply=replies.append))
+        assert done.wait(15), "the session did not complete"
+        stepped_now = time.time_ns() + step_s * 10**9
+    finally:
+        daemon.shutdown()
+    sid = replies[0]["session_id"]
+    manifest = json.loads((tmp_path / "store" / "outbox" / f"{sid}.json").read_text())
+    t: list[int] = []
+    with open(tmp_path / "store" / "outbox" / f"{sid}.mcap", "rb") as f:
+        for _, channel, message in make_reader(f).iter_messages(log_time_order=True):
+            assert channel.topic.endswith("imu0")
+            t += _cdr_t_ns(message.data)
+    sensor = manifest["sensors"][0]
+    assert sensor["dropped"] == 0 and sensor["gaps"] == []
+    assert len(t) == sensor["samples"] == pytest.approx(4 * RATE_HZ, rel=0.03)
+    assert manifest["duration_s"] == pytest.approx(4.0, abs=0.1)
+    assert max(b - a for a, b in zip(t, t[1:])) <= 3 * PERIOD_NS
+    assert abs(t[-1] - stepped_now) < 2e9, (t[-1] - stepped_now) / 1e9
+    # measured from the clocks themselves: exact to the reading's bracket (≤ 1 ms)
+    (step,) = manifest["clock"]["steps"]
+    assert step["step_ns"] == pytest.approx(step_s * 10**9, abs=1e6)
+    assert manifest["clock"]["synced"] is True  # the emulated world syncs with its first step
+    assert iso_ns(manifest["started_at"]) <= t[0]
+    assert daemon.status()["clock"]["steps"] == [step]
+
+
+def test_the_unit_never_waits_for_a_sync_and_may_read_the_sync_state() -> None:
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "edge-recorder.service")
+    settings = [line.split("=", 1) for line in unit.read_text().splitlines()
+                if "=" in line and not line.startswith("#")]
+    after = " ".join(v for k, v in settings if k == "After").split()
+    # systemd.special(7): time-sync.target waits for NTP when systemd-time-wait-sync is
+    # enabled; time-set.target only for a local source (RTC, fake-hwclock, timesyncd's file)
+    assert "time-sync.target" not in after and "time-set.target" in after
+    assert "time-sync.target" not in " ".join(v for k, v in settings if k in ("Wants",
+                                                                                "Requires"))
+    # ProtectClock=yes seccomp-blocks even read-only adjtimex (systemd issue #26413)
+    assert dict(settings).get("ProtectClock") == "no"
+    allowed = [v.split() for k, v in settings if k == "SystemCallFilter"]
+    assert allowed[-1] == ["adjtimex", "clock_adjtime", "clock_adjtime64"]
+    assert dict(settings).get("CapabilityBoundingSet") == ""  # so nothing can set the clock
