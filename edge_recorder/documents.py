@@ -38,6 +38,7 @@ MAX_WARNINGS = 64
 MAX_EXTRA_KEYS = 32  # unknown keys kept for forward compatibility...
 MAX_EXTRA_BYTES = 64 * 1024  # ...and their JSON size, together
 MAX_SECONDS = 10.0 * 365 * 86400  # durations: ten years is absurd, and finite
+MAX_CLOCK_STEPS = 256  # as many as the clock keeps (edge_recorder.clock.MAX_STEPS_KEPT)
 ISO_UTC_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -212,6 +213,83 @@ class SensorSummary:
                 "gaps": [g.to_dict() for g in self.gaps], **self.extra}
 
 
+def _signed_ns(value: object, what: str) -> int:
+    return _int(value, what, -(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class ClockStep:
+    """The wall clock jumped by ``step_ns`` (signed); ``at_ns`` on the clock after the step."""
+
+    at_ns: int
+    step_ns: int
+
+    @classmethod
+    def from_dict(cls, doc: object, what: str) -> ClockStep:
+        d = _object(doc, what)
+        return cls(at_ns=_signed_ns(_required(d, "at_ns", what), f"{what}.at_ns"),
+                   step_ns=_signed_ns(_required(d, "step_ns", what), f"{what}.step_ns"))
+
+    def to_dict(self) -> dict[str, int]:
+        return {"at_ns": self.at_ns, "step_ns": self.step_ns}
+
+
+@dataclass(frozen=True)
+class ClockInfo:
+    """The manifest's ``clock``: sync state and time base (contract §4, "Time").
+
+    ``synced`` is the kernel's flag (None: unknown); ``steps`` the wall-clock steps seen
+    during the session; ``offset_ns`` its time base (every time = monotonic instant on
+    ``source`` + offset), meaningful within ``boot_id``; ``restamped`` ``{at_ns, shift_ns}``
+    once a session recorded unsynchronised was moved onto the synchronised clock.
+    """
+
+    synced: bool | None
+    steps: tuple[ClockStep, ...] = ()
+    source: str | None = None
+    offset_ns: int | None = None
+    boot_id: str | None = None
+    restamped: dict[str, int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    KEYS = frozenset({"synced", "steps", "source", "offset_ns", "boot_id", "restamped"})
+
+    @classmethod
+    def from_dict(cls, doc: object, what: str = "clock") -> ClockInfo:
+        d = _object(doc, what)
+        synced = d.get("synced")
+        if synced is not None and not isinstance(synced, bool):
+            raise DocumentError(f"{what}.synced: must be true, false or null, got "
+                                f"{_show(synced)}")
+        steps = _list(d.get("steps", []), f"{what}.steps", MAX_CLOCK_STEPS)
+        offset = d.get("offset_ns")
+        restamped = d.get("restamped")
+        if restamped is not None:
+            r = _object(restamped, f"{what}.restamped")
+            restamped = {k: _signed_ns(_required(r, k, f"{what}.restamped"),
+                                       f"{what}.restamped.{k}") for k in ("at_ns", "shift_ns")}
+        source, boot = d.get("source"), d.get("boot_id")
+        return cls(
+            synced=synced,
+            steps=tuple(ClockStep.from_dict(x, f"{what}.steps[{i}]")
+                        for i, x in enumerate(steps)),
+            source=None if source is None else _text(source, f"{what}.source", 32),
+            offset_ns=None if offset is None else _signed_ns(offset, f"{what}.offset_ns"),
+            boot_id=None if boot is None else _text(boot, f"{what}.boot_id", 64),
+            restamped=restamped,
+            extra=_extra(d, set(cls.KEYS), what),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"synced": self.synced,
+                               "steps": [x.to_dict() for x in self.steps]}
+        for key in ("source", "offset_ns", "boot_id", "restamped"):
+            if getattr(self, key) is not None:
+                doc[key] = getattr(self, key)
+        doc.update(self.extra)
+        return doc
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A finished session: who recorded it, when, what is in it, and the file's identity.
@@ -237,11 +315,13 @@ class Manifest:
     format: str = "mcap"
     recorder_version: str | None = None
     warnings: tuple[str, ...] = ()
+    clock: ClockInfo | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     KEYS = frozenset({"session_id", "device_id", "started_at", "stopped_at", "bytes", "sha256",
                       "parts", "labels", "journey_id", "duration_s", "stop_reason", "trigger",
-                      "pre_trigger_s", "sensors", "format", "recorder_version", "warnings"})
+                      "pre_trigger_s", "sensors", "format", "recorder_version", "warnings",
+                      "clock"})
 
     def __post_init__(self) -> None:
         # a Manifest is valid however it was made: re-check through the one validator
@@ -279,6 +359,7 @@ class Manifest:
         if version is not None:
             version = _text(version, "recorder_version", 64)
         sensors = _list(d.get("sensors", []), "sensors", MAX_SENSORS)
+        clock = d.get("clock")
         return {
             "session_id": check_id(_required(d, "session_id", ""), "session_id"),
             "device_id": check_id(_required(d, "device_id", ""), "device_id"),
@@ -299,6 +380,7 @@ class Manifest:
             "recorder_version": version,
             "warnings": tuple(_text(w, f"warnings[{i}]") for i, w in
                               enumerate(_list(d.get("warnings", []), "warnings", MAX_WARNINGS))),
+            "clock": None if clock is None else ClockInfo.from_dict(clock),
             "extra": _extra(d, set(cls.KEYS), "manifest"),
         }
 
@@ -312,6 +394,8 @@ class Manifest:
             "trigger": dict(self.trigger), "pre_trigger_s": self.pre_trigger_s,
             "sensors": [s.to_dict() for s in self.sensors], "format": self.format,
         }
+        if self.clock is not None:
+            doc["clock"] = self.clock.to_dict()
         if self.recorder_version is not None:
             doc["recorder_version"] = self.recorder_version
         if self.warnings:

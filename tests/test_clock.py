@@ -394,3 +394,47 @@ def test_the_unit_never_waits_for_a_sync_and_may_read_the_sync_state() -> None:
     allowed = [v.split() for k, v in settings if k == "SystemCallFilter"]
     assert allowed[-1] == ["adjtimex", "clock_adjtime", "clock_adjtime64"]
     assert dict(settings).get("CapabilityBoundingSet") == ""  # so nothing can set the clock
+
+
+# --- the clock object in the typed manifest ------------------------------------------------
+
+def test_the_manifest_clock_object_is_typed_and_checked() -> None:
+    from edge_recorder.documents import DocumentError, Manifest
+    from tests.test_documents import manifest_doc
+
+    clock = {"synced": False, "steps": [{"at_ns": 5, "step_ns": -5_000_000_000}],
+             "source": "CLOCK_BOOTTIME", "offset_ns": -7, "boot_id": "b-1",
+             "restamped": {"at_ns": 9, "shift_ns": 3}}
+    m = Manifest.from_dict(manifest_doc(clock=clock))
+    assert m.clock is not None and m.clock.steps[0].step_ns == -5_000_000_000
+    assert m.to_dict()["clock"] == clock and "clock" not in m.extra
+    assert Manifest.from_dict(manifest_doc(clock={"synced": None})).clock.synced is None
+    for bad, field in [({"synced": "yes"}, "clock.synced"), ([], "clock"),
+                       ({"synced": True, "steps": [{"at_ns": 1}]}, "clock.steps[0]"),
+                       ({"synced": True, "offset_ns": 1.5}, "clock.offset_ns"),
+                       ({"synced": True, "steps": [{"at_ns": 1, "step_ns": 1}] * 257},
+                        "clock.steps"),
+                       ({"synced": True, "restamped": {"at_ns": 1}}, "clock.restamped")]:
+        with pytest.raises(DocumentError) as err:
+            Manifest.from_dict(manifest_doc(clock=bad))
+        assert str(err.value).startswith(field), str(err.value)
+
+
+def test_a_session_salvaged_after_a_crash_keeps_its_clock_and_is_restamped_once_synced(
+        tmp_path):
+    from edge_recorder.recording.recovery import recover
+
+    rig = Rig(tmp_path)
+    rig.clock.synced = False
+    sid = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.run(1.5)  # flushed every 0.5 s; then the daemon dies
+    rig.recorder.sessions[sid].writer.abort()
+    (manifest,) = recover(rig.store)
+    assert manifest["stop_reason"] == "recovered"
+    assert manifest["clock"]["synced"] is False and manifest["clock"]["offset_ns"] == 0
+    before, _ = samples_of(rig.store.path("outbox", sid))
+    rig.clock.step(600)
+    rig.clock.synced = True
+    assert restamp_if_synced(rig.store, rig.clock.clock, sid) is True
+    after, _ = samples_of(rig.store.path("outbox", sid))
+    assert after == [t + 600 * 10**9 for t in before]

@@ -200,8 +200,9 @@ class Recorder:
                   "labels": list(labels), "journey_id": journey,
                   "started_at": iso_utc(window_start + offset),
                   "window_start_ns": window_start + offset,  # on the file's time base
-                  "clock": {"source": self.clock.source, "offset_ns": offset,
-                            "boot_id": self.clock.boot_id},
+                  # what recovery needs to say which clock a salvaged file is on
+                  "clock": {"synced": self.clock.synced(), "source": self.clock.source,
+                            "offset_ns": offset, "boot_id": self.clock.boot_id},
                   "trigger": {"source": ev.trigger.source, "detail": ev.trigger.detail},
                   "pre_trigger_s": pre,
                   "sensors": [{"name": x.name, "driver": x.driver, "rate_hz": x.rate_hz}

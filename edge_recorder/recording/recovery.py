@@ -73,6 +73,8 @@ def _salvage_session(store: DeviceStore, sid: str, header: dict[str, Any]) -> di
         format="mcap",
         recorder_version=__version__,
     )
+    if "clock" in header:  # the file is on the time base the session opened with
+        manifest["clock"] = dict(header["clock"], steps=[])
     writer.finish(manifest)
     tmp.replace(src)
     manifest = store.complete(sid, manifest)

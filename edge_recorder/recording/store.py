@@ -83,11 +83,11 @@ class DeviceStore:
         :meth:`settle_replacement` completes or undoes one a crash cut short."""
         new = self.replacement_path(session_id)
         size, digest = file_digest(new)
-        manifest = dict(manifest, bytes=size, sha256=digest,
-                        parts=max(1, math.ceil(size / self.part_bytes)))
-        write_json_atomic(self.path(OUTBOX, session_id, ".json"), manifest)
+        checked = file_fields_added(manifest, nbytes=size, sha256=digest,
+                                    parts=max(1, math.ceil(size / self.part_bytes)))
+        write_json_atomic(self.path(OUTBOX, session_id, ".json"), checked.to_dict())
         move_durable(new, self.path(OUTBOX, session_id))
-        return manifest
+        return checked.to_dict()
 
     def settle_replacement(self, session_id: str) -> None:
         """A rewrite left by a crash: renamed in if its manifest was committed, else dropped."""
