@@ -11,6 +11,13 @@ chip ID and FIFO:
   x y z); FIFO_STATUS3/4 give the position in the pattern, so a misaligned start is
   skipped to the next pattern boundary.
 
+Start-up follows Linux ``st_lsm6dsx_reset_device``: FIFO to bypass, SW_RESET, 50 ms,
+BOOT (reload trimming), 50 ms. The DSO/DSOX's first words after it starts sampling are
+bootstrap samples (≥ 0x7FFD, Linux ``ST_LSM6DSX_INVALID_SAMPLE``) and are discarded;
+its I3C interface is disabled (Adafruit ``_i3c_disable``), as an I2C-only board needs.
+The LSM6DS3H answers 0x69 like the LSM6DS3 but has half its FIFO (Linux
+``max_fifo_size`` 682 vs 1365 samples): 0x69 is taken to have the smaller one.
+
 Samples are little-endian int16. Temperature is not batched (``temp_c`` is absent).
 """
 
@@ -37,6 +44,7 @@ WHO_AM_I = 0x0F
 CTRL1_XL = 0x10
 CTRL2_G = 0x11
 CTRL3_C = 0x12
+CTRL9_XL = 0x18
 OUT_TEMP_L = 0x20
 OUTX_L_G = 0x22
 FIFO_STATUS1 = 0x3A
@@ -51,12 +59,20 @@ ODR_G = Bits(4, CTRL2_G, 4)
 FS_G = Bits(2, CTRL2_G, 2)
 FS_125 = Bits(1, CTRL2_G, 1)
 SW_RESET = Bits(1, CTRL3_C, 0)
-CTRL3_BDU = 0x40
-CTRL3_IF_INC = 0x04
+BOOT = Bits(1, CTRL3_C, 7)
+BDU = Bits(1, CTRL3_C, 6)
+IF_INC = Bits(1, CTRL3_C, 2)
+I3C_DISABLE = Bits(1, CTRL9_XL, 1)  # DSO/DSOX only
+CTRL3_BDU = BDU.encode(1)
+CTRL3_IF_INC = IF_INC.encode(1)
+RESET_WAIT_S = 0.050  # Linux st_lsm6dsx_reset_device: msleep(50) after SW_RESET and BOOT
+BOOT_WAIT_S = 0.050
+INVALID_SAMPLE = 0x7FFD  # Linux ST_LSM6DSX_INVALID_SAMPLE: bootstrap words read ≥ this
 FIFO_MODE_CONTINUOUS = 6
 FIFO_MODE_BYPASS = 0
 DS3_NO_DECIMATION = 0b001_001  # gyro and accel data sets, both at the FIFO rate
-STATUS2_OVERRUN = 0x40
+STATUS2_OVERRUN = 0x40  # DS3: FIFO full and overwritten (FIFO_OVER_RUN)
+STATUS2_OVR_LATCHED = 0x08  # DSOX: an overrun since the last read of FIFO_STATUS2
 DSOX_DIFF_MASK = 0x3FF  # words, in STATUS1 + STATUS2[1:0]
 DS3_DIFF_MASK = 0xFFF  # 16-bit words, in STATUS1 + STATUS2[3:0]
 
@@ -65,7 +81,7 @@ TAG_ACCEL = 0x02
 TAGGED_WORD_BYTES = 7
 
 ODR_CODE_HZ = {1: 12.5, 2: 26.0, 3: 52.0, 4: 104.0, 5: 208.0, 6: 416.0, 7: 833.0,
-               8: 1660.0, 9: 3330.0, 10: 6660.0}
+               8: 1667.0, 9: 3333.0, 10: 6667.0}
 ODR_CODE = {hz: code for code, hz in ODR_CODE_HZ.items()}
 ACCEL_FS_CODE = {2: 0b00, 16: 0b01, 4: 0b10, 8: 0b11}
 ACCEL_MG_PER_LSB = {2: 0.061, 4: 0.122, 8: 0.244, 16: 0.488}
@@ -73,7 +89,9 @@ GYRO_FS_CODE = {250: 0b00, 500: 0b01, 1000: 0b10, 2000: 0b11}
 GYRO_MDPS_PER_LSB = {125: 4.375, 250: 8.75, 500: 17.5, 1000: 35.0, 2000: 70.0}
 
 CHIP_DS3, CHIP_DS3TRC, CHIP_DSOX = "LSM6DS3", "LSM6DS3TR-C", "LSM6DSO/DSOX"
-FIFO_BYTES = {CHIP_DS3: 8192, CHIP_DS3TRC: 4096, CHIP_DSOX: 512 * TAGGED_WORD_BYTES}
+DS3_FIFO_BYTES, DS3H_FIFO_BYTES = 8192, 4096  # both answer WHO_AM_I 0x69
+FIFO_BYTES = {CHIP_DS3: DS3H_FIFO_BYTES, CHIP_DS3TRC: 4096, CHIP_DSOX: 512 * TAGGED_WORD_BYTES}
+"""What the driver assumes per WHO_AM_I: 0x69 may be a DS3H, so the smaller FIFO."""
 
 XYZ = struct.Struct("<3h")
 DS3_FRAME = struct.Struct("<6h")  # gyro x y z, accel x y z
@@ -90,7 +108,7 @@ class Lsm6ds(ImuDriver):
     rates_hz: ClassVar[tuple[float, ...]] = tuple(ODR_CODE_HZ.values())
     accel_ranges_g: ClassVar[tuple[int, ...]] = (2, 4, 8, 16)
     gyro_ranges_dps: ClassVar[tuple[int, ...]] = (125, 250, 500, 1000, 2000)
-    fifo_bytes: ClassVar[int] = FIFO_BYTES[CHIP_DSOX]
+    fifo_bytes_by_variant: ClassVar[dict[str, int]] = FIFO_BYTES
     frame_bytes: ClassVar[int] = 2 * TAGGED_WORD_BYTES
     has_temperature: ClassVar[bool] = False
     default_rate_hz: ClassVar[float] = 208.0
@@ -98,8 +116,8 @@ class Lsm6ds(ImuDriver):
     @property
     def fifo_frames(self) -> int:
         if self.variant in (CHIP_DS3, CHIP_DS3TRC):
-            return FIFO_BYTES[self.variant] // DS3_FRAME.size
-        return FIFO_BYTES[CHIP_DSOX] // self.frame_bytes
+            return self.fifo_bytes // DS3_FRAME.size
+        return self.fifo_bytes // self.frame_bytes
 
     @property
     def tagged(self) -> bool:
@@ -107,38 +125,49 @@ class Lsm6ds(ImuDriver):
 
     def configure(self) -> None:
         bus, addr = self.bus, self.address
-        bus.write(addr, CTRL3_C, 1 << SW_RESET.shift)
-        for _ in range(20):
-            self.sleep(0.001)
-            if not SW_RESET.get(bus, addr):
-                break
-        bus.write(addr, CTRL3_C, CTRL3_BDU | CTRL3_IF_INC)
+        self._fifo_mode(FIFO_MODE_BYPASS)  # Linux: flush before reset, or INT1 may pick I3C
+        bus.write(addr, CTRL3_C, SW_RESET.encode(1))
+        self.sleep(RESET_WAIT_S)
+        bus.write(addr, CTRL3_C, BOOT.encode(1) | CTRL3_IF_INC)
+        self.sleep(BOOT_WAIT_S)
+        self.write_config(CTRL3_C, CTRL3_BDU | CTRL3_IF_INC)
+        if self.tagged:
+            ctrl9 = bus.read(addr, CTRL9_XL, 1)[0]
+            self.write_config(CTRL9_XL, ctrl9 | I3C_DISABLE.encode(1))
         odr = ODR_CODE[self.rate_hz]
-        accel_bits = (odr << 4) | (ACCEL_FS_CODE[self.accel_range_g] << 2)
+        accel = ODR_XL.encode(odr) | FS_XL.encode(ACCEL_FS_CODE[self.accel_range_g])
         if self.gyro_range_dps == 125:
-            gyro_bits = (odr << 4) | (1 << FS_125.shift)
+            gyro = ODR_G.encode(odr) | FS_125.encode(1)
         else:
-            gyro_bits = (odr << 4) | (GYRO_FS_CODE[self.gyro_range_dps] << 2)
-        bus.write(addr, CTRL1_XL, accel_bits)
-        bus.write(addr, CTRL2_G, gyro_bits)
+            gyro = ODR_G.encode(odr) | FS_G.encode(GYRO_FS_CODE[self.gyro_range_dps])
+        self.write_config(CTRL1_XL, accel)
+        self.write_config(CTRL2_G, gyro)
+        self.verify_config()
         self._accel_scale = ACCEL_MG_PER_LSB[self.accel_range_g] * 1e-3 * STANDARD_GRAVITY_MPS2
         self._gyro_scale = GYRO_MDPS_PER_LSB[self.gyro_range_dps] * 1e-3 * DEG_TO_RAD
         self._pending: dict[int, dict[int, tuple[int, int, int]]] = {}
         self._last_cnt: int | None = None
         self.reset_fifo()
 
+    def _fifo_mode(self, mode: int) -> None:
+        if self.tagged:
+            self.bus.write(self.address, FIFO_CTRL4, mode)
+        else:
+            odr = ODR_CODE[self.rate_hz] if mode else 0
+            self.bus.write(self.address, DS3_FIFO_CTRL5, (odr << 3) | mode)
+
     def reset_fifo(self) -> None:
         """Empty the FIFO (bypass mode) and restart it in continuous mode."""
         bus, addr = self.bus, self.address
         odr = ODR_CODE[self.rate_hz]
+        self._fifo_mode(FIFO_MODE_BYPASS)
         if self.tagged:
-            bus.write(addr, FIFO_CTRL4, FIFO_MODE_BYPASS)
             bus.write(addr, FIFO_CTRL3, (odr << 4) | odr)
-            bus.write(addr, FIFO_CTRL4, FIFO_MODE_CONTINUOUS)
         else:
-            bus.write(addr, DS3_FIFO_CTRL5, FIFO_MODE_BYPASS)
             bus.write(addr, DS3_FIFO_CTRL3, DS3_NO_DECIMATION)
-            bus.write(addr, DS3_FIFO_CTRL5, (odr << 3) | FIFO_MODE_CONTINUOUS)
+        self._fifo_mode(FIFO_MODE_CONTINUOUS)
+        if self.tagged:
+            bus.read(addr, FIFO_STATUS2, 1)  # clear a latched overrun from before
         self._pending = {}
         self._last_cnt = None
 
@@ -149,7 +178,7 @@ class Lsm6ds(ImuDriver):
     def _read_tagged(self) -> FifoRead:
         bus, addr = self.bus, self.address
         s1, s2 = bus.read(addr, FIFO_STATUS1, 2)
-        if s2 & STATUS2_OVERRUN:
+        if s2 & STATUS2_OVR_LATCHED:  # words were overwritten since the last status read
             self.reset_fifo()
             return FifoRead(empty_columns(False), 0, overflowed=True)
         words = ((s2 << 8) | s1) & DSOX_DIFF_MASK
@@ -159,24 +188,28 @@ class Lsm6ds(ImuDriver):
         cols = empty_columns(False)
         a, g = self._accel_scale, self._gyro_scale
         lost = 0
+        pending = self._pending
         for i in range(0, len(data), TAGGED_WORD_BYTES):
             tag_byte = data[i]
             tag, cnt = tag_byte >> 3, (tag_byte >> 1) & 0x3
             if tag not in (TAG_GYRO, TAG_ACCEL):
                 continue  # timestamp, temperature, sensor-hub words: not batched by us
-            if self._last_cnt is not None and cnt != self._last_cnt and self._pending:
-                lost += len(self._pending)  # the partner word of an instant never came
-                self._pending = {}
+            if self._last_cnt is not None and cnt != self._last_cnt and pending:
+                lost += len(pending)  # the partner word of an instant never came
+                pending.clear()
             self._last_cnt = cnt
-            self._pending.setdefault(cnt, {})[tag] = XYZ.unpack_from(data, i + 1)
-            pair = self._pending[cnt]
+            pair = pending.setdefault(cnt, {})
+            pair[tag] = XYZ.unpack_from(data, i + 1)
             if len(pair) == 2:
+                del pending[cnt]
                 ax, ay, az = pair[TAG_ACCEL]
                 gx, gy, gz = pair[TAG_GYRO]
+                if ax >= INVALID_SAMPLE or gx >= INVALID_SAMPLE:
+                    lost += 1  # a bootstrap sample (Linux checks the first axis, as here)
+                    continue
                 for col, value in zip(cols, (ax * a, ay * a, az * a, gx * g, gy * g, gz * g),
                                       strict=True):
                     col.append(value)
-                del self._pending[cnt]
         return FifoRead(cols, len(cols[0]), lost_frames=lost)
 
     # --- DS3/DS3TR-C: a fixed pattern of 16-bit words ------------------------------------

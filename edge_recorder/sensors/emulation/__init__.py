@@ -9,6 +9,7 @@ from edge_recorder.sensors.emulation.chip import EmulatedChip, Faults
 from edge_recorder.sensors.emulation.icm42688 import EmulatedIcm42688
 from edge_recorder.sensors.emulation.lsm6ds import (
     EmulatedLsm6ds3,
+    EmulatedLsm6ds3h,
     EmulatedLsm6ds3trc,
     EmulatedLsm6dsox,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "EmulatedChip",
     "EmulatedIcm42688",
     "EmulatedLsm6ds3",
+    "EmulatedLsm6ds3h",
     "EmulatedLsm6ds3trc",
     "EmulatedLsm6dsox",
     "EmulatedMpu6050",
