@@ -4,6 +4,7 @@ MQTT ones run against a real Mosquitto."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import threading
@@ -14,9 +15,12 @@ from typing import Any
 
 import pytest
 
-from edge_recorder.collector.collector import Collector
+from edge_recorder.collector import collector as collector_module
+from edge_recorder.collector.collector import Collector, CollectorStore
 from edge_recorder.config import MqttConfig
+from edge_recorder.delivery.mqtt import Message, NotTaken
 from edge_recorder.devtools import wait_until
+from tests.conftest import cli
 
 PREFIX = "edge-recorder"
 
@@ -91,3 +95,256 @@ def test_a_stored_session_gets_a_receipt_and_so_does_each_duplicate(tmp_path, br
     finally:
         stop.set()
         worker.join(10)
+
+
+# --- issue 12, collector items 1-6 (hostile and unlucky) ----------------------------------
+def on(c: Collector, topic: str, payload: bytes) -> None:
+    """One message through the collector's MQTT handler, as paho would deliver it."""
+    c.on_message(Message(topic, payload))
+
+
+def send(c: Collector, manifest: dict, parts: list[bytes], device: str | None = None,
+         sid: str | None = None) -> None:
+    deliver(lambda t, p: on(c, t, p), manifest, parts, device, sid)
+
+
+def stored_ok(store: Path, device: str, manifest: dict) -> bool:
+    mcap = store / "sessions" / device / f"{manifest['session_id']}.mcap"
+    return mcap.exists() and hashlib.sha256(mcap.read_bytes()).hexdigest() == manifest["sha256"]
+
+
+def listed(store: Path, *args: str) -> list[dict]:
+    r = cli("sessions", "list", "--store", str(store), "--json", *args)
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("evil_id", ["..", "."])
+def test_a_dot_id_touches_nothing(tmp_path, offline, evil_id):
+    """Item 1: ``..`` deleted the whole store, ``.`` every half-received session."""
+    store = tmp_path / "store"
+    good, good_parts = session()
+    send(offline, good, good_parts)
+    half, half_parts = session(sid="20261126T110000000Z-half", device="other")
+    send(offline, half, half_parts[:2])  # another device's half-received session
+    before = tree(store)
+    evil, evil_parts = session(sid=evil_id, device="evil", size=17, part=17)
+    send(offline, evil, evil_parts, sid=evil_id)
+    assert tree(store) == before
+    assert offline.store.refused == 2
+    assert stored_ok(store, "trel", good)
+    assert [m["session_id"] for m in listed(store)] == [good["session_id"]]
+    send(offline, half, half_parts)  # the half-received one still completes
+    assert stored_ok(store, "other", half)
+
+
+def test_a_device_cannot_replace_another_devices_session(tmp_path, offline, caplog):
+    """Item 2: a fake under evil/ naming trel was stored as trel's, the real one dropped."""
+    real, real_parts = session(device="trel", size=5000)
+    fake, fake_parts = session(device="trel", size=17, part=17)
+    send(offline, fake, fake_parts, device="evil")  # same id, claims to be trel
+    assert "names device 'trel', not the device it was published by" in caplog.text
+    send(offline, real, real_parts)
+    assert stored_ok(tmp_path / "store", "trel", real)
+    assert not (tmp_path / "store" / "sessions" / "evil").exists()
+    # the same id from two devices are two sessions
+    own, own_parts = session(device="evil", size=100, part=50)
+    send(offline, own, own_parts)
+    assert stored_ok(tmp_path / "store", "evil", own)
+    assert sorted((m["device_id"], m["session_id"]) for m in listed(tmp_path / "store")) == \
+        [("evil", real["session_id"]), ("trel", real["session_id"])]
+    assert listed(tmp_path / "store", "--device", "trel")[0]["sha256"] == real["sha256"]
+
+
+def test_absurd_part_counts_are_refused_before_any_work(tmp_path, offline):
+    """Item 3: ``parts: 2000000`` took 632 MB, 100 % CPU and a resend of 1,999,999 parts."""
+    manifest, parts = session(size=4_000_000, part=1_000_000)
+    sid = manifest["session_id"]
+    on(offline, f"{PREFIX}/trel/sessions/{sid}/part/0", parts[0])
+    t0 = time.process_time()
+    on(offline, f"{PREFIX}/trel/sessions/{sid}/manifest",
+       json.dumps({**manifest, "parts": 2_000_000}).encode())
+    on(offline, f"{PREFIX}/trel/sessions/{sid}/part/1999999", b"x")
+    on(offline, f"{PREFIX}/trel/sessions/{sid}/part/{'9' * 400}", b"x")
+    assert time.process_time() - t0 < 0.5
+    assert offline.store.refused == 3
+    # nothing asks the device for two million parts: the manifest never came
+    assert offline.store.incomplete(quiet_for_s=-1) == [("trel", sid, None)]
+
+
+def test_part_bookkeeping_does_not_rescan_per_arrival(tmp_path, offline, monkeypatch):
+    """Item 3: part lists were rebuilt on every arrival (quadratic for honest sessions)."""
+    manifest, parts = session(size=3000, part=1)  # 3,000 parts
+    stats = 0
+    real_exists = Path.exists
+
+    def counting_exists(self: Path, *a: Any, **k: Any) -> bool:
+        nonlocal stats
+        stats += 1
+        return real_exists(self, *a, **k)
+
+    monkeypatch.setattr(Path, "exists", counting_exists)
+    on(offline, f"{PREFIX}/trel/sessions/{manifest['session_id']}/manifest",
+       json.dumps(manifest).encode())
+    for n, p in enumerate(parts):
+        on(offline, f"{PREFIX}/trel/sessions/{manifest['session_id']}/part/{n}", p)
+    assert stored_ok(tmp_path / "store", "trel", manifest)
+    assert stats < 5 * len(parts)  # a few per part, not a scan of all parts per part
+
+
+@pytest.mark.parametrize("damage", [{"labels": 5}, {"started_at": None, "stopped_at": None},
+                                    "not json", {"session_id": ".."}])
+def test_one_bad_stored_manifest_never_breaks_a_listing(tmp_path, offline, damage):
+    """Item 4: one manifest with ``"labels": 5`` made sessions list / --json / journeys
+    list fail for the whole store."""
+    store = tmp_path / "store"
+    good, parts = session()
+    send(offline, good, parts)
+    other, other_parts = session(sid="20261126T120000000Z-bad", device="trel")
+    send(offline, other, other_parts)
+    offline.store.index.close()
+    bad = store / "sessions" / "trel" / f"{other['session_id']}.json"
+    bad.write_text(damage if isinstance(damage, str) else json.dumps({**other, **damage}))
+    (store / "index.sqlite").unlink()  # as on a copied store: the index is rebuilt
+    assert [m["session_id"] for m in listed(store)] == [good["session_id"]]
+    for args in (["sessions", "list"], ["journeys", "list"], ["journeys", "list", "--json"]):
+        r = cli(*args, "--store", str(store))
+        assert r.returncode == 0 and "1 damaged manifest(s) left out" in r.stderr, r.stderr
+    assert "j-1" in cli("journeys", "list", "--store", str(store)).stdout
+    # the collector quarantines it when it starts, counts it, and lists it as failed
+    again = CollectorStore(store)
+    assert again.quarantined == 1 and not bad.exists()
+    (failed,) = listed(store, "--state", "failed")
+    assert failed["session_id"] == other["session_id"] and failed["device_id"] == "trel"
+    assert "stored manifest" in failed["reason"]
+    assert Path(failed["path"], f"{other['session_id']}.mcap").exists()  # kept, not deleted
+    r = cli("sessions", "list", "--store", str(store))
+    assert r.returncode == 0 and "damaged" not in r.stderr
+
+
+def test_a_part_that_cannot_be_written_is_not_acknowledged(tmp_path, offline, monkeypatch,
+                                                           caplog):
+    """Item 5: handler errors were swallowed, so paho acknowledged parts never written."""
+    manifest, parts = session()
+
+    def full(*a: Any, **k: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(collector_module, "write_atomic", full)
+    with pytest.raises(NotTaken, match="No space left on device"):
+        on(offline, f"{PREFIX}/trel/sessions/{manifest['session_id']}/part/0", parts[0])
+    assert offline.store_errors == 1
+
+
+@pytest.mark.broker
+def test_a_full_disk_loses_nothing_the_broker_redelivers(tmp_path, broker, client, monkeypatch,
+                                                         caplog):
+    """Item 5: a full collector disk lost 6 of 9 sessions for good."""
+    real_write = collector_module.write_atomic
+    disk_full = threading.Event()
+    disk_full.set()
+    failures = 0
+
+    def write(path: Path, data: bytes) -> None:
+        nonlocal failures
+        if disk_full.is_set() and path.name.startswith("part-"):
+            failures += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(collector_module, "write_atomic", write)
+    stop = threading.Event()
+    collector = Collector(MqttConfig(host="127.0.0.1", port=broker.port), tmp_path / "store")
+    worker = threading.Thread(target=collector.run, args=(stop,))
+    worker.start()
+    try:
+        wait_until(collector.link.connected.is_set, 10, "collector connected")
+        sessions = [session(sid=f"20261126T10000{i}000Z-full", size=3000) for i in range(3)]
+        for manifest, parts in sessions:
+            deliver(client.publish, manifest, parts)
+        wait_until(lambda: failures >= 3, 10, "parts refused by the full disk")
+        assert not any((tmp_path / "store" / "sessions").rglob("*.mcap"))
+        disk_full.clear()  # room again: the broker delivers what was not acknowledged
+        wait_until(lambda: collector.store.stored == 3, 20,
+                   "every session after the disk has room again")
+        assert all(stored_ok(tmp_path / "store", "trel", m) for m, _ in sessions)
+        assert "not acknowledged, the broker will deliver it again" in caplog.text
+        assert "OSError: [Errno 28] No space left on device" in caplog.text
+        assert collector.status()["not_acknowledged"] >= 1
+    finally:
+        stop.set()
+        worker.join(10)
+
+
+def test_resends_go_to_the_device_of_the_folder(tmp_path):
+    """Item 5: the ``device`` file was written non-atomically; an empty one sent resends to
+    ``edge-recorder//cmd``. The device is now the folder the parts are in."""
+    store = CollectorStore(tmp_path / "store")
+    manifest, parts = session()
+    store.add_part("trel", manifest["session_id"], 0, parts[0])
+    store.index.close()
+    (store.incoming / "trel" / manifest["session_id"] / "first_seen").write_text("")  # torn
+    again = CollectorStore(tmp_path / "store")  # a restart
+    assert again.incomplete(quiet_for_s=-1) == [("trel", manifest["session_id"], None)]
+
+
+def test_a_flat_store_from_before_is_migrated(tmp_path):
+    root = tmp_path / "store"
+    manifest, parts = session()
+    (root / "sessions").mkdir(parents=True)
+    (root / "sessions" / f"{manifest['session_id']}.json").write_text(json.dumps(manifest))
+    (root / "sessions" / f"{manifest['session_id']}.mcap").write_bytes(b"".join(parts))
+    half, half_parts = session(sid="20261126T110000000Z-half", device="other")
+    old = root / "incoming" / half["session_id"]
+    old.mkdir(parents=True)
+    (old / "device").write_text("other")
+    (old / "part-000000").write_bytes(half_parts[0])
+    store = CollectorStore(root)
+    assert stored_ok(root, "trel", manifest)
+    for n, p in enumerate(half_parts[1:], 1):
+        store.add_part("other", half["session_id"], n, p)
+    store.add_manifest("other", half["session_id"], json.dumps(half).encode())
+    assert stored_ok(root, "other", half)
+
+
+def test_a_truncated_stream_is_quarantined_not_asked_for_forever(tmp_path, offline):
+    """Item 6: a truncated outbox file was published with the manifest's size, then
+    re-requested every 30 s forever."""
+    manifest, parts = session(size=5000, part=1024)
+    parts[-1] = parts[-1][:100]  # the device's file lost its tail
+    send(offline, manifest, parts)
+    store = offline.store
+    assert not store.has("trel", manifest["session_id"])
+    assert store.due_for_resend(quiet_for_s=-1) == []  # nothing left to ask for
+    (rejected,) = store.rejected()
+    assert "truncated" in rejected.reason and rejected.session_id == manifest["session_id"]
+    assert listed(tmp_path / "store", "--state", "failed")[0]["session_id"] == \
+        manifest["session_id"]
+
+
+def test_incomplete_sessions_expire_from_their_first_part(tmp_path, offline, monkeypatch):
+    """Item 6: each attempt refreshed the folder, so the 24 h expiry never fired."""
+    manifest, parts = session()
+    sid = manifest["session_id"]
+    clock = [1_800_000_000.0]
+    monkeypatch.setattr(collector_module.time, "time", lambda: clock[0])
+    on(offline, f"{PREFIX}/trel/sessions/{sid}/manifest", json.dumps(manifest).encode())
+    for hour in range(1, 26):  # a part (or a resent one) arrives every hour, never the last
+        clock[0] += 3600
+        on(offline, f"{PREFIX}/trel/sessions/{sid}/part/{hour % 3}", parts[hour % 3])
+        offline.store.expire()
+    assert not (tmp_path / "store" / "incoming" / "trel" / sid).exists()
+    (rejected,) = offline.store.rejected()
+    assert "incomplete 24.0 h after its first message" in rejected.reason
+
+
+def test_resend_requests_back_off(tmp_path, offline, monkeypatch):
+    manifest, parts = session()
+    send(offline, manifest, parts[:-1])
+    now = [1000.0]
+    monkeypatch.setattr(collector_module.time, "monotonic", lambda: now[0])
+    asked = []
+    for _ in range(600):  # ten minutes, a check every second
+        asked += [now[0] for _ in offline.store.due_for_resend(quiet_for_s=-1)]
+        now[0] += 1
+    assert [a - 1000 for a in asked] == [0, 30, 90, 210, 450]
