@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +21,39 @@ from edge_recorder import __version__
 from edge_recorder.config import DEFAULT_CONFIG_PATH, MqttConfig, load_config
 from edge_recorder.errors import ConfigError, EdgeRecorderError, UsageError
 from edge_recorder.log import setup_logging
+from edge_recorder.termio import atomic_output, progress_bar
 
 if TYPE_CHECKING:
     from edge_recorder.query.index import Index
 
 log = logging.getLogger("edge_recorder")
+
+EXPORT_FORMATS = ["csv", "parquet", "edge-impulse", "ros2-imu"]
+SORT_KEYS: dict[str, Callable[[Any], Any]] = {
+    "started": lambda e: e.manifest.started_at,
+    "duration": lambda e: e.manifest.duration_s,
+    "device": lambda e: (e.manifest.device_id, e.manifest.started_at),
+    "id": lambda e: e.manifest.session_id,
+}
+SORT_KEYS.update({f"-{k}": v for k, v in list(SORT_KEYS.items())})
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return value
+
+
+def _atomic_text(path: Path) -> Any:
+    return atomic_output(path, "w", newline="")
+
+
+def _atomic_binary(path: Path) -> Any:
+    return atomic_output(path, "wb")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,9 +64,12 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    common.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    common.add_argument("--debug", action="store_true",
+                        help="show tracebacks and debug logs (e.g. run --debug)")
+    common.add_argument("--log-level", default="INFO", metavar="LEVEL",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                        help="DEBUG, INFO (default), WARNING or ERROR (e.g. --log-level "
+                             "warning)")
     p = _Parser(prog="edge-recorder", parents=[common],
                 description="Record I2C IMU sessions and deliver them over MQTT.")
     p.add_argument("--version", action="version", version=f"edge-recorder {__version__}")
@@ -45,25 +77,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     def config_arg(q: argparse.ArgumentParser) -> None:
         q.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH,
-                       help=f"YAML config (default {DEFAULT_CONFIG_PATH})")
+                       help=f"YAML config (default {DEFAULT_CONFIG_PATH}; e.g. -c demo.yaml)")
 
     q = sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
     config_arg(q)
     q = sub.add_parser("check-config", parents=[common], help="validate a config file")
     config_arg(q)
     q = sub.add_parser("probe", parents=[common], help="find IMUs on an I2C bus")
-    q.add_argument("--bus", default="1", help="bus number (default 1) or 'emulated'")
+    q.add_argument("--bus", default="1",
+                   help="bus number (default 1, /dev/i2c-1) or 'emulated' (e.g. --bus 0)")
 
     q = sub.add_parser("collect", parents=[common], help="store sessions published over MQTT")
-    q.add_argument("--host", required=True)
-    q.add_argument("--port", type=int, default=1883)
-    q.add_argument("--store", type=Path, required=True)
-    q.add_argument("--topic-prefix", default="edge-recorder")
-    q.add_argument("--client-id", default="edge-recorder-collector",
-                   help="fixed, so the broker keeps this collector's session while it is down")
-    q.add_argument("--username")
-    q.add_argument("--password-file", type=Path)
-    q.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    q.add_argument("--host", required=True, help="the MQTT broker (e.g. --host broker.local)")
+    q.add_argument("--port", type=int, default=1883,
+                   help="the broker's port (default 1883; e.g. --port 8883)")
+    q.add_argument("--store", type=Path, required=True, metavar="DIR",
+                   help="where sessions are stored (e.g. --store /srv/sessions)")
+    q.add_argument("--topic-prefix", default="edge-recorder", metavar="PREFIX",
+                   help="the devices' mqtt.topic_prefix (default edge-recorder; e.g. "
+                        "--topic-prefix plant-3)")
+    q.add_argument("--client-id", default="edge-recorder-collector", metavar="ID",
+                   help="fixed, so the broker keeps this collector's session while it is "
+                        "down (e.g. --client-id collector-2)")
+    q.add_argument("--username", help="broker user name (e.g. --username collector)")
+    q.add_argument("--password-file", type=Path, metavar="FILE",
+                   help="file holding the broker password (e.g. --password-file "
+                        "/etc/edge-recorder/collector.pass)")
+    q.add_argument("--protocol", choices=["5", "3.1.1"], default="5",
+                   help="MQTT version (default 5; e.g. --protocol 3.1.1)")
     q.add_argument("--share", metavar="GROUP",
                    help="join an MQTT 5 shared-subscription group: the broker spreads the "
                         "sessions over every collector started with the same GROUP, all on "
@@ -79,36 +120,79 @@ def build_parser() -> argparse.ArgumentParser:
                             "postgresql://collector@db.local/sessions (pip install "
                             "'edge-recorder[postgres]')")
 
-    def store_arg(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--store", type=Path, required=True,
-                       help="the collector's store or the daemon's storage.dir")
-        q.add_argument("--json", action="store_true", help="one JSON object per line")
+    def store_arg(q: argparse.ArgumentParser, *, required: bool = True) -> None:
+        q.add_argument("--store", type=Path, required=required, metavar="DIR",
+                       help="the collector's store or the daemon's storage.dir "
+                            "(e.g. --store /srv/sessions)")
+        q.add_argument("--device", metavar="ID",
+                       help="only this device's sessions (e.g. --device demo-pi)")
         index_arg(q)
+
+    def json_arg(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--json", action="store_true",
+                       help="one JSON object per line, for scripts (e.g. … --json | jq .)")
+
+    def session_arg(q: argparse.ArgumentParser) -> None:
+        q.add_argument("session", metavar="SESSION",
+                       help="a session file (e.g. sessions/20261126T100000000Z-3f2a.mcap) or, "
+                            "with --store, a session id (e.g. 20261126T100000000Z-3f2a)")
+        store_arg(q, required=False)
 
     sessions = sub.add_parser("sessions", parents=[common], help="stored sessions")
     ssub = sessions.add_subparsers(dest="action", required=True, parser_class=_Parser)
     q = ssub.add_parser("list", parents=[common], help="list and filter sessions")
     store_arg(q)
+    json_arg(q)
     q.add_argument("--label", action="append", default=[],
-                   help="must have this label (repeat: must have all)")
-    q.add_argument("--journey")
-    q.add_argument("--device")
-    q.add_argument("--since", help="ISO 8601 UTC time or an age (30m, 2h, 7d)")
-    q.add_argument("--until", help="ISO 8601 UTC time or an age (30m, 2h, 7d)")
+                   help="must have this label; repeat: must have all (e.g. --label login)")
+    q.add_argument("--journey", metavar="ID", help="only this journey (e.g. --journey j-42)")
+    q.add_argument("--since", metavar="TIME",
+                   help="started at or after: ISO 8601 UTC or an age (e.g. --since 2h, "
+                        "--since 2026-11-26T10:00Z)")
+    q.add_argument("--until", metavar="TIME",
+                   help="started before: ISO 8601 UTC or an age (e.g. --until 30m)")
+    q.add_argument("--sort", choices=sorted(SORT_KEYS), default="started", metavar="KEY",
+                   help="order by started (default), duration, device or id; a leading - "
+                        "reverses (e.g. --sort=-started: newest first)")
+    q.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="at most N sessions, after sorting (e.g. --limit 20)")
     q.add_argument("--state", choices=["failed"],
                    help="failed: the quarantined items (the collector's rejected/, the "
-                        "device's failed/), each with why")
+                        "device's failed/), each with why (e.g. --state failed)")
+    q = ssub.add_parser("show", parents=[common], help="one session's manifest and file")
+    q.add_argument("session_id", metavar="ID",
+                   help="the session id (e.g. 20261126T100000000Z-3f2a)")
+    store_arg(q)
+    json_arg(q)
     journeys = sub.add_parser("journeys", parents=[common], help="journeys")
     jsub = journeys.add_subparsers(dest="action", required=True, parser_class=_Parser)
-    store_arg(jsub.add_parser("list", parents=[common], help="one row per journeyId"))
+    q = jsub.add_parser("list", parents=[common], help="one row per journeyId")
+    store_arg(q)
+    json_arg(q)
 
-    q = sub.add_parser("export", parents=[common], help="export a session's samples")
-    q.add_argument("session_file", type=Path)
-    q.add_argument("--format", choices=["csv"], default="csv")
-    q.add_argument("-o", "--output", type=Path, required=True, help="output file ('-' = stdout)")
-    q = sub.add_parser("plot", parents=[common], help="PNG of every sensor channel over time")
-    q.add_argument("session_file", type=Path)
-    q.add_argument("-o", "--output", type=Path, required=True)
+    q = sub.add_parser("export", parents=[common], help="export a session's samples",
+                       epilog="examples: export S.mcap -o s.csv; export ID --store /srv/sessions "
+                              "--format edge-impulse -o ei/; export S.mcap --format ros2-imu "
+                              "-o imu.mcap")
+    session_arg(q)
+    q.add_argument("--format", choices=EXPORT_FORMATS, default="csv",
+                   help="csv (default), parquet (needs the [data] extra), edge-impulse (a "
+                        "folder of data acquisition JSON files), ros2-imu (MCAP of "
+                        "sensor_msgs/msg/Imu) (e.g. --format parquet)")
+    q.add_argument("-o", "--output", type=Path, required=True, metavar="PATH",
+                   help="output file, '-' for stdout (csv, ros2-imu), or a folder for "
+                        "edge-impulse (e.g. -o session.csv)")
+    q.add_argument("--label", metavar="LABEL",
+                   help="edge-impulse: the label to train on (default: the session's first "
+                        "label) (e.g. --label walking)")
+    q.add_argument("--hmac-key-file", type=Path, metavar="FILE",
+                   help="edge-impulse: sign each file with the project's HMAC key read from "
+                        "FILE (e.g. --hmac-key-file ~/.ei-hmac); unsigned without it")
+    q = sub.add_parser("plot", parents=[common], help="PNG of every sensor channel over time",
+                       epilog="example: plot ID --store /srv/sessions -o session.png")
+    session_arg(q)
+    q.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                   help="image to write: .png, .pdf or .svg (e.g. -o session.png)")
     return p
 
 
@@ -229,23 +313,51 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
         entries = index.select(labels=args.label, journey=args.journey, device=args.device,
                                since=since, until=until)
         _report_damaged(index)
+    entries.sort(key=SORT_KEYS[args.sort], reverse=args.sort.startswith("-"))
+    if args.limit is not None:
+        entries = entries[:args.limit]
     if args.json:
         for e in entries:
             print(json.dumps(e.as_json()))
         return 0
     device_store = any(e.published is not None for e in entries)
-    header = f"{'SESSION':<31} {'DEVICE':<16} {'STARTED (UTC)':<27} {'SECONDS':>8}  " \
-             f"{'STOP':<12} {'JOURNEY':<30} LABELS"
-    print(header + ("  PUBLISHED" if device_store else ""))
+    rows = []
     for e in entries:
         m = e.manifest
-        line = (f"{m.session_id:<31} {m.device_id:<16} {m.started_at:<27} "
-                f"{m.duration_s:>8.2f}  {m.stop_reason:<12} {str(m.journey_id):<30} "
-                f"{','.join(m.labels)}")
+        row = [m.session_id, m.device_id, m.started_at, f"{m.duration_s:.2f}",
+               m.stop_reason, str(m.journey_id), ",".join(m.labels)]
         if device_store:
-            line += f"  {'yes' if e.published else 'no'}"
-        print(line)
-    print(f"({len(entries)} session(s))", file=sys.stderr)
+            row.append("yes" if e.published else "no")
+        rows.append(row)
+    header = ["SESSION", "DEVICE", "STARTED (UTC)", "SECONDS", "STOP", "JOURNEY", "LABELS"]
+    _table(header + (["PUBLISHED"] if device_store else []), rows, right={3})
+    _footer(f"({len(entries)} session(s))")
+    return 0
+
+
+def cmd_sessions_show(args: argparse.Namespace) -> int:
+    from edge_recorder.query.index import open_index
+
+    with open_index(args.store, args.index) as index:
+        entry = index.find(args.session_id, device=args.device)
+    if args.json:
+        print(json.dumps(entry.as_json()))
+        return 0
+    m = entry.manifest.to_dict()
+    print(f"session   {m['session_id']}")
+    print(f"file      {entry.path}")
+    for key in ("device_id", "labels", "journey_id", "started_at", "stopped_at", "duration_s",
+                "stop_reason", "trigger", "pre_trigger_s", "bytes", "sha256"):
+        if key in m:
+            value = m[key]
+            text = ", ".join(map(str, value)) if isinstance(value, list) else \
+                json.dumps(value) if isinstance(value, dict) else str(value)
+            print(f"{key:<9} {text}")
+    for sensor in entry.manifest.sensors:
+        print(f"sensor    {sensor.name}: {sensor.driver} at {sensor.rate_hz:g} Hz, "
+              f"{sensor.samples} samples, {sensor.dropped} dropped, {len(sensor.gaps)} gap(s)")
+    if entry.published is not None:
+        print(f"published {'yes' if entry.published else 'no'}")
     return 0
 
 
@@ -283,44 +395,140 @@ def cmd_journeys_list(args: argparse.Namespace) -> int:
     with open_index(args.store, args.index) as index:
         rows = index.journeys()
         _report_damaged(index)
+    if args.device:
+        rows = [r for r in rows if args.device in r["devices"]]
     if args.json:
         for row in rows:
             print(json.dumps(row))
         return 0
-    print(f"{'JOURNEY':<40} {'SESSIONS':>8}  {'FIRST (UTC)':<27} {'LAST (UTC)':<27} DEVICES")
-    for r in rows:
-        print(f"{r['journey_id']:<40} {r['sessions']:>8}  {r['first_started_at']:<27} "
-              f"{r['last_stopped_at']:<27} {','.join(map(str, r['devices']))}")
+    _table(["JOURNEY", "SESSIONS", "FIRST (UTC)", "LAST (UTC)", "DEVICES"],
+           [[str(r["journey_id"]), str(r["sessions"]), str(r["first_started_at"] or ""),
+             str(r["last_stopped_at"] or ""), ",".join(map(str, r["devices"]))] for r in rows],
+           right={1})
+    _footer(f"({len(rows)} journey(s))")
     return 0
+
+
+def _table(header: list[str], rows: list[list[str]], *, right: set[int] = frozenset()) -> None:
+    """Columns as wide as their widest cell; the last one unpadded."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    for cells in (header, *rows):
+        parts = [c.rjust(w) if i in right else c.ljust(w)
+                 for i, (c, w) in enumerate(zip(cells, widths, strict=True))]
+        print("  ".join(parts[:-1] + [cells[-1]]).rstrip())
+
+
+def _footer(text: str) -> None:
+    """A count for people, after the table (stdout first, so the two never interleave)."""
+    sys.stdout.flush()
+    print(text, file=sys.stderr)
+
+
+def _session_path(args: argparse.Namespace) -> Path:
+    """The session file SESSION names: a path, or an id looked up in --store's index."""
+    given = Path(args.session)
+    if given.suffix == ".json":
+        raise UsageError(f"{given} is a session's manifest; give its session file "
+                         f"{given.with_suffix('.mcap')} (or the id with --store)")
+    if given.is_file():
+        return given
+    if args.store is None:
+        if given.suffix == ".mcap" or "/" in args.session:
+            raise UsageError(f"{given}: no such session file")
+        raise UsageError(f"{given}: no such session file; to use a session id, add --store "
+                         "DIR")
+    from edge_recorder.query.index import open_index
+
+    with open_index(args.store, args.index) as index:
+        return index.find(args.session, device=args.device).path
+
+
+def _output_dir_exists(output: Path) -> None:
+    parent = output.parent
+    if not parent.is_dir():
+        raise UsageError(f"{parent}: no such folder for --output {output}")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edge_recorder.query.export import write_csv
+    from edge_recorder.sessionfile import SessionFile
 
-    _need_file(args.session_file)
-    if str(args.output) == "-":
-        write_csv(args.session_file, sys.stdout)
-        return 0
-    tmp = args.output.with_name(f".{args.output.name}.tmp")
-    with open(tmp, "w", newline="") as out:
-        rows = write_csv(args.session_file, out)
-    tmp.replace(args.output)
-    print(f"{args.output}: {rows} rows", file=sys.stderr)
+    path = _session_path(args)
+    to_stdout = str(args.output) == "-"
+    if args.format == "edge-impulse":
+        if to_stdout:
+            raise UsageError("--format edge-impulse writes a folder of files; give -o DIR")
+        if args.output.exists() and not args.output.is_dir():
+            raise UsageError(f"{args.output} is a file; edge-impulse needs a folder for -o")
+        _output_dir_exists(args.output)
+    elif not to_stdout:
+        if args.output.is_dir():
+            raise UsageError(f"{args.output} is a folder; give a file name for -o")
+        _output_dir_exists(args.output)
+    if to_stdout and args.format == "parquet":
+        raise UsageError("--format parquet needs a file for -o, not stdout")
+    if args.hmac_key_file is not None and args.format != "edge-impulse":
+        raise UsageError("--hmac-key-file signs edge-impulse files only")
+    key = None
+    if args.hmac_key_file is not None:
+        try:
+            key = args.hmac_key_file.read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--hmac-key-file {args.hmac_key_file}: cannot read it "
+                             f"({exc.strerror or exc})") from None
+    session = SessionFile(path)
+    with progress_bar(f"export {args.format}") as progress:
+        if args.format == "edge-impulse":
+            from edge_recorder.query.edge_impulse import default_label, write_edge_impulse
+
+            label = default_label(session, args.label)
+            args.output.mkdir(exist_ok=True)
+            written = write_edge_impulse(
+                session, lambda name: _atomic_binary(args.output / name), label=label,
+                hmac_key=key, progress=progress)
+            summary = f"{len(written)} file(s), label {label!r}"
+        elif args.format == "csv":
+            from edge_recorder.query.export import write_csv
+
+            if to_stdout:
+                write_csv(session, sys.stdout, progress=progress)
+                return 0
+            with _atomic_text(args.output) as out:
+                rows = write_csv(session, out, progress=progress)
+            summary = f"{rows} rows"
+        elif args.format == "parquet":
+            from edge_recorder.query.export import write_parquet
+
+            with _atomic_binary(args.output) as bout:
+                rows = write_parquet(session, bout, progress=progress)
+            summary = f"{rows} rows"
+        else:
+            from edge_recorder.query.ros2_imu import write_ros2_imu
+
+            if to_stdout:
+                write_ros2_imu(session, sys.stdout.buffer, progress=progress)
+                return 0
+            with _atomic_binary(args.output) as bout:
+                messages = write_ros2_imu(session, bout, progress=progress)
+            summary = f"{messages} sensor_msgs/msg/Imu messages"
+    print(f"{args.output}: {summary}", file=sys.stderr)
     return 0
+
+
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    if args.output.suffix.lower() not in PLOT_SUFFIXES:
+        raise UsageError(f"{args.output}: plot writes {', '.join(PLOT_SUFFIXES)} images; "
+                         f"name the output e.g. {args.output.with_suffix('.png').name}")
+    _output_dir_exists(args.output)
+    path = _session_path(args)
     from edge_recorder.query.plot import plot_session
 
-    _need_file(args.session_file)
-    plot_session(args.session_file, args.output)
+    with progress_bar("plot") as progress:
+        plot_session(path, args.output, progress=progress)
     print(f"{args.output}: written", file=sys.stderr)
     return 0
-
-
-def _need_file(path: Path) -> None:
-    if not path.is_file():
-        raise UsageError(f"{path}: no such session file")
 
 
 COMMANDS = {
@@ -329,10 +537,22 @@ COMMANDS = {
     ("probe", None): cmd_probe,
     ("collect", None): cmd_collect,
     ("sessions", "list"): cmd_sessions_list,
+    ("sessions", "show"): cmd_sessions_show,
     ("journeys", "list"): cmd_journeys_list,
     ("export", None): cmd_export,
     ("plot", None): cmd_plot,
 }
+
+
+def _reader_went_away() -> int:
+    """stdout's reader closed the pipe (``… -o - | head -1``): stop quietly, as a command
+    killed by SIGPIPE would (exit 141), and keep Python from complaining at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,7 +560,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level, debug=args.debug)
     command = COMMANDS[(args.command, getattr(args, "action", None))]
     try:
-        return command(args)
+        code = command(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's exit handler
+        return code
+    except BrokenPipeError:
+        return _reader_went_away()
     except ConfigError as exc:
         print(f"{exc.source}: invalid configuration:", file=sys.stderr)
         for problem in exc.problems:

@@ -1,21 +1,32 @@
 """The session file format (SPEC §5): one MCAP file per session, owned by this module.
 
-Inside: one channel per sensor (topic ``imu/{name}``), messages in ROS 2 CDR with the
-``ros2msg`` schema embedded (MCAP's well-known registry; Foxglove, the mcap CLI and
-rosbag2 decode it), each message a batch of consecutive samples with one timestamp per
-sample (``t_ns``, int64 ns since the UNIX epoch) and one float32 array per channel in SI
-units. float32 keeps 24 bits, more than the chips' 16-bit converters deliver. Chunks are
-zstd-compressed and closed at every :meth:`SessionWriter.flush`, so a crash loses only
-what came after the last flush. The manifest is a metadata record named ``session``:
-every field as a string, plus ``manifest``, the whole manifest as JSON.
+The file follows MCAP's ``ros2`` profile, so rosbag2, ``rosbags`` and Foxglove read it as
+it is: one channel per sensor (topic ``/imu/{name}``, ``offered_qos_profiles`` in its
+metadata), messages in ROS 2 CDR with the ``ros2msg`` schema embedded, each message a
+batch of consecutive samples with one timestamp per sample (``t_ns``, int64 ns since the
+UNIX epoch) and one float32 array per channel in SI units. float32 keeps 24 bits, more
+than the chips' 16-bit converters deliver. Chunks are zstd-compressed and closed at every
+:meth:`SessionWriter.flush`, so a crash loses only what came after the last flush.
+
+Finished files carry two metadata records: ``session`` (every manifest field as a
+string, plus ``manifest``, the whole manifest as JSON; Foxglove lists it with the labels
+and journey) and ``foxglove`` (``deviceName``, and ``key`` = the session id, which
+Foxglove's import uses to file the recording under its device and import it once).
+
+Every read here first checks the file's CRCs (:func:`verify`): a flipped byte is a
+:class:`SessionFileError`, never silently different data. Files written before the
+``ros2`` profile (topics ``imu/{name}``, no data-section CRC) are still read; for those
+the sha256 in the manifest beside the file stands in for the missing CRC.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
 import sys
+import zlib
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,8 +46,16 @@ from edge_recorder.sampling.ring import Block
 from edge_recorder.sensors.base import CHANNELS
 
 SCHEMA_NAME = "edge_recorder/msg/ImuSamples"
-TOPIC_PREFIX = "imu/"
-PROFILE = "edge-recorder"
+TOPIC_PREFIX = "/imu/"  # ROS 2 topic names are absolute
+LEGACY_TOPIC_PREFIXES = ("imu/",)  # files written before the ros2 profile
+PROFILE = "ros2"
+# rosbag2 writes the publishers' QoS here; these are ROS 2's sensor-data defaults
+# (rmw_qos_profile_sensor_data: keep_last, depth 5, best_effort, volatile)
+OFFERED_QOS_PROFILES = (
+    "- history: keep_last\n  depth: 5\n  reliability: best_effort\n  durability: volatile\n"
+    "  deadline:\n    sec: 0\n    nsec: 0\n  lifespan:\n    sec: 0\n    nsec: 0\n"
+    "  liveliness: automatic\n  liveliness_lease_duration:\n    sec: 0\n    nsec: 0\n"
+    "  avoid_ros_namespace_conventions: false\n")
 FILE_ONLY_FIELDS = ("bytes", "sha256", "parts")  # about the file, so not inside it
 FLOAT_FIELDS = CHANNELS  # ax ay az (m/s²), gx gy gz (rad/s), temp_c (°C; empty if none)
 
@@ -116,6 +135,15 @@ def session_record(manifest: dict[str, Any]) -> dict[str, str]:
     return record
 
 
+def foxglove_record(manifest: dict[str, Any]) -> dict[str, str]:
+    """The ``foxglove`` metadata record Foxglove's import reads: ``deviceName`` files the
+    recording under its device, ``key`` (the session id) makes the import idempotent."""
+    record = {"key": str(manifest["session_id"])}
+    if manifest.get("device_id"):
+        record["deviceName"] = str(manifest["device_id"])
+    return record
+
+
 def shift_samples(data: bytes, delta_ns: int) -> bytes:
     """An :func:`encode_block` message with every ``t_ns`` moved by ``delta_ns``."""
     if data[:4] != CDR_LE_HEADER:
@@ -135,12 +163,16 @@ def restamp(path: Path, delta_ns: int, manifest: dict[str, Any],
     over it.
     """
     tmp = out_path or path.with_name(path.name + ".restamp")
+    verify(path)
     with open(path, "rb") as src:
-        reader = _open_reader(src, path)
+        try:
+            reader = make_reader(src, validate_crcs=True)
+        except (McapError, ValueError) as exc:
+            raise SessionFileError(f"{path}: not a readable MCAP session file ({exc})") from exc
         header = reader.get_header()
         summary = reader.get_summary()
         with open(tmp, "wb") as out:
-            writer = Writer(out, compression=CompressionType.ZSTD)
+            writer = Writer(out, compression=CompressionType.ZSTD, enable_data_crcs=True)
             writer.start(profile=header.profile, library=header.library)
             schema_ids: dict[int, int] = {}
             channel_ids: dict[int, int] = {}
@@ -154,7 +186,7 @@ def restamp(path: Path, delta_ns: int, manifest: dict[str, Any],
                         dict(ch.metadata))
             for _schema, ch, message in reader.iter_messages(log_time_order=False):
                 data = shift_samples(message.data, delta_ns) \
-                    if ch.topic.startswith(TOPIC_PREFIX) else message.data
+                    if sensor_of(ch.topic) is not None else message.data
                 writer.add_message(channel_ids[ch.id], message.log_time + delta_ns, data,
                                    message.publish_time + delta_ns, message.sequence)
             for record in reader.iter_metadata():
@@ -175,7 +207,7 @@ class SessionWriter:
         self.path = path
         self._file: IO[bytes] | None = open(path, "xb")  # noqa: SIM115 (closed in finish/abort)
         self._writer = Writer(self._file, chunk_size=chunk_bytes,
-                              compression=CompressionType.ZSTD)
+                              compression=CompressionType.ZSTD, enable_data_crcs=True)
         self._writer.start(profile=PROFILE, library=f"edge-recorder {__version__}")
         schema_id = self._writer.register_schema(SCHEMA_NAME, "ros2msg", SCHEMA.encode())
         self._channels: dict[str, int] = {}
@@ -183,7 +215,8 @@ class SessionWriter:
             self._channels[s.name] = self._writer.register_channel(
                 TOPIC_PREFIX + s.name, "cdr", schema_id,
                 {"driver": s.driver, "rate_hz": f"{s.rate_hz:g}",
-                 "units": "t_ns: ns since epoch; a*: m/s^2; g*: rad/s; temp_c: degC"})
+                 "units": "t_ns: ns since epoch; a*: m/s^2; g*: rad/s; temp_c: degC",
+                 "offered_qos_profiles": OFFERED_QOS_PROFILES})
         self._sequence = 0
         self.flush()
 
@@ -202,6 +235,7 @@ class SessionWriter:
         """Write the ``session`` metadata record and the index, fsync and close."""
         assert self._file is not None
         self._writer.add_metadata("session", session_record(manifest))
+        self._writer.add_metadata("foxglove", foxglove_record(manifest))
         self._writer.finish()
         self._file.flush()
         os.fsync(self._file.fileno())
@@ -215,41 +249,231 @@ class SessionWriter:
             self._file = None
 
 
-def _open_reader(stream: IO[bytes], path: Path) -> Any:
+def sensor_of(topic: str) -> str | None:
+    """The sensor name of a session channel's topic (either generation), else None."""
+    for prefix in (TOPIC_PREFIX, *LEGACY_TOPIC_PREFIXES):
+        if topic.startswith(prefix):
+            return topic[len(prefix):]
+    return None
+
+
+_MAGIC = b"\x89MCAP0\r\n"
+_FOOTER = struct.Struct("<BQQQI")  # opcode, record length, summary start, offsets start, crc
+_DATA_END = struct.Struct("<BQI")  # opcode, record length, data section crc
+_OP_FOOTER, _OP_DATA_END = 0x02, 0x0F
+_CRC_BLOCK_BYTES = 1 << 20
+
+
+def _crc_range(f: IO[bytes], start: int, end: int) -> int:
+    crc = 0
+    f.seek(start)
+    left = end - start
+    while left > 0:
+        block = f.read(min(left, _CRC_BLOCK_BYTES))
+        if not block:
+            raise SessionFileError("the file ends early")
+        crc = zlib.crc32(block, crc)
+        left -= len(block)
+    return crc
+
+
+def verify(path: Path) -> bool:
+    """Check a finished session file's CRCs (MCAP spec: data section and summary CRCs).
+
+    Returns True when the whole data section is covered by its CRC (files of this
+    version); for older files, written without one, the sha256 in the manifest beside
+    the file is checked instead when there is one, and chunk CRCs are checked as the
+    chunks are read. Raises :class:`SessionFileError` naming what does not match.
+    """
     try:
-        return make_reader(stream)
-    except (McapError, ValueError, OSError) as exc:
-        raise SessionFileError(f"{path}: not a readable MCAP session file ({exc})") from exc
+        with open(path, "rb") as f:
+            covered = _verify_open(f, path)
+            if not covered:
+                _verify_sidecar(f, path)
+            return covered
+    except OSError as exc:
+        raise SessionFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def _verify_open(f: IO[bytes], path: Path) -> bool:
+    size = os.fstat(f.fileno()).st_size
+    if path.suffix == ".json":
+        raise SessionFileError(f"{path} is a manifest; give the session file "
+                               f"{path.with_suffix('.mcap').name} (or its id with --store)")
+    if f.read(8) != _MAGIC:
+        raise SessionFileError(f"{path}: not an MCAP file (it does not start with MCAP's "
+                               "magic bytes)")
+    tail = 8 + _FOOTER.size
+    if size < 8 + _DATA_END.size + tail:
+        raise SessionFileError(f"{path}: damaged session file (truncated: {size} bytes)")
+    f.seek(size - tail)
+    footer = f.read(tail)
+    if footer[_FOOTER.size:] != _MAGIC:
+        raise SessionFileError(f"{path}: damaged session file (no end magic: truncated or "
+                               "not finished)")
+    opcode, length, summary_start, _offsets, summary_crc = _FOOTER.unpack(footer[:_FOOTER.size])
+    footer_start = size - tail
+    if opcode != _OP_FOOTER or length != _FOOTER.size - 9 or summary_start > footer_start:
+        raise SessionFileError(f"{path}: damaged session file (bad footer)")
+    data_end_stop = summary_start or footer_start
+    if data_end_stop < 8 + _DATA_END.size:
+        raise SessionFileError(f"{path}: damaged session file (bad summary offset)")
+    if summary_crc and summary_crc != _crc_range(f, data_end_stop, footer_start + 25):
+        raise SessionFileError(f"{path}: damaged session file (summary CRC mismatch)")
+    f.seek(data_end_stop - _DATA_END.size)
+    opcode, length, data_crc = _DATA_END.unpack(f.read(_DATA_END.size))
+    if opcode != _OP_DATA_END or length != 4:
+        raise SessionFileError(f"{path}: damaged session file (no data-end record where the "
+                               "footer says)")
+    if data_crc and data_crc != _crc_range(f, 0, data_end_stop - _DATA_END.size):
+        raise SessionFileError(f"{path}: damaged session file (data CRC mismatch)")
+    return data_crc != 0
+
+
+def _verify_sidecar(f: IO[bytes], path: Path) -> None:
+    try:
+        manifest = json.loads(path.with_suffix(".json").read_text())
+        expected = manifest["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    digest = hashlib.sha256()
+    f.seek(0)
+    while block := f.read(_CRC_BLOCK_BYTES):
+        digest.update(block)
+    if digest.hexdigest() != expected:
+        raise SessionFileError(f"{path}: damaged session file (its sha256 differs from the "
+                               "manifest's)")
+
+
+class SessionFile:
+    """A finished session file opened for reading: its CRCs are checked once, on opening.
+
+    Every reader of session files on the receiving side goes through this class, so none
+    can skip the check. Raises :class:`SessionFileError` for a missing, foreign, or damaged
+    file.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._covered = verify(path)
+        self._manifest: dict[str, Any] | None = None
+        self._channels: list[ChannelInfo] | None = None
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """The manifest stored in the file's ``session`` metadata record."""
+        if self._manifest is None:
+            self._manifest = self._read_manifest()
+        return self._manifest
+
+    @property
+    def channels(self) -> list[ChannelInfo]:
+        """The file's sensors, in channel order."""
+        if self._channels is None:
+            self._channels = self._read_channels()
+        return self._channels
+
+    def _reader(self, f: IO[bytes]) -> Any:
+        try:
+            return make_reader(f, validate_crcs=True)
+        except (McapError, ValueError, OSError) as exc:
+            raise SessionFileError(f"{self.path}: not a readable MCAP session file "
+                                   f"({exc})") from exc
+
+    def _read_manifest(self) -> dict[str, Any]:
+        try:
+            with open(self.path, "rb") as f:
+                for record in self._reader(f).iter_metadata():
+                    if record.name == "session":
+                        return dict(json.loads(record.metadata["manifest"]))
+        except OSError as exc:
+            raise SessionFileError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        except (McapError, ValueError, KeyError) as exc:
+            raise SessionFileError(f"{self.path}: damaged session file ({exc})") from exc
+        raise SessionFileError(f"{self.path}: no 'session' metadata record; not an "
+                               "edge-recorder session")
+
+    def _read_channels(self) -> list[ChannelInfo]:
+        try:
+            with open(self.path, "rb") as f:
+                summary = self._reader(f).get_summary()
+        except (McapError, ValueError, OSError) as exc:
+            raise SessionFileError(f"{self.path}: damaged session file ({exc})") from exc
+        if summary is None:
+            raise SessionFileError(f"{self.path}: no summary section; not a finished "
+                                   "session file")
+        out = []
+        for channel in sorted(summary.channels.values(), key=lambda c: c.id):
+            name = sensor_of(channel.topic)
+            if name is not None:
+                out.append(ChannelInfo(name, channel.metadata.get("driver", "?"),
+                                       float(channel.metadata.get("rate_hz", 0) or 0)))
+        return out
+
+    def message_span_ns(self) -> tuple[int, int]:
+        """First and last message time (the first sample of the first and last message)."""
+        try:
+            with open(self.path, "rb") as f:
+                summary = self._reader(f).get_summary()
+        except (McapError, ValueError, OSError) as exc:
+            raise SessionFileError(f"{self.path}: damaged session file ({exc})") from exc
+        stats = summary.statistics if summary is not None else None
+        if stats is None or not stats.message_count:
+            return 0, 0
+        return int(stats.message_start_time), int(stats.message_end_time)
+
+    def messages(self, sensor: str | None = None) -> Iterator[tuple[str, bytes]]:
+        """``(sensor name, CDR message)`` per stored message in file order.
+
+        ``sensor`` keeps one sensor's messages only. Memory stays at about one chunk.
+        """
+        path = self.path
+        try:
+            with open(path, "rb") as f:
+                names: dict[int, str | None] = {}
+                # chunk CRCs matter only where no data-section CRC covered the chunks
+                reader = StreamReader(f, validate_crcs=not self._covered)
+                for record in reader.records:
+                    if isinstance(record, Channel):
+                        name = sensor_of(record.topic)
+                        names[record.id] = name if sensor in (None, name) else None
+                    elif isinstance(record, Message):
+                        name = names.get(record.channel_id)
+                        if name is not None:
+                            yield name, record.data
+        except OSError as exc:
+            raise SessionFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        except (McapError, ValueError, struct.error) as exc:
+            raise SessionFileError(f"{path}: damaged session file ({type(exc).__name__}: "
+                                   f"{exc})") from exc
+
+    def batches(self, sensor: str | None = None) -> Iterator[tuple[str, dict[str, list[Any]]]]:
+        """``(sensor name, {"t_ns": [...], "ax": [...], ...})`` per message, in file order."""
+        for name, data in self.messages(sensor):
+            try:
+                yield name, decode_samples(data)
+            except (ValueError, struct.error) as exc:
+                raise SessionFileError(f"{self.path}: damaged message ({exc})") from exc
+
+    def has_temperature(self) -> dict[str, bool]:
+        """Per sensor, whether it records ``temp_c`` (from its first message)."""
+        out: dict[str, bool] = {}
+        wanted = {c.name for c in self.channels}
+        for name, batch in self.batches():
+            out.setdefault(name, "temp_c" in batch)
+            if out.keys() >= wanted:
+                break
+        return out
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    """The manifest stored in a finished session file."""
-    try:
-        with open(path, "rb") as f:
-            reader = _open_reader(f, path)
-            for record in reader.iter_metadata():
-                if record.name == "session":
-                    return dict(json.loads(record.metadata["manifest"]))
-    except OSError as exc:
-        raise SessionFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (McapError, ValueError, KeyError) as exc:
-        raise SessionFileError(f"{path}: damaged session file ({exc})") from exc
-    raise SessionFileError(f"{path}: no 'session' metadata record; not an edge-recorder session")
+    """The manifest stored in a finished session file (its CRCs checked first)."""
+    return SessionFile(path).manifest
 
 
 def iter_batches(path: Path) -> Iterator[tuple[str, dict[str, list[Any]]]]:
     """``(sensor name, {"t_ns": [...], "ax": [...], ...})`` per stored message, in file order."""
-    try:
-        with open(path, "rb") as f:
-            reader = _open_reader(f, path)
-            for _schema, channel, message in reader.iter_messages(log_time_order=False):
-                if not channel.topic.startswith(TOPIC_PREFIX):
-                    continue
-                yield channel.topic[len(TOPIC_PREFIX):], decode_samples(message.data)
-    except OSError as exc:
-        raise SessionFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (McapError, ValueError) as exc:
-        raise SessionFileError(f"{path}: damaged session file ({exc})") from exc
+    return SessionFile(path).batches()
 
 
 @dataclass
@@ -275,9 +499,9 @@ def salvage(path: Path) -> Salvaged:
                 break
             except Exception:  # the torn end of the file: everything before it is kept
                 break
-            if isinstance(record, Channel) and record.topic.startswith(TOPIC_PREFIX):
+            if isinstance(record, Channel) and sensor_of(record.topic) is not None:
                 channels[record.id] = record
-                name = record.topic[len(TOPIC_PREFIX):]
+                name = sensor_of(record.topic) or ""
                 out.channels.append(ChannelInfo(name, record.metadata.get("driver", "?"),
                                                 float(record.metadata.get("rate_hz", 0))))
                 out.samples.setdefault(name, 0)
@@ -288,7 +512,7 @@ def salvage(path: Path) -> Salvaged:
                     continue
                 if not t_ns:
                     continue
-                name = channels[record.channel_id].topic[len(TOPIC_PREFIX):]
+                name = sensor_of(channels[record.channel_id].topic) or ""
                 out.messages.append((name, record.log_time, record.data))
                 out.samples[name] += len(t_ns)
                 out.last_t_ns = max(out.last_t_ns or 0, t_ns[-1])

@@ -491,7 +491,10 @@ class Collector:
         self.topic_prefix = topic_prefix
         self.store_errors = 0  # messages not acknowledged because they could not be stored
         self.link = MqttLink(mqtt, client_id, persistent_session_s=PERSISTENT_SESSION_S,
-                             name="collector", manual_ack=True)
+                             name="collector", manual_ack=True, unreachable_hint=(
+                                 "is the broker running? check collect --host and --port; "
+                                 "nothing is lost meanwhile: devices keep their sessions "
+                                 "until a collector stores them"))
         # narrowly: never our own receipts (…/stored) nor anything else under a device
         share = "" if share_group is None else f"$share/{share_group}/"
         self.link.subscribe(f"{share}{topic_prefix}/+/sessions/+/part/+", self.on_message, qos=1)

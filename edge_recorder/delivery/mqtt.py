@@ -90,6 +90,7 @@ class MqttLink:
         on_connect: Callable[[], None] | None = None,
         name: str = "mqtt",
         manual_ack: bool = False,
+        unreachable_hint: str | None = None,
     ) -> None:
         """``persistent_session_s``: keep the broker-side session (subscriptions and queued
         QoS 1 messages) for that long across disconnects, as the collector needs.
@@ -98,9 +99,15 @@ class MqttLink:
         handler raises, the message is left unacknowledged and, ``REDELIVER_AFTER_S`` later,
         the connection is dropped and made again, so the broker (holding the persistent
         session) delivers it again — MQTT resends unacknowledged messages only on a new
-        connection. Without it paho acknowledges as soon as the handler returns."""
+        connection. Without it paho acknowledges as soon as the handler returns.
+
+        ``unreachable_hint``: what to check and what happens meanwhile when the broker
+        cannot be reached, in the words of the program using the link (the daemon's by
+        default: its config keys, its sessions kept on disk)."""
         self.settings = settings
         self.name = name
+        self.unreachable_hint = unreachable_hint
+        self._closing = False
         self.v5 = settings.protocol == "5"
         self.persistent_session_s = persistent_session_s
         self._on_connect_hook = on_connect
@@ -174,6 +181,7 @@ class MqttLink:
 
     def close(self) -> None:
         """Disconnect cleanly (no will) and stop the network thread; idempotent."""
+        self._closing = True  # the disconnect that follows is ours, not a failure
         if self._redeliver is not None:
             self._redeliver.cancel()
         try:
@@ -244,15 +252,19 @@ class MqttLink:
 
     def _handle_connect_fail(self, client: paho.Client, userdata: object) -> None:
         tls = " and mqtt.tls" if self.settings.tls else ""
-        self._note_error(f"cannot connect to {self.settings.host}:{self.settings.port} (is the "
-                         f"broker running? check mqtt.host, mqtt.port{tls}); sessions stay on "
-                         f"disk, retrying every {RECONNECT_MAX_S} s at most")
+        hint = self.unreachable_hint or (f"is the broker running? check mqtt.host, "
+                                         f"mqtt.port{tls}; sessions stay on disk")
+        self._note_error(f"cannot connect to {self.settings.host}:{self.settings.port} "
+                         f"({hint}), retrying every {RECONNECT_MAX_S} s at most")
 
     def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,
                            reason_code: ReasonCode, properties: object) -> None:
         was = self.connected.is_set()
         self.connected.clear()
-        if was:
+        if self._closing:
+            log.info("%s: disconnected from %s:%d", self.name, self.settings.host,
+                     self.settings.port)
+        elif was:
             self._note_error(f"disconnected from {self.settings.host}:{self.settings.port} "
                              f"({reason_code}); reconnecting")
 

@@ -94,6 +94,11 @@ class Index(Protocol):
                device: str | None = None, since: str | None = None,
                until: str | None = None) -> list[Entry]: ...
 
+    def find(self, session_id: str, device: str | None = None) -> Entry:
+        """The one session with this id (and device); :class:`UsageError` if none or
+        several."""
+        ...
+
     def journeys(self) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
@@ -214,6 +219,18 @@ class SessionIndex:
                       None if pub is None else bool(pub))
                 for m, p, pub in self.db.execute(sql, args)]
 
+    def find(self, session_id: str, device: str | None = None) -> Entry:
+        """The one session with this id (and device, where ids repeat across devices)."""
+        sql = "SELECT manifest, manifest_path, published FROM sessions WHERE session_id = ?"
+        args = [session_id]
+        if device is not None:
+            sql += " AND device_id = ?"
+            args.append(device)
+        return the_one([Entry(Manifest.from_json(m), Path(p).with_suffix(".mcap"),
+                              None if pub is None else bool(pub))
+                        for m, p, pub in self.db.execute(sql, args)],
+                       session_id, device, self.store)
+
     def journeys(self) -> list[dict[str, Any]]:
         """One row per journeyId: sessions, devices, first start and last stop."""
         rows = self.db.execute(
@@ -223,6 +240,19 @@ class SessionIndex:
         return [{"journey_id": j, "sessions": n, "devices": sorted(d.split(",")) if d else [],
                  "first_started_at": first, "last_stopped_at": last}
                 for j, n, d, first, last in rows]
+
+
+def the_one(entries: list[Entry], session_id: str, device: str | None, store: Path) -> Entry:
+    """``find``'s answer: the single match, else a :class:`UsageError` saying what to do."""
+    if not entries:
+        where = f" from device {device}" if device else ""
+        raise UsageError(f"no session {session_id}{where} in {store} "
+                         "(see: edge-recorder sessions list --store ...)")
+    if len(entries) > 1:
+        devices = sorted(e.manifest.device_id for e in entries)
+        raise UsageError(f"session id {session_id} is on several devices "
+                         f"({', '.join(devices)}); add --device")
+    return entries[0]
 
 
 def open_index(store: Path, url: str | None = None, *, check_same_thread: bool = True,

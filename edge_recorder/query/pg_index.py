@@ -27,7 +27,7 @@ from typing import Any
 
 from edge_recorder.documents import DocumentError, Manifest
 from edge_recorder.errors import UsageError
-from edge_recorder.query.index import DamagedHandler, Entry, manifests_on_disk
+from edge_recorder.query.index import DamagedHandler, Entry, manifests_on_disk, the_one
 
 SCHEMA_VERSION = 1
 MIGRATION_LOCK = 0x6564_6765  # "edge": the advisory lock the schema is changed under
@@ -188,6 +188,19 @@ class PostgresIndex:
             rows = self.conn.execute(sql, args).fetchall()
         return [Entry(Manifest.from_json(m), (self.store / p).with_suffix(".mcap"), pub)
                 for m, p, pub in rows]
+
+    def find(self, session_id: str, device: str | None = None) -> Entry:
+        """The one session with this id (and device, where ids repeat across devices)."""
+        sql = ("SELECT manifest, manifest_path, published FROM edge_sessions "
+               "WHERE session_id = %s")
+        args: list[object] = [session_id]
+        if device is not None:
+            sql += " AND device_id = %s"
+            args.append(device)
+        with self._lock:
+            rows = self.conn.execute(sql, args).fetchall()
+        return the_one([Entry(Manifest.from_json(m), (self.store / p).with_suffix(".mcap"), pub)
+                        for m, p, pub in rows], session_id, device, self.store)
 
     def journeys(self) -> list[dict[str, Any]]:
         """One row per journeyId: sessions, devices, first start and last stop."""
