@@ -57,9 +57,8 @@ def _atomic_binary(path: Path) -> Any:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # exit 2 with one line, as argparse does
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    def error(self, message: str) -> Any:  # exit 2 with one line (the usage is in --help)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
