@@ -181,7 +181,7 @@ def test_session_files_decode_with_a_generic_mcap_ros2_decoder(tmp_path):
         reader = make_reader(f, decoder_factories=[DecoderFactory()])
         for schema, channel, _message, decoded in reader.iter_decoded_messages():
             assert schema.name == "edge_recorder/msg/ImuSamples"
-            assert channel.topic == "imu/imu0"
+            assert channel.topic == "/imu/imu0"
             assert len(decoded.t_ns) == len(decoded.az) == len(decoded.temp_c)
             assert all(abs(z - 9.80665) < 0.2 for z in decoded.az)
             seen += len(decoded.t_ns)
