@@ -165,7 +165,7 @@ def test_sessions_list_sorts_and_limits_and_tables_stay_aligned(tmp_path):
         m = {"session_id": f"s{i}", "device_id": "demo-pi", "labels": ["x"],
              "journey_id": journey, "started_at": f"2026-11-2{i}T10:00:00.000000Z",
              "stopped_at": f"2026-11-2{i}T10:00:05.000000Z", "duration_s": 5.0 + i,
-             "stop_reason": "duration"}
+             "stop_reason": "duration", "bytes": 0, "sha256": "0" * 64, "parts": 1}
         (folder / f"s{i}.json").write_text(json.dumps(m))
         (folder / f"s{i}.mcap").write_bytes(b"")
     r = cli("sessions", "list", "--store", str(tmp_path), "--sort=-started", "--limit", "1")
