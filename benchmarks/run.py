@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -677,6 +678,48 @@ def bench_cpu_budget(tmp: Path, broker: Broker, session_s: float) -> None:
 
 # --- 8: soak ----------------------------------------------------------------------------------
 
+def bench_clock_step(tmp: Path, seconds: float) -> None:
+    print(f"\n[10] a wall-clock step mid-session: {seconds:g} s at 1 kHz, +1 h after half of it",
+          flush=True)
+
+    def one(step: bool, attempt: int) -> float:
+        rig = make_rig(tmp / f"step-{step}-{attempt}", "mpu6050", 1000.0)
+        cpu0 = time.process_time()
+        rig.recorder.handle(StartRequested(Trigger("mqtt", "bench")))
+        rig.run(seconds / 2)
+        if step:
+            rig.clock.step(3600)
+        rig.run(seconds / 2)
+        rig.recorder.handle(StopRequested(Trigger("mqtt", "bench")))
+        rig.finish(1.0)
+        cpu = time.process_time() - cpu0
+        assert rig.completed and (rig.completed[0]["clock"]["steps"] != []) == step
+        return cpu
+
+    plain = min(one(False, i) for i in range(REPEATS))
+    stepped = min(one(True, i) for i in range(REPEATS))
+    row("clock", "CPU of a session stepped +1 h mid-way (file re-stamped at stop)", stepped, "s",
+        plain, "the same session, no step", True)
+
+    from edge_recorder.sampling.ring import Block
+    from edge_recorder.sessionfile import encode_block
+
+    block = Block(0, array("q", range(10**9, 10**9 + 100 * 10**6, 10**6)),
+                  tuple(array("f", [0.5] * 100) for _ in range(7)))
+    reps = 20_000
+
+    def encode(offset: int) -> float:
+        cpu0 = time.process_time()
+        for _ in range(reps):
+            encode_block(block, offset)
+        return (time.process_time() - cpu0) / reps / 100 * 1e9
+
+    base = min(encode(0) for _ in range(REPEATS))
+    mapped = min(encode(1_800_000_000 * 10**9) for _ in range(REPEATS))
+    row("clock", "encode a 100-sample block mapped to the wall clock, per sample", mapped, "ns",
+        base, "the same block, no mapping", True)
+
+
 def bench_soak(tmp: Path, broker: Broker, minutes: float) -> None:
     print(f"\n[8] soak: {minutes:g} min, a 5 s session every 10 s at 2 × 1 kHz", flush=True)
     (tmp / "soak").mkdir(exist_ok=True)
@@ -739,7 +782,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="shorter runs (under a minute)")
     p.add_argument("--minutes", type=float, default=0, help="also run the soak this long")
     p.add_argument("--table", type=Path, help="write the markdown table here")
-    p.add_argument("--only", choices=("cpu-budget",), help="run only this section")
+    p.add_argument("--only", choices=("cpu-budget", "clock"), help="run only this section")
     args = p.parse_args()
     quick = args.quick
     if quick:
@@ -752,6 +795,9 @@ def main() -> int:
             if args.only == "cpu-budget":
                 bench_cpu_budget(tmp, broker, 5.0 if quick else 10.0)
                 return 0
+            if args.only == "clock":
+                bench_clock_step(tmp, 20.0 if quick else 60.0)
+                return 0
             bench_pipeline(tmp, 20.0 if quick else 60.0, broker)
             NAIVE_US.append(next(r.baseline for r in ROWS if r.section == "pipeline"))
             bench_timestamps(tmp, 60.0 if quick else 600.0)
@@ -759,6 +805,7 @@ def main() -> int:
             bench_daemon(tmp, broker, session_s=10.0 if quick else 60.0,
                          window_s=5.0 if quick else 20.0)
             bench_cpu_budget(tmp, broker, 5.0 if quick else 10.0)
+            bench_clock_step(tmp, 20.0 if quick else 60.0)
             if args.minutes:
                 bench_soak(tmp, broker, args.minutes)
         finally:

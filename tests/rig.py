@@ -22,7 +22,8 @@ from edge_recorder.sensors.emulation import EMULATORS, EmulatedBus, Faults
 from edge_recorder.sensors.registry import DRIVERS
 from edge_recorder.sessionfile import iter_batches, read_manifest
 
-T0 = 1_800_000_000_000_000_000
+T0 = 7_000_000_000  # the monotonic clock (CLOCK_BOOTTIME) at the start: 7 s after boot
+WALL_AT_T0 = 1_800_000_000_000_000_000  # the wall clock then (2027-01-15)
 
 
 class FakeClock:
@@ -32,7 +33,7 @@ class FakeClock:
 
     def __init__(self, start_ns: int = T0) -> None:
         self.now = start_ns
-        self.wall_offset_ns = 0
+        self.wall_offset_ns = WALL_AT_T0 - T0  # as on a device: wall and mono far apart
         self.synced: bool | None = True
         self.clock = Clock(mono=self, wall=self.wall, synced=lambda: self.synced,
                            source="fake", boot_id="fake-boot")
@@ -130,4 +131,4 @@ def stored(rig: Rig, session_id: str) -> tuple[dict[str, Any], Path]:
     raise AssertionError(f"{session_id} not in the store")
 
 
-__all__ = ["FakeClock", "Rig", "T0", "read_manifest", "samples_of", "stored"]
+__all__ = ["FakeClock", "Rig", "T0", "WALL_AT_T0", "read_manifest", "samples_of", "stored"]

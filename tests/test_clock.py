@@ -32,7 +32,7 @@ from edge_recorder.recording.events import StartRequested, StopRequested, Trigge
 from edge_recorder.recording.restamp import iso_ns, restamp_if_synced
 from edge_recorder.recording.store import file_digest
 from edge_recorder.triggers.interval import IntervalTrigger
-from tests.rig import Rig, samples_of, stored
+from tests.rig import T0, WALL_AT_T0, Rig, samples_of, stored
 
 RATE_HZ = 200
 PERIOD_NS = 1e9 / RATE_HZ
@@ -139,7 +139,7 @@ def test_a_step_mid_session_moves_the_whole_session_onto_the_new_clock(tmp_path,
     manifest, path = stored(rig, sid)
     assert manifest["stop_reason"] == "duration"
     _check_one_time_base(manifest, path, 4, step_s * 10**9, at_stop)
-    assert manifest["clock"]["offset_ns"] == step_s * 10**9
+    assert manifest["clock"]["offset_ns"] == WALL_AT_T0 - T0 + step_s * 10**9
     assert manifest["clock"]["synced"] is True
     # what a third-party reader sees: message log times on the same clock
     with open(path, "rb") as f:
@@ -159,7 +159,7 @@ def test_a_step_inside_the_pre_trigger_window(tmp_path):
     manifest, path = stored(rig, sid)
     t = _check_one_time_base(manifest, path, 4, HOUR_NS, at_stop)
     assert manifest["pre_trigger_s"] == 2
-    assert t[0] > rig.clock.now + HOUR_NS - 6 * 10**9  # the early samples moved too
+    assert t[0] > rig.clock.wall() - 6 * 10**9  # the early samples moved too
 
 
 def test_a_session_open_across_a_backward_hour_stops_on_time(tmp_path):
@@ -431,10 +431,96 @@ def test_a_session_salvaged_after_a_crash_keeps_its_clock_and_is_restamped_once_
     rig.recorder.sessions[sid].writer.abort()
     (manifest,) = recover(rig.store)
     assert manifest["stop_reason"] == "recovered"
-    assert manifest["clock"]["synced"] is False and manifest["clock"]["offset_ns"] == 0
+    assert manifest["clock"]["synced"] is False
+    assert manifest["clock"]["offset_ns"] == WALL_AT_T0 - T0
     before, _ = samples_of(rig.store.path("outbox", sid))
     rig.clock.step(600)
     rig.clock.synced = True
     assert restamp_if_synced(rig.store, rig.clock.clock, sid) is True
     after, _ = samples_of(rig.store.path("outbox", sid))
     assert after == [t + 600 * 10**9 for t in before]
+
+
+# --- through the broker: published unsynced vs re-stamped before publishing ----------------
+
+class _ControlledWall:
+    """The real wall clock plus a step and a sync flag the test sets (as NTP would)."""
+
+    def __init__(self) -> None:
+        self.offset_ns = 0
+        self.synced = False
+
+    def __call__(self) -> int:
+        return time.time_ns() + self.offset_ns
+
+
+@pytest.mark.broker
+@pytest.mark.slow
+def test_through_the_broker_unsynced_is_said_and_synced_is_restamped(tmp_path, broker, spawn):
+    from tests.conftest import wait_until
+
+    wall = _ControlledWall()
+    clock = Clock(wall=wall, synced=lambda: wall.synced)
+    config = parse_config({
+        "device_id": "clock-pi",
+        "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated",
+                     "rate_hz": RATE_HZ}],
+        "session": {"duration_s": 1},
+        "triggers": {"mqtt": False},
+        "mqtt": {"host": "127.0.0.1", "port": broker.port},
+        "storage": {"dir": str(tmp_path / "device"), "max_bytes": 100 << 20},
+    })
+    collected = tmp_path / "collected"
+    spawn("collect", "--host", "127.0.0.1", "--port", str(broker.port), "--store",
+          str(collected), name="collector")
+    daemon = Daemon(config, clock=clock)
+    daemon.start()
+
+    def record() -> str:
+        replies: list[dict[str, Any]] = []
+        daemon.submit(StartRequested(Trigger("mqtt"), reply=replies.append))
+        wait_until(lambda: replies, 5, "start reply")
+        return str(replies[0]["session_id"])
+
+    def collected_manifest(sid: str) -> dict[str, Any]:
+        path = collected / "sessions" / "clock-pi" / f"{sid}.json"
+        wait_until(path.exists, 30, f"the collector to store {sid}")
+        return dict(json.loads(path.read_text()))
+
+    def sample_times(sid: str) -> list[int]:
+        t: list[int] = []
+        with open(collected / "sessions" / "clock-pi" / f"{sid}.mcap", "rb") as f:
+            for _, _, message in make_reader(f).iter_messages(log_time_order=True):
+                t += _cdr_t_ns(message.data)
+        return t
+
+    try:
+        wait_until(daemon.link.connected.is_set, 10, "the daemon to connect")
+        first = record()
+        published_unsynced = collected_manifest(first)
+        assert published_unsynced["clock"]["synced"] is False
+        assert "restamped" not in published_unsynced["clock"]
+
+        broker.stop()
+        wait_until(lambda: not daemon.link.connected.is_set(), 10, "the daemon to notice")
+        second = record()
+        wait_until(lambda: second in daemon.store.pending(), 10, "the session in the outbox")
+        before = daemon.store.manifest(second)
+        assert before["clock"]["synced"] is False
+        wall.offset_ns, wall.synced = HOUR_NS, True  # NTP steps the clock and syncs
+        broker.start()
+        restamped = collected_manifest(second)
+    finally:
+        daemon.shutdown()
+    assert restamped["clock"]["synced"] is True
+    assert restamped["clock"]["restamped"]["shift_ns"] == pytest.approx(HOUR_NS, abs=1e6)
+    shift = restamped["clock"]["restamped"]["shift_ns"]
+    assert iso_ns(restamped["started_at"]) - iso_ns(before["started_at"]) == \
+        pytest.approx(shift, abs=1000)
+    assert restamped["duration_s"] == before["duration_s"]
+    t = sample_times(second)
+    assert len(t) == restamped["sensors"][0]["samples"] == before["sensors"][0]["samples"]
+    assert iso_ns(restamped["started_at"]) <= t[0] and t[-1] < iso_ns(restamped["stopped_at"])
+    assert abs(t[-1] - wall()) < 30e9  # on the synchronised clock, not an hour behind
+    # the first one went out before the sync and stays as it was published
+    assert collected_manifest(first) == published_unsynced

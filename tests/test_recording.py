@@ -49,7 +49,7 @@ def test_overlapping_sessions_hold_the_very_same_samples(tmp_path):
 def test_pre_trigger_samples_are_timestamped_before_the_trigger(tmp_path):
     rig = Rig(tmp_path, settings=SessionConfig(duration_s=1.0, pre_trigger_s=0.5))
     rig.run(2)
-    trigger_ns = rig.clock.now
+    trigger_ns = rig.clock.wall()
     sid = start(rig)
     rig.finish(2.0)
     manifest, path = stored(rig, sid)
