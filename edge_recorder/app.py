@@ -28,7 +28,7 @@ from edge_recorder.recording.ids import iso_utc, new_journey_id
 from edge_recorder.recording.recorder import Recorder, SensorSource
 from edge_recorder.recording.recovery import recover
 from edge_recorder.recording.restamp import restamp_if_synced
-from edge_recorder.recording.store import DeviceStore
+from edge_recorder.recording.store import FAILED, DeviceStore
 from edge_recorder.sampling.ring import SampleRing
 from edge_recorder.sampling.sampler import BusSampler, SensorChannel
 from edge_recorder.sensors.bus import I2CBus
@@ -104,7 +104,8 @@ class Daemon:
         if journey == "auto":
             journey = new_journey_id(config.device_id, clock.wall_ns())
         self.store = DeviceStore(config.storage.dir, config.storage.max_bytes,
-                                 part_bytes=config.mqtt.max_payload_bytes)
+                                 part_bytes=config.mqtt.max_payload_bytes,
+                                 require_receipt=config.delivery.require_receipt)
 
         by_bus: dict[int | str, list[SensorConfig]] = defaultdict(list)
         for s in config.sensors:
@@ -130,7 +131,9 @@ class Daemon:
         self.link = self._make_link(config)
         self.publisher = Publisher(self.store, self.link, topic_root,
                                    part_bytes=config.mqtt.max_payload_bytes,
-                                   on_published=lambda sid: self.status_changed.set(),
+                                   require_receipt=config.delivery.require_receipt,
+                                   receipt_timeout_s=config.delivery.receipt_timeout_s,
+                                   on_change=lambda sid: self.status_changed.set(),
                                    prepare=lambda sid: restamp_if_synced(self.store, clock, sid))
         self.status_changed = threading.Event()
         self.recorder = Recorder(
@@ -184,13 +187,23 @@ class Daemon:
             "sessions_published": self.publisher.published,
             "sensors": {c.name: c.counters.as_dict() for c in self.channels},
             "storage": {**self.store.backlog(), "used_bytes": self.store.used_bytes(),
-                        "max_bytes": self.store.max_bytes, "refused": self.store.refused},
+                        "max_bytes": self.store.max_bytes, "refused": self.store.refused,
+                        "failed": self.store.count(FAILED)},
+            "delivery": self.delivery_status(),
             "mqtt": {"connected": self.link.connected.is_set(), "last_error": self.link.last_error},
             "warnings": list(self.recorder.warnings),
             "config_error": self.config_error,
             "clock": self.clock.status(),
             "updated_at": iso_utc(self.clock.wall_ns()),
         }
+
+    def delivery_status(self) -> dict[str, Any]:
+        """Sessions awaiting the collector's receipt (and the oldest one's age, s), stored."""
+        awaiting = self.store.awaiting_receipt()
+        return {"require_receipt": self.config.delivery.require_receipt,
+                "awaiting_receipt": int(awaiting["sessions"]),
+                "oldest_awaiting_s": awaiting["oldest_s"],
+                "stored": self.publisher.stored, "resent": self.publisher.resent}
 
     def publish_status(self) -> None:
         if self.link.connected.is_set():
@@ -280,7 +293,8 @@ class Daemon:
                     next_ping = now + self.notifier.watchdog_s / 3
                 if self.led is not None:
                     snap = self.recorder.snapshot()
-                    self.led.show(bool(snap["recording"]), not self.healthy())
+                    self.led.show(bool(snap["recording"]), not self.healthy(),
+                                  waiting=self.receipt_overdue())
                 stop.wait(0.2)
         finally:
             self.notifier.stopping()
@@ -288,8 +302,19 @@ class Daemon:
 
     def summary(self) -> str:
         snap = self.recorder.snapshot()
+        awaiting = self.store.awaiting_receipt()
+        receipts = f", {awaiting['sessions']:.0f} awaiting receipt (oldest " \
+            f"{awaiting['oldest_s']:.0f} s)" if awaiting["sessions"] else ""
+        failed = self.store.count(FAILED)
         return (f"{len(snap['recording'])} recording, {self.store.backlog()['sessions']} to "
-                f"publish, broker {'up' if self.link.connected.is_set() else 'down'}")
+                f"publish{receipts}{f', {failed} failed' if failed else ''}, "
+                f"broker {'up' if self.link.connected.is_set() else 'down'}")
+
+    def receipt_overdue(self) -> bool:
+        """A published session has waited longer than its receipt timeout: the collector
+        is not storing (or not hearing) this device."""
+        oldest_s = self.store.awaiting_receipt()["oldest_s"]
+        return oldest_s > self.config.delivery.receipt_timeout_s
 
     def stalled(self) -> str:
         """The first worker that stopped making progress, or ''."""
@@ -323,14 +348,15 @@ class Daemon:
             return
         old = self.config
         self.config_error = ""
-        fixed = [k for k in ("device_id", "sensors", "buffer", "storage", "emulation")
+        fixed = [k for k in ("device_id", "sensors", "buffer", "storage", "emulation",
+                             "delivery")
                  if getattr(new, k) != getattr(old, k)]
         if fixed:
             log.warning("reload: changes to %s take effect after a restart "
                         "(systemctl restart edge-recorder); applying the rest", ", ".join(fixed))
         applied = dataclasses.replace(new, device_id=old.device_id, sensors=old.sensors,
                                       buffer=old.buffer, storage=old.storage,
-                                      emulation=old.emulation)
+                                      emulation=old.emulation, delivery=old.delivery)
         self.recorder.settings = applied.session
         if applied.session.journey_id != old.session.journey_id:
             journey = applied.session.journey_id
@@ -341,7 +367,7 @@ class Daemon:
         if applied.mqtt != old.mqtt:
             self._stop_triggers()
             old_link, self.link = self.link, self._make_link(applied)
-            self.publisher.link = self.link
+            self.publisher.use_link(self.link)
             old_link.close()
             self.config = applied
             self._start_triggers()

@@ -155,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "reverses (e.g. --sort=-started: newest first)")
     q.add_argument("--limit", type=_positive_int, metavar="N",
                    help="at most N sessions, after sorting (e.g. --limit 20)")
-    q.add_argument("--state", choices=["failed"],
+    q.add_argument("--state", choices=["outbox", "published", "stored", "failed"],
                    help="failed: the quarantined items (the collector's rejected/, the "
-                        "device's failed/), each with why (e.g. --state failed)")
+                        "device's failed/), each with why; on a device's store also outbox "
+                        "(not yet published), published (awaiting the collector's receipt), "
+                        "stored (receipt received) (e.g. --state failed)")
     q = ssub.add_parser("show", parents=[common], help="one session's manifest and file")
     q.add_argument("session_id", metavar="ID",
                    help="the session id (e.g. 20261126T100000000Z-3f2a)")
@@ -312,6 +314,8 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
         entries = index.select(labels=args.label, journey=args.journey, device=args.device,
                                since=since, until=until)
         _report_damaged(index)
+    if args.state is not None:
+        entries = [e for e in entries if e.state == args.state]
     entries.sort(key=SORT_KEYS[args.sort], reverse=args.sort.startswith("-"))
     if args.limit is not None:
         entries = entries[:args.limit]
@@ -326,10 +330,10 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
         row = [m.session_id, m.device_id, m.started_at, f"{m.duration_s:.2f}",
                m.stop_reason, str(m.journey_id), ",".join(m.labels)]
         if device_store:
-            row.append("yes" if e.published else "no")
+            row.append(str(e.state))
         rows.append(row)
     header = ["SESSION", "DEVICE", "STARTED (UTC)", "SECONDS", "STOP", "JOURNEY", "LABELS"]
-    _table(header + (["PUBLISHED"] if device_store else []), rows, right={3})
+    _table(header + (["STATE"] if device_store else []), rows, right={3})
     _footer(f"({len(entries)} session(s))")
     return 0
 
@@ -356,7 +360,7 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
         print(f"sensor    {sensor.name}: {sensor.driver} at {sensor.rate_hz:g} Hz, "
               f"{sensor.samples} samples, {sensor.dropped} dropped, {len(sensor.gaps)} gap(s)")
     if entry.published is not None:
-        print(f"published {'yes' if entry.published else 'no'}")
+        print(f"state     {entry.state}")
     return 0
 
 
@@ -374,8 +378,10 @@ def _list_failed(args: argparse.Namespace) -> int:
     failed = args.store / "failed"
     if failed.is_dir():  # the device's quarantine
         for path in sorted(failed.glob("*.json")):
+            reason = path.with_suffix(".reason")
             rows.append({"device_id": None, "session_id": path.stem, "state": "failed",
-                         "reason": None, "rejected_at": None, "path": str(path)})
+                         "reason": reason.read_text().strip() if reason.exists() else None,
+                         "rejected_at": None, "path": str(path)})
     if args.json:
         for row in rows:
             print(json.dumps(row))

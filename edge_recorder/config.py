@@ -154,6 +154,14 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    """When a published session counts as delivered."""
+
+    require_receipt: bool = True  # wait for the collector's receipt; false: the broker's ack
+    receipt_timeout_s: float = 60.0  # publish again when no receipt came this long (doubling)
+
+
+@dataclass(frozen=True)
 class Config:
     device_id: str
     sensors: tuple[SensorConfig, ...]
@@ -165,6 +173,7 @@ class Config:
     mqtt: MqttConfig
     storage: StorageConfig
     emulation: WorldEmulationConfig = WorldEmulationConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
 
     @property
     def topic_root(self) -> str:
@@ -557,7 +566,7 @@ def default_device_id() -> str:
 
 
 TOP_KEYS = ("device_id", "sensors", "buffer", "session", "triggers", "status_led",
-            "gpio_pin_factory", "mqtt", "storage", "emulation")
+            "gpio_pin_factory", "mqtt", "storage", "emulation", "delivery")
 
 
 def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config") -> Config:
@@ -606,6 +615,13 @@ def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config
                         check=lambda v: None if v >= 1 << 20 else "must be at least 1048576"),
     )
     emulation = _read_world_emulation(r, top.get("emulation"), sensors)
+    dv = r.section(top.get("delivery"), "delivery", ("require_receipt", "receipt_timeout_s"))
+    delivery = DeliveryConfig(
+        require_receipt=r.get(dv, "require_receipt", "delivery", "bool", True),
+        receipt_timeout_s=r.get(dv, "receipt_timeout_s", "delivery", "number", 60.0,
+                                check=lambda v: None if 1 <= v <= 86400 else
+                                f"must be from 1 to 86400 seconds, got {_show(v)}"),
+    )
     _cross_check(r, sensors, session, triggers, buffer, status_led)
     if r.problems:
         raise ConfigError(r.problems, source)
@@ -620,6 +636,7 @@ def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config
         mqtt=mqtt,
         storage=storage,
         emulation=emulation,
+        delivery=delivery,
     )
 
 

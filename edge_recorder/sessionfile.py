@@ -245,8 +245,11 @@ class SessionWriter:
     def abort(self) -> None:
         """Close without finishing (the file stays, for recovery)."""
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError:
+                pass  # the disk is full, say: what the last flush made durable stays
 
 
 def sensor_of(topic: str) -> str | None:
@@ -484,12 +487,13 @@ class Salvaged:
     messages: list[tuple[str, int, bytes]]  # (sensor, first t_ns, data)
     samples: dict[str, int]
     last_t_ns: int | None
+    last_t_ns_by_sensor: dict[str, int]
 
 
 def salvage(path: Path) -> Salvaged:
     """Read every complete chunk of a file cut short by a crash or power loss."""
     channels: dict[int, Channel] = {}
-    out = Salvaged([], [], {}, None)
+    out = Salvaged([], [], {}, None, {})
     with open(path, "rb") as f:
         records = StreamReader(f, validate_crcs=True).records
         while True:
@@ -516,4 +520,6 @@ def salvage(path: Path) -> Salvaged:
                 out.messages.append((name, record.log_time, record.data))
                 out.samples[name] += len(t_ns)
                 out.last_t_ns = max(out.last_t_ns or 0, t_ns[-1])
+                out.last_t_ns_by_sensor[name] = max(out.last_t_ns_by_sensor.get(name, 0),
+                                                    t_ns[-1])
     return out

@@ -124,7 +124,7 @@ def samples_of(path: Path) -> tuple[list[int], list[float]]:
 
 
 def stored(rig: Rig, session_id: str) -> tuple[dict[str, Any], Path]:
-    for state in ("outbox", "published"):
+    for state in ("outbox", "published", "stored"):
         path = rig.store.path(state, session_id)
         if path.exists():
             return rig.store.manifest(session_id, state), path

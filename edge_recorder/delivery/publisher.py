@@ -1,17 +1,24 @@
-"""Drains the store's outbox: parts, then the manifest, each acknowledged, then let go.
+"""Delivers the store's sessions: outbox → broker → collector, until the collector has them.
 
-The publisher knows no recorder; it only sees finished files in the outbox. A session
-is sent as ``P/sessions/{id}/part/{n}`` (QoS 1, each at most ``part_bytes``) with a
-window of parts in flight; only when every part is acknowledged is the manifest sent,
-and only when the manifest is acknowledged does the session move to ``published/``.
-A dropped connection just pauses the loop; unacknowledged parts are sent again (same
-bytes, same topic), so the collector sees duplicates at worst, never a gap.
+The publisher knows no recorder; it only sees the store. A session is sent as
+``P/sessions/{id}/part/{n}`` (QoS 1, each at most ``part_bytes``) with a window of parts in
+flight; only when every part is acknowledged is the manifest sent, and only when the
+manifest is acknowledged does the store move the session to ``published/``. A dropped
+connection just pauses the loop; unacknowledged parts are sent again (same bytes, same
+topic), so the collector sees duplicates at worst, never a gap.
 
-A broker acknowledges QoS 1 before it has saved the message (Mosquitto persists on an
-interval), so a broker crash can still lose acknowledged parts. The collector notices
-(a manifest with parts missing, or parts without a manifest) and asks for them with a
-``resend`` command; published sessions stay on the device for exactly this, until
-``storage.max_bytes`` needs the room.
+A broker's acknowledgement means "I have it", not "it is stored": a broker killed before its
+next autosave, or one that restarts while the collector is offline, loses acknowledged
+messages. So the collector publishes a **receipt** on ``P/sessions/{id}/stored`` once it
+has stored a session (and again for one it already holds), and a published session waits
+for it (``delivery.require_receipt``). When none arrives within ``delivery.receipt_timeout_s``
+the whole session is published again (same ids, same bytes), with the wait doubling each
+time up to :data:`RECEIPT_BACKOFF_MAX_S`, until one does; then the store moves it to
+``stored/``. The collector's part-level ``resend`` command and these receipt timeouts go
+through the same routine, :meth:`Publisher._resend`.
+
+A session that can never be sent as it is (unreadable manifest, missing or truncated file)
+is quarantined by the store to ``failed/``; the sessions after it go out as usual.
 """
 
 from __future__ import annotations
@@ -22,9 +29,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from edge_recorder.delivery.mqtt import Delivery, MqttLink
-from edge_recorder.recording.store import OUTBOX, PUBLISHED, DeviceStore
+from edge_recorder.delivery.mqtt import Delivery, Message, MqttLink
+from edge_recorder.recording.store import (
+    OUTBOX,
+    PUBLISHED,
+    STORED,
+    DamagedSession,
+    DeviceStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +46,36 @@ WINDOW_PARTS = 16
 ACK_TIMEOUT_S = 20.0
 IDLE_RESCAN_S = 2.0
 RESUME_NOTE_EVERY_S = 1.0  # how often a long publish records how far it got
+RECEIPT_MAX_BYTES = 4096  # a receipt is ~250 bytes; anything bigger is not one
+RECEIPT_BACKOFF_MAX_S = 900.0  # the wait for a receipt doubles up to this (or the timeout)
+RECEIPT_CHECK_EVERY_S = 1.0
+MAX_PUBLISH_ERRORS = 3  # a session whose file cannot be read this often in a row is quarantined
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The collector's word that it has stored a session (or already had it)."""
+
+    session_id: str
+    device_id: str
+    sha256: str
+    bytes: int
+    duplicate: bool
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> Receipt:
+        if len(payload) > RECEIPT_MAX_BYTES:
+            raise ValueError(f"{len(payload)} bytes, more than a receipt's {RECEIPT_MAX_BYTES}")
+        doc = json.loads(payload)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        for key, kind in (("session_id", str), ("device_id", str), ("sha256", str),
+                          ("bytes", int), ("duplicate", bool)):
+            value = doc.get(key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"{key!r} is missing or not a {kind.__name__}")
+        return cls(doc["session_id"], doc["device_id"], doc["sha256"], doc["bytes"],
+                   doc["duplicate"])
 
 
 class Publisher:
@@ -42,20 +86,34 @@ class Publisher:
         topic_root: str,
         *,
         part_bytes: int,
-        on_published: Callable[[str], None] = lambda session_id: None,
+        require_receipt: bool = True,
+        receipt_timeout_s: float = 60.0,
+        on_change: Callable[[str], None] = lambda session_id: None,
         prepare: Callable[[str], object] = lambda session_id: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``prepare(session_id)`` runs before a session's first part is sent (re-stamping
-        a session recorded before the clock was synchronised)."""
+        """``on_change(session_id)``: a session changed state (published, stored,
+        quarantined). ``prepare(session_id)`` runs before a session's first part is sent
+        (re-stamping a session recorded before the clock was synchronised). ``clock``:
+        monotonic seconds, for the receipt deadlines."""
         self.store = store
         self.link = link
         self.topic_root = topic_root
+        self.device_id = topic_root.rsplit("/", 1)[-1]
         self.part_bytes = part_bytes
-        self.on_published = on_published
+        self.require_receipt = require_receipt
+        self.receipt_timeout_s = receipt_timeout_s
+        self.on_change = on_change
+        self.clock = clock
         self.prepare = prepare
         self.published = 0
         self.resent = 0
-        self._resends: deque[tuple[str, list[int] | None]] = deque()
+        self.stored = 0
+        self._resends: dict[str, set[int] | None] = {}  # id → parts (None: all), in order
+        self._receipts: deque[Receipt] = deque()
+        self._due: dict[str, tuple[float, int]] = {}  # published id → (resend at, attempts)
+        self._errors: dict[str, int] = {}
+        self._next_receipt_check = 0.0
         self._lock = threading.Lock()
         self.last_loop_s = time.monotonic()  # heartbeat for the watchdog
         self._wake = threading.Event()
@@ -63,62 +121,165 @@ class Publisher:
         self._thread: threading.Thread | None = None
 
     def wake(self) -> None:
-        """Something new is in the outbox."""
+        """Something new is in the outbox (or a receipt or resend request came)."""
         self._wake.set()
 
     def topic(self, session_id: str, leaf: str) -> str:
         return f"{self.topic_root}/sessions/{session_id}/{leaf}"
 
+    @property
+    def receipt_topic(self) -> str:
+        return f"{self.topic_root}/sessions/+/stored"
+
+    def use_link(self, link: MqttLink) -> None:
+        """Publish through ``link`` (a reload may replace it); receipts come in through it
+        (the link renews the subscription on every reconnect)."""
+        self.link = link
+        if self.require_receipt:
+            link.subscribe(self.receipt_topic, self.on_receipt, qos=1)
+
+    # --- receipts (the network thread hands them over) ----------------------------------
+    def on_receipt(self, message: Message) -> None:
+        try:
+            receipt = Receipt.from_json(message.payload)
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("publisher: ignoring a malformed receipt on %s: %s: %s", message.topic,
+                        type(exc).__name__, exc)
+            return
+        if message.topic != self.topic(receipt.session_id, "stored") or \
+                receipt.device_id != self.device_id:
+            log.warning("publisher: ignoring a receipt on %s for session %r of device %r: it "
+                        "does not match its topic", message.topic, receipt.session_id,
+                        receipt.device_id)
+            return
+        with self._lock:
+            self._receipts.append(receipt)
+        self.wake()
+
+    def _take_receipts(self) -> None:
+        while self._receipts:
+            with self._lock:
+                r = self._receipts.popleft()
+            state = self.store.find(r.session_id)
+            if state == STORED:
+                log.debug("session %s: another receipt; already stored", r.session_id)
+                continue
+            if state not in (OUTBOX, PUBLISHED):
+                log.info("publisher: receipt for session %s, which this device does not hold "
+                         "(%s); ignored", r.session_id, state or "unknown here")
+                continue
+            manifest = self.store.manifest(r.session_id, state)
+            if (r.sha256, r.bytes) != (manifest.get("sha256"), manifest.get("bytes")):
+                log.error("session %s: the collector's receipt is for different content "
+                          "(%d bytes, sha256 %s…; ours: %s bytes, %s…); still awaiting a "
+                          "matching one", r.session_id, r.bytes, r.sha256[:12],
+                          manifest.get("bytes"), str(manifest.get("sha256"))[:12])
+                continue
+            self.store.mark_stored(r.session_id)
+            self._due.pop(r.session_id, None)
+            with self._lock:
+                self._resends.pop(r.session_id, None)
+            self.stored += 1
+            log.info("session %s stored by the collector%s", r.session_id,
+                     " (it already had it)" if r.duplicate else "")
+            self.on_change(r.session_id)
+
+    def _check_receipts_due(self) -> None:
+        """Publish again every session whose receipt is overdue; back off each time."""
+        now = self.clock()
+        if not self.require_receipt or now < self._next_receipt_check:
+            return
+        self._next_receipt_check = now + RECEIPT_CHECK_EVERY_S
+        published = self.store.ids(PUBLISHED)
+        for sid in set(self._due) - set(published):
+            del self._due[sid]
+        for sid in published:
+            due = self._due.get(sid)
+            if due is None:  # just published, or published before this run started
+                self._due[sid] = (now + self.receipt_timeout_s, 0)
+            elif now >= due[0]:
+                attempts = due[1] + 1
+                log.warning("session %s: no receipt from the collector; publishing it again "
+                            "(attempt %d)", sid, attempts)
+                self._queue_resend(sid, None)
+                wait = min(self.receipt_timeout_s * 2 ** attempts,
+                           max(self.receipt_timeout_s, RECEIPT_BACKOFF_MAX_S))
+                self._due[sid] = (now + wait, attempts)
+
+    # --- publishing -----------------------------------------------------------------------
     def publish_session(self, session_id: str) -> bool:
         """Send one session from the outbox; True once the broker has acknowledged all of it,
-        and then the session is moved to ``published/``."""
+        and then the session is moved to ``published/``. DamagedSession if it cannot be sent."""
+        manifest = self.store.checked_manifest(session_id)
         done = self.store.parts_sent(session_id)
         if not done:
             self.prepare(session_id)
-        manifest = self.store.manifest(session_id)
-        parts = int(manifest["parts"])
+            manifest = self.store.checked_manifest(session_id)  # re-stamping rewrites it
+        parts = manifest["parts"]
         if done:
             log.info("session %s: resuming its publish at part %d of %d", session_id, done, parts)
         if not self._send(session_id, OUTBOX, manifest, range(done, parts)):
             return False
         self.store.mark_published(session_id)
+        self._due[session_id] = (self.clock() + self.receipt_timeout_s, 0)
         self.published += 1
-        log.info("session %s published (%d bytes in %d parts)", session_id,
-                 manifest["bytes"], parts)
-        self.on_published(session_id)
+        log.info("session %s published (%d bytes in %d parts)%s", session_id,
+                 manifest["bytes"], parts, "; awaiting the collector's receipt"
+                 if self.require_receipt else "")
+        self.on_change(session_id)
         return True
 
     def resend(self, session_id: str, parts: list[int] | None) -> str | None:
-        """A collector is missing parts of a session (a broker lost them in a crash after
-        acknowledging them): queue them again. Returns why not, or None."""
-        for state in (OUTBOX, PUBLISHED):
-            if self.store.path(state, session_id, ".json").exists():
-                break
-        else:
-            return f"session {session_id} is no longer on this device"
-        with self._lock:
-            self._resends.append((session_id, parts))
+        """A collector is missing parts of a session (a broker lost them after acknowledging
+        them): queue them again. Returns why not, or None."""
+        if self.store.find(session_id) not in (OUTBOX, PUBLISHED, STORED):
+            return f"session {session_id!r} is not on this device (or no longer)"
+        self._queue_resend(session_id, parts)
         self.wake()
         return None
+
+    def _queue_resend(self, session_id: str, parts: Iterable[int] | None) -> None:
+        """Requests for one session merge: 200 requests make one retransmission."""
+        with self._lock:
+            if parts is None or (session_id in self._resends
+                                 and self._resends[session_id] is None):
+                self._resends[session_id] = None
+            else:
+                self._resends[session_id] = (self._resends.get(session_id) or set()) | set(parts)
 
     def _do_resends(self) -> None:
         while self._resends and self.link.connected.is_set() and not self._stop.is_set():
             with self._lock:
-                session_id, parts = self._resends.popleft()
-            state = PUBLISHED if self.store.path(PUBLISHED, session_id, ".json").exists() \
-                else OUTBOX
-            if state == OUTBOX:
-                continue  # still queued for its first publish anyway
-            try:
-                manifest = self.store.manifest(session_id, PUBLISHED)
-                total = int(manifest["parts"])
-                wanted = sorted({n for n in parts if 0 <= n < total}) if parts else range(total)
-                if self._send(session_id, PUBLISHED, manifest, wanted):
-                    self.resent += 1
-                    log.info("session %s: resent %d part(s) and the manifest on request",
-                             session_id, len(wanted))
-            except (OSError, ValueError, KeyError) as exc:
-                log.error("publisher: cannot resend %s: %s", session_id, exc)
+                session_id, parts = next(iter(self._resends.items()))
+                del self._resends[session_id]
+            if not self._resend(session_id, parts):
+                self._queue_resend(session_id, parts)  # connection lost: try again later
+                return
+
+    def _resend(self, session_id: str, parts: set[int] | None) -> bool:
+        """The one resend routine: ``parts`` (None: all) and then the manifest of a session
+        already published, whoever asks (the collector, or an overdue receipt). False when
+        the connection went; True when sent, or when there is nothing to send."""
+        state = self.store.find(session_id)
+        if state == OUTBOX:
+            return True  # still queued for its first publish, which sends everything
+        if state not in (PUBLISHED, STORED):
+            log.info("publisher: resend of %s skipped: it is %s", session_id,
+                     state or "not on this device")
+            return True
+        try:
+            manifest = self.store.checked_manifest(session_id, state)
+        except DamagedSession as exc:
+            self.store.quarantine(session_id, state, f"cannot be sent again: {exc}")
+            self.on_change(session_id)
+            return True
+        total = manifest["parts"]
+        wanted = sorted(n for n in parts if 0 <= n < total) if parts else range(total)
+        if not self._send(session_id, state, manifest, wanted):
+            return False
+        self.resent += 1
+        log.info("session %s: sent %d part(s) and the manifest again", session_id, len(wanted))
+        return True
 
     def _send(self, session_id: str, state: str, manifest: dict[str, object],
               parts: Iterable[int]) -> bool:
@@ -152,32 +313,47 @@ class Publisher:
         return delivery.wait(ACK_TIMEOUT_S)
 
     def drain(self) -> None:
-        """Publish everything in the outbox, oldest first, while connected."""
+        """Publish everything in the outbox, oldest first, while connected. A damaged
+        session is quarantined and the next one goes out; none blocks the rest."""
         for session_id in self.store.pending():
             if self._stop.is_set() or not self.link.connected.is_set():
                 return
+            self.last_loop_s = time.monotonic()
             try:
                 if not self.publish_session(session_id):
-                    return
-            except (OSError, ValueError, KeyError) as exc:
-                log.error("publisher: cannot publish %s: %s", session_id, exc)
-                return
+                    return  # the connection went: wait for it
+                self._errors.pop(session_id, None)
+            except DamagedSession as exc:
+                self.store.quarantine(session_id, OUTBOX, str(exc))
+                self.on_change(session_id)
+            except OSError as exc:
+                errors = self._errors[session_id] = self._errors.get(session_id, 0) + 1
+                log.error("publisher: cannot publish %s (%d time(s) in a row): %s: %s",
+                          session_id, errors, type(exc).__name__, exc)
+                if errors >= MAX_PUBLISH_ERRORS:
+                    self._errors.pop(session_id)
+                    self.store.quarantine(session_id, OUTBOX, f"its files could not be read "
+                                          f"{errors} times: {type(exc).__name__}: {exc}")
+                    self.on_change(session_id)
 
     def start(self) -> None:
+        self.use_link(self.link)
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.last_loop_s = time.monotonic()
-            self._wake.wait(IDLE_RESCAN_S)
+            self._wake.wait(min(IDLE_RESCAN_S, RECEIPT_CHECK_EVERY_S))
             self._wake.clear()
-            if self.link.connected.is_set():
-                try:
+            try:
+                self._take_receipts()
+                if self.link.connected.is_set():
+                    self._check_receipts_due()
                     self._do_resends()
                     self.drain()
-                except Exception:  # a bug must not end delivery; the watchdog sees the rest
-                    log.exception("publisher: unexpected error; retrying")
+            except Exception:  # a bug must not end delivery; the watchdog sees the rest
+                log.exception("publisher: unexpected error; retrying")
 
     @property
     def alive(self) -> bool:

@@ -30,7 +30,8 @@ SCHEMA_VERSION = 2  # 2: keyed by (device_id, session_id); an older index is reb
 STORE_FOLDERS: dict[str, tuple[tuple[str, ...], bool | None]] = {
     "sessions": (("*/*.json", "*.json"), None),  # collector: sessions/{device}/{id}.json
     "outbox": (("*.json",), False),
-    "published": (("*.json",), True),
+    "published": (("*.json",), True),  # acknowledged by the broker, awaiting the receipt
+    "stored": (("*.json",), True),  # the collector's receipt came
 }
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -70,10 +71,17 @@ class Entry:
     path: Path
     published: bool | None  # None on the collector's store
 
+    @property
+    def state(self) -> str | None:
+        """On a device's store, the folder the session is in (outbox, published, stored):
+        its state. None on the collector's store."""
+        return None if self.published is None else self.path.parent.name
+
     def as_json(self) -> dict[str, Any]:
         doc = dict(self.manifest.to_dict(), path=str(self.path))
         if self.published is not None:
             doc["published"] = self.published
+            doc["state"] = self.state
         return doc
 
 

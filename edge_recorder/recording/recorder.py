@@ -44,7 +44,8 @@ from edge_recorder.recording.events import (
 )
 from edge_recorder.recording.ids import iso_utc, new_journey_id, new_session_id
 from edge_recorder.recording.labels import cardinality_warning, check_labels, merge_labels
-from edge_recorder.recording.store import DeviceStore
+from edge_recorder.recording.recovery import salvage_session
+from edge_recorder.recording.store import DeviceStore, is_disk_full
 from edge_recorder.sampling.ring import Block, SampleRing
 from edge_recorder.sessionfile import ChannelInfo, SessionWriter, encode_block, restamp
 
@@ -121,6 +122,7 @@ class Recorder:
         self.completed = 0
         self.warnings: list[str] = []
         self.last_loop_s = time.monotonic()
+        self._pump_error = ""
         self._events: queue.Queue[Event] = queue.Queue()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -209,10 +211,16 @@ class Recorder:
                               for x in self.sources]}
         try:
             path = self.store.begin(session_id, header, SESSION_RESERVE_BYTES)
+            writer = SessionWriter(path, [ChannelInfo(x.name, x.driver, x.rate_hz)
+                                          for x in self.sources])
         except StoreFull as exc:
             raise Rejected("store_full", str(exc)) from exc
-        writer = SessionWriter(path, [ChannelInfo(x.name, x.driver, x.rate_hz)
-                                      for x in self.sources])
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.store.discard_recording(session_id)
+            raise Rejected("store_full", f"the disk is full ({describe(exc)}) and nothing "
+                           "published is left to delete; free disk space") from exc
         session = OpenSession(
             session_id=session_id, labels=labels, journey_id=journey, trigger=ev.trigger,
             trigger_ns=at, window_start_ns=window_start, deadline_ns=deadline,
@@ -268,35 +276,48 @@ class Recorder:
         # blocks shared by overlapping sessions (on one time base)
         encoded: dict[tuple[str, int, int, int], bytes] = {}
         for s in list(self.sessions.values()):
-            if s.stop_ns is None and s.deadline_ns is not None and now >= s.deadline_ns:
-                self._mark_stop(s, s.deadline_ns, s.deadline_reason)
-            caught_up = True
-            for src in self.sources:
-                blocks, missed = src.ring.read(s.cursors[src.name], s.window_start_ns,
-                                               s.stop_ns)
-                if missed:
-                    s.overrun[src.name] += missed
-                    log.warning("session %s: %d %s samples were evicted from the ring before "
-                                "they could be written", s.session_id, missed, src.name)
-                if blocks:  # one message per sensor per pump: MCAP framing costs per message
-                    block = Block.join(blocks)
-                    key = (src.name, block.first_seq, block.end_seq, s.offset_ns)
-                    data = encoded.get(key)
-                    if data is None:
-                        data = encoded[key] = encode_block(block, s.offset_ns)
-                    s.writer.write(src.name, block.t_ns[0] + s.offset_ns, data)
-                    s.samples[src.name] += len(block)
-                    s.cursors[src.name] = block.end_seq
-                elif missed:
-                    s.cursors[src.name] = src.ring.oldest_seq
-                if s.stop_ns is not None:
-                    newest = src.ring.newest_t_ns()
-                    caught_up &= newest is not None and newest >= s.stop_ns
-            if s.stop_ns is not None and (caught_up or now - s.stop_ns > STOP_GRACE_NS):
-                self._finalise(s)
-            elif now - s.last_flush_ns >= FLUSH_INTERVAL_NS:
+            try:
+                self._pump_session(s, now, encoded)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    raise
+                self._close_on_full_disk(s, exc)
+
+    def _pump_session(self, s: OpenSession, now: int,
+                      encoded: dict[tuple[str, int, int, int], bytes]) -> None:
+        """One session's share of :meth:`pump`."""
+        if s.stop_ns is None and s.deadline_ns is not None and now >= s.deadline_ns:
+            self._mark_stop(s, s.deadline_ns, s.deadline_reason)
+        caught_up = True
+        for src in self.sources:
+            blocks, missed = src.ring.read(s.cursors[src.name], s.window_start_ns,
+                                           s.stop_ns)
+            if missed:
+                s.overrun[src.name] += missed
+                log.warning("session %s: %d %s samples were evicted from the ring before "
+                            "they could be written", s.session_id, missed, src.name)
+            if blocks:  # one message per sensor per pump: MCAP framing costs per message
+                block = Block.join(blocks)
+                key = (src.name, block.first_seq, block.end_seq, s.offset_ns)
+                data = encoded.get(key)
+                if data is None:
+                    data = encoded[key] = encode_block(block, s.offset_ns)
+                s.writer.write(src.name, block.t_ns[0] + s.offset_ns, data)
+                s.samples[src.name] += len(block)
+                s.cursors[src.name] = block.end_seq
+            elif missed:
+                s.cursors[src.name] = src.ring.oldest_seq
+            if s.stop_ns is not None:
+                newest = src.ring.newest_t_ns()
+                caught_up &= newest is not None and newest >= s.stop_ns
+        if s.stop_ns is not None and (caught_up or now - s.stop_ns > STOP_GRACE_NS):
+            self._finalise(s)
+        else:
+            if now - s.last_flush_ns >= FLUSH_INTERVAL_NS:
                 s.writer.flush()  # durable up to here: a crash loses at most ~1 s
                 s.last_flush_ns = now
+            # recovery's end of a crash gap, on the session's time base (that of its samples)
+            self.store.note_alive(s.session_id, now + s.offset_ns)
 
     def _finalise(self, s: OpenSession) -> None:
         assert s.stop_ns is not None and s.stop_reason is not None
@@ -331,6 +352,9 @@ class Recorder:
                 restamp(s.writer.path, offset - s.offset_ns, manifest)
             manifest = self.store.complete(s.session_id, manifest)
         except OSError as exc:
+            if is_disk_full(exc):
+                self._close_on_full_disk(s, exc)
+                return
             log.error("session %s: could not finalise its file (%s); it stays in "
                       "recording/ and is recovered at the next start", s.session_id,
                       describe(exc))
@@ -354,6 +378,32 @@ class Recorder:
                 "offset_ns": offset_ns, "boot_id": self.clock.boot_id,
                 "steps": [x.as_dict() for x in self.clock.steps_since(s.window_start_ns)]}
 
+    def _close_on_full_disk(self, s: OpenSession, exc: OSError) -> None:
+        """The disk filled up under an open session. Its file is cut where the last flush
+        left it, room is made (published sessions go), and the session is closed as
+        recovery closes a crashed one, with ``stop_reason: store_full`` and a gap from its
+        last durable sample. If even that cannot be written, it stays in ``recording/``
+        and the next start recovers it."""
+        log.error("session %s: the disk is full (%s); closing it with what was written, "
+                  "stop_reason store_full", s.session_id, describe(exc))
+        s.writer.abort()
+        with self._lock:
+            del self.sessions[s.session_id]
+        try:
+            self.store.make_room(0, disk_full=True)
+        except StoreFull as full:
+            log.error("store: %s", full)
+        try:
+            manifest = salvage_session(self.store, s.session_id, stop_reason="store_full")
+        except (OSError, ValueError, KeyError) as again:
+            log.error("session %s: cannot be closed now (%s); it stays in recording/ and is "
+                      "recovered at the next start", s.session_id, describe(again))
+            return
+        if manifest is not None:
+            with self._lock:
+                self.completed += 1
+            self.on_complete(manifest)
+
     # --- the worker ---------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
@@ -367,13 +417,27 @@ class Recorder:
                 self.handle(event)
             except queue.Empty:
                 pass
+            pumped = True
             if time.monotonic() >= next_pump:
-                try:
-                    self.pump()
-                except Exception:
-                    log.exception("recorder: pump failed")
+                pumped = self._pump_logged()
                 next_pump = time.monotonic() + PUMP_INTERVAL_S
-            self.last_loop_s = time.monotonic()
+            if pumped:  # a pump failing every round is no progress: the watchdog sees it
+                self.last_loop_s = time.monotonic()
+
+    def _pump_logged(self) -> bool:
+        """Pump; a failure is logged once with its reason (not every 100 ms), and again
+        only when the reason changes; recovery is logged too."""
+        try:
+            self.pump()
+        except Exception as exc:
+            if describe(exc) != self._pump_error:
+                self._pump_error = describe(exc)
+                log.exception("recorder: pump failed; retrying every %.1f s", PUMP_INTERVAL_S)
+            return False
+        if self._pump_error:
+            log.info("recorder: pumping works again (it failed with %s)", self._pump_error)
+            self._pump_error = ""
+        return True
 
     @property
     def alive(self) -> bool:

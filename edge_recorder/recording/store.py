@@ -1,32 +1,50 @@
-"""The device store: every session on disk from its first sample until the broker has it.
+"""The device store: every session on disk from its first sample until the collector has it.
 
 Layout under ``storage.dir`` (a session's state is the directory its manifest is in)::
 
     recording/{id}.mcap  {id}.json   being written; the JSON holds what is known at start
     outbox/{id}.mcap     {id}.json   complete, waiting to be published
-    published/{id}.mcap  {id}.json   acknowledged by the broker; kept for local lookup
+    published/{id}.mcap  {id}.json   acknowledged by the broker; awaiting the collector's receipt
+    stored/{id}.mcap     {id}.json   the collector's receipt came: stored at the other end
+    failed/{id}.*        {id}.reason damaged (unreadable manifest, missing or truncated file):
+                                     quarantined, never retried, kept for a human to look at
 
-Every state change is a rename followed by a directory fsync. Published sessions are
-deleted oldest first when ``storage.max_bytes`` needs the room; unpublished ones never
-are: a full store refuses new sessions instead.
+This module is the only one that changes a session's state or builds its paths; the others
+ask it (:meth:`find`, :meth:`claim_stored`, :meth:`quarantine`, ...). Every state change is a
+rename followed by a directory fsync, so the state survives a crash or power cut.
+
+With ``delivery.require_receipt: false`` a broker's acknowledgement is the end of the road:
+``published/`` is then terminal, as it was before receipts existed.
+
+Room (``storage.max_bytes``, or a disk that is really full): stored sessions go first, oldest
+first; then quarantined ones; then published ones still awaiting a receipt, each with a
+WARNING naming it. Sessions not yet published are never deleted: a full store refuses new
+sessions instead (:class:`StoreFull`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from edge_recorder.documents import Manifest, file_fields_added
 from edge_recorder.errors import StoreFull
-from edge_recorder.fsutil import move_durable, write_json_atomic
+from edge_recorder.fsutil import fsync_dir, move_durable, write_atomic, write_json_atomic
+from edge_recorder.recording.ids import SESSION_ID_RE
 
 log = logging.getLogger(__name__)
 
-RECORDING, OUTBOX, PUBLISHED = "recording", "outbox", "published"
+RECORDING, OUTBOX, PUBLISHED, STORED, FAILED = (
+    "recording", "outbox", "published", "stored", "failed")
+STATES = (RECORDING, OUTBOX, PUBLISHED, STORED, FAILED)
+DISK_MARGIN_BYTES = 4 << 20  # when the disk itself is full, free at least this much
 
 
 def file_digest(path: Path) -> tuple[int, str]:
@@ -40,23 +58,69 @@ def file_digest(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError that means the file system has no room (ENOSPC, EDQUOT)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class DamagedSession(ValueError):
+    """A session in the outbox that can never be published as it is (the reason says why)."""
+
+
 class DeviceStore:
-    def __init__(self, root: Path, max_bytes: int, *, part_bytes: int = 131072) -> None:
+    def __init__(self, root: Path, max_bytes: int, *, part_bytes: int = 131072,
+                 require_receipt: bool = True) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.part_bytes = part_bytes
+        self.require_receipt = require_receipt
         self.refused = 0
-        for state in (RECORDING, OUTBOX, PUBLISHED):
+        self.quarantined = 0  # by this run; ``count(FAILED)`` is the total on disk
+        for state in STATES:
             (root / state).mkdir(parents=True, exist_ok=True)
 
     def path(self, state: str, session_id: str, suffix: str = ".mcap") -> Path:
+        if state not in STATES or not SESSION_ID_RE.match(session_id):
+            raise ValueError(f"not a session state and id: {state!r}, {session_id!r}")
         return self.root / state / f"{session_id}{suffix}"
 
-    # --- recording -> outbox -> published ---------------------------------------------
+    # --- questions other modules ask ----------------------------------------------------
+    def find(self, session_id: str) -> str | None:
+        """The state a session is in, or None (unknown here, or not a valid id)."""
+        if not SESSION_ID_RE.match(session_id):
+            return None
+        for state in (OUTBOX, PUBLISHED, STORED, FAILED, RECORDING):
+            if self.path(state, session_id, ".json").exists():
+                return state
+        return None
+
+    def ids(self, state: str) -> list[str]:
+        """Session ids in ``state``, oldest first (ids sort by start time)."""
+        return sorted(p.stem for p in (self.root / state).glob("*.json")
+                      if SESSION_ID_RE.match(p.stem))
+
+    def count(self, state: str) -> int:
+        return len(self.ids(state))
+
+    def since(self, state: str, session_id: str) -> float:
+        """When the session entered ``state`` (UNIX seconds): its manifest's mtime, which the
+        move that put it there sets."""
+        return self.path(state, session_id, ".json").stat().st_mtime
+
+    # --- recording -> outbox -> published -> stored --------------------------------------
     def begin(self, session_id: str, header: dict[str, Any], reserve_bytes: int = 0) -> Path:
-        """Reserve room and record that a session started; return the path to write it to."""
+        """Reserve room and record that a session started; return the path to write it to.
+
+        StoreFull when there is no room, by ``storage.max_bytes`` or because the disk is full.
+        """
         self.make_room(reserve_bytes)
-        write_json_atomic(self.path(RECORDING, session_id, ".json"), header)
+        try:
+            write_json_atomic(self.path(RECORDING, session_id, ".json"), header)
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            self.make_room(reserve_bytes, disk_full=True)
+            write_json_atomic(self.path(RECORDING, session_id, ".json"), header)
         return self.path(RECORDING, session_id)
 
     def complete(self, session_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -101,11 +165,40 @@ class DeviceStore:
 
     def pending(self) -> list[str]:
         """Session ids waiting to be published, oldest first."""
-        return sorted(p.stem for p in (self.root / OUTBOX).glob("*.json"))
+        return self.ids(OUTBOX)
 
     def manifest(self, session_id: str, state: str = OUTBOX) -> dict[str, Any]:
         """The session's manifest, validated (DocumentError, a ValueError, if it is not)."""
         return Manifest.from_json(self.path(state, session_id, ".json").read_bytes()).to_dict()
+
+    def checked_manifest(self, session_id: str, state: str = OUTBOX) -> dict[str, Any]:
+        """The manifest of a session about to be sent, after checking the session can be
+        sent at all: DamagedSession says why not (the caller quarantines it)."""
+        try:
+            manifest = json.loads(self.path(state, session_id, ".json").read_text())
+        except UnicodeDecodeError as exc:
+            raise DamagedSession(f"its manifest is not UTF-8 text ({exc})") from exc
+        except json.JSONDecodeError as exc:
+            raise DamagedSession(f"its manifest is not valid JSON ({exc})") from exc
+        if not isinstance(manifest, dict):
+            raise DamagedSession("its manifest is not a JSON object")
+        for key, kind in (("parts", int), ("bytes", int), ("sha256", str)):
+            if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+                raise DamagedSession(f"its manifest has no valid {key!r}")
+        if manifest.get("session_id") != session_id:
+            raise DamagedSession(f"its manifest names session {manifest.get('session_id')!r}")
+        try:
+            size = self.path(state, session_id).stat().st_size
+        except FileNotFoundError:
+            raise DamagedSession(f"its session file {session_id}.mcap is missing") from None
+        if size != manifest["bytes"]:
+            raise DamagedSession(f"its session file has {size} bytes, the manifest says "
+                                 f"{manifest['bytes']} (truncated or overwritten)")
+        if manifest["parts"] != max(1, math.ceil(size / self.part_bytes)):
+            raise DamagedSession(f"its manifest says {manifest['parts']} parts, but "
+                                 f"{size} bytes make {max(1, math.ceil(size / self.part_bytes))}"
+                                 f" parts of mqtt.max_payload_bytes {self.part_bytes}")
+        return manifest
 
     def note_parts_sent(self, session_id: str, parts: int) -> None:
         """Parts ``0 .. parts-1`` are acknowledged: a restarted publish can begin after them.
@@ -121,14 +214,76 @@ class DeviceStore:
             return 0
 
     def mark_published(self, session_id: str) -> None:
+        """The broker acknowledged every part and the manifest."""
         self.path(OUTBOX, session_id, ".sent").unlink(missing_ok=True)
-        move_durable(self.path(OUTBOX, session_id), self.path(PUBLISHED, session_id))
-        move_durable(self.path(OUTBOX, session_id, ".json"),
-                     self.path(PUBLISHED, session_id, ".json"))
+        self._move(session_id, OUTBOX, PUBLISHED)
+
+    def mark_stored(self, session_id: str) -> str:
+        """The collector's receipt came. Moves the session from ``published/`` (or from the
+        outbox, when the receipt beat the broker's last acknowledgement) to ``stored/``;
+        returns the state it was in."""
+        state = self.find(session_id)
+        if state not in (OUTBOX, PUBLISHED):
+            raise ValueError(f"session {session_id} is {state or 'not here'}, "
+                             "not awaiting a receipt")
+        self.path(OUTBOX, session_id, ".sent").unlink(missing_ok=True)
+        self._move(session_id, state, STORED)
+        return state
+
+    def _move(self, session_id: str, src: str, dst: str) -> None:
+        """File first, manifest last: the manifest's folder is the state, so a crash between
+        the two leaves the old state with its file already moved (recovery finishes it)."""
+        if self.path(src, session_id).exists():
+            move_durable(self.path(src, session_id), self.path(dst, session_id))
+        move_durable(self.path(src, session_id, ".json"), self.path(dst, session_id, ".json"))
+        os.utime(self.path(dst, session_id, ".json"))  # when it entered ``dst``: see since()
+
+    def finish_moves(self) -> None:
+        """Complete moves a crash interrupted (the file moved, its manifest not yet)."""
+        for src, dst in ((OUTBOX, PUBLISHED), (OUTBOX, STORED), (PUBLISHED, STORED)):
+            for sid in self.ids(src):
+                if not self.path(src, sid).exists() and self.path(dst, sid).exists():
+                    self._move(sid, src, dst)
+
+    def quarantine(self, session_id: str, state: str, reason: str) -> None:
+        """Move a damaged session's files to ``failed/`` with a ``.reason`` file; never retried."""
+        for p in sorted((self.root / state).glob(f"{session_id}.*")):  # ids have no dots
+            move_durable(p, self.root / FAILED / p.name)
+        write_atomic(self.path(FAILED, session_id, ".reason"), (reason + "\n").encode())
+        if not self.path(FAILED, session_id, ".json").exists():  # listed even without one
+            write_json_atomic(self.path(FAILED, session_id, ".json"), {"session_id": session_id})
+        self.quarantined += 1
+        log.error("store: session %s quarantined to %s: %s", session_id, self.root / FAILED,
+                  reason)
+
+    def failure_reason(self, session_id: str) -> str:
+        try:
+            return self.path(FAILED, session_id, ".reason").read_text().strip()
+        except OSError:
+            return ""
+
+    def discard_recording(self, session_id: str) -> None:
+        """Forget a session that could not even start (its files in ``recording/``)."""
+        for suffix in (".mcap", ".json"):
+            self.path(RECORDING, session_id, suffix).unlink(missing_ok=True)
+
+    def note_alive(self, session_id: str, t_ns: int) -> None:
+        """The recorder is alive and has handled this session up to ``t_ns`` (its clock):
+        kept as the mtime of ``recording/{id}.json``, so recovery can say up to when a
+        crashed session was recording. One ``utime`` call; not fsync'd (a power cut may
+        lose it, a crashed daemon does not)."""
+        try:
+            os.utime(self.path(RECORDING, session_id, ".json"), ns=(t_ns, t_ns))
+        except OSError:
+            pass  # only the estimate of a crash's loss suffers
+
+    def last_alive_ns(self, session_id: str) -> int:
+        """The last instant the recorder was known to be recording this session."""
+        return self.path(RECORDING, session_id, ".json").stat().st_mtime_ns
 
     def unfinished(self) -> list[str]:
         """Sessions that were recording when the daemon last stopped."""
-        return sorted(p.stem for p in (self.root / RECORDING).glob("*.json"))
+        return self.ids(RECORDING)
 
     # --- room ---------------------------------------------------------------------------
     def _sizes(self, state: str) -> dict[Path, int]:
@@ -147,27 +302,76 @@ class DeviceStore:
         return sizes
 
     def used_bytes(self) -> int:
-        return sum(sum(self._sizes(s).values()) for s in (RECORDING, OUTBOX, PUBLISHED))
+        return sum(sum(self._sizes(s).values()) for s in STATES)
 
     def backlog(self) -> dict[str, int]:
         files = {p: n for p, n in self._sizes(OUTBOX).items() if p.suffix == ".mcap"}
         return {"sessions": len(files), "bytes": sum(files.values())}
 
-    def make_room(self, need_bytes: int) -> None:
-        """Delete published sessions, oldest first, until ``need_bytes`` fit; else StoreFull."""
+    def awaiting_receipt(self) -> dict[str, float]:
+        """Published sessions still awaiting the collector's receipt: how many, and the age
+        in seconds of the oldest (0 when none, or when receipts are off)."""
+        if not self.require_receipt:
+            return {"sessions": 0, "oldest_s": 0.0}
+        ages = []
+        for sid in self.ids(PUBLISHED):
+            try:
+                ages.append(time.time() - self.since(PUBLISHED, sid))
+            except FileNotFoundError:  # stored meanwhile
+                continue
+        return {"sessions": len(ages), "oldest_s": round(max(ages, default=0.0), 1)}
+
+    def _disk_free(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def make_room(self, need_bytes: int, *, disk_full: bool = False) -> None:
+        """Delete sessions, least needed first, until ``need_bytes`` fit in
+        ``storage.max_bytes`` (and, with ``disk_full``, on the disk too); else StoreFull."""
         used = self.used_bytes()
-        published = sorted({p.stem for p in self._sizes(PUBLISHED)})
-        while used + need_bytes > self.max_bytes and published:
-            sid = published.pop(0)
-            for suffix in (".json", ".mcap"):
-                p = self.path(PUBLISHED, sid, suffix)
-                if p.exists():
-                    used -= p.stat().st_size
-                    p.unlink()
-            log.info("store: deleted published session %s to make room", sid)
-        if used + need_bytes > self.max_bytes:
+        disk_need = need_bytes + DISK_MARGIN_BYTES if disk_full else 0
+        freed = 0
+
+        def short() -> bool:
+            return used + need_bytes > self.max_bytes or \
+                (disk_full and self._disk_free() < disk_need)
+
+        # published is last while it awaits a receipt; without receipts it is terminal
+        order = (STORED, FAILED, PUBLISHED) if self.require_receipt else \
+            (STORED, PUBLISHED, FAILED)
+        for state in order:
+            for sid in self.ids(state):
+                if not short():
+                    break
+                size = self._delete(state, sid)
+                used -= size
+                freed += size
+        if short():
             self.refused += 1
+            why = "the disk is full" if disk_full and self._disk_free() < disk_need else \
+                f"{used} of {self.max_bytes} bytes (storage.max_bytes) hold sessions"
             raise StoreFull(
-                f"storage is full: {used} of {self.max_bytes} bytes hold sessions not yet "
-                "published; new sessions are refused until the broker takes them "
-                "(or raise storage.max_bytes)")
+                f"storage is full: {why}; every session left is not yet published, so new "
+                "sessions are refused until the broker takes them (or raise storage.max_bytes, "
+                "or free disk space)")
+
+    def _delete(self, state: str, session_id: str) -> int:
+        size = 0
+        for p in (self.root / state).glob(f"{session_id}.*"):
+            try:
+                size += p.stat().st_size
+                p.unlink()
+            except FileNotFoundError:
+                continue
+        try:
+            fsync_dir(self.root / state)
+        except OSError:
+            pass  # the deletion may come back after a crash; nothing is lost by that
+        if state == STORED or (state == PUBLISHED and not self.require_receipt):
+            log.info("store: deleted %s session %s to make room", state, session_id)
+        elif state == PUBLISHED:
+            log.warning("store: deleted session %s to make room although the collector has "
+                        "not confirmed storing it (no receipt yet)", session_id)
+        else:
+            log.warning("store: deleted quarantined session %s to make room", session_id)
+        return size
+

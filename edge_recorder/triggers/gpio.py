@@ -109,19 +109,22 @@ class GpioButton:
 
 
 class StatusLed:
-    """On while recording, blinking on error, off when idle."""
+    """On while recording, blinking fast on error, a short flash every 2 s while a published
+    session's receipt is overdue (the collector is not confirming), off when idle."""
 
     def __init__(self, pin: int | str, factory: Factory | None) -> None:
         self.led = LED(pin, pin_factory=factory)
         self._state = "off"
 
-    def show(self, recording: bool, error: bool) -> None:
-        state = "blink" if error else "on" if recording else "off"
+    def show(self, recording: bool, error: bool, waiting: bool = False) -> None:
+        state = "blink" if error else "on" if recording else "waiting" if waiting else "off"
         if state == self._state:
             return
         self._state = state
         if state == "blink":
             self.led.blink(on_time=0.2, off_time=0.2)
+        elif state == "waiting":
+            self.led.blink(on_time=0.1, off_time=1.9)
         elif state == "on":
             self.led.on()
         else:

@@ -1,0 +1,165 @@
+"""A full device disk (issue 12, item 9): ``store_full``, room made, sessions closed, exit 0.
+
+The daemon test runs on a real, tiny tmpfs (needs root to mount; skipped otherwise). The
+in-process tests inject ENOSPC into the session writer, so the recorder's handling is
+tested on any machine.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_recorder.recording.events import StartRequested, Trigger
+from edge_recorder.recording.recorder import Recorder
+from edge_recorder.sessionfile import SessionWriter, read_manifest
+from tests.conftest import base_config, wait_online, wait_until, write_config
+from tests.rig import Rig
+
+MQTT = Trigger("mqtt")
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs: a file system that really runs out of space."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()}); the injected-ENOSPC "
+                    "tests below cover the recorder's side")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(path: Path, leave_bytes: int) -> None:
+    """Fill the file system ``path`` is on until only ``leave_bytes`` are free."""
+    free = os.statvfs(path.parent).f_bavail * os.statvfs(path.parent).f_frsize
+    with open(path, "wb") as f:
+        f.write(b"\0" * max(0, free - leave_bytes))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _send(client, payload: dict) -> dict:
+    rid = f"r{time.monotonic_ns()}"
+    client.subscribe("edge-recorder/test-pi/cmd/reply")
+    client.publish("edge-recorder/test-pi/cmd", json.dumps({**payload, "request_id": rid}))
+    return wait_until(lambda: next((r for r in client.json_on("edge-recorder/test-pi/cmd/reply")
+                                    if r.get("request_id") == rid), None), 15, "reply")
+
+
+@pytest.mark.broker
+def test_a_full_disk_closes_the_session_makes_room_and_refuses_cleanly(
+        tmp_path, tiny_disk, broker, client, spawn):
+    store = tiny_disk / "store"
+    for state in ("recording", "outbox", "published", "stored", "failed"):
+        (store / state).mkdir(parents=True)
+    for i in range(2):  # two sessions the collector confirmed: the first to go
+        sid = f"20261127T00000{i}000Z-old{i}"
+        (store / "stored" / f"{sid}.mcap").write_bytes(os.urandom(3 << 20))
+        (store / "stored" / f"{sid}.json").write_text(json.dumps({"session_id": sid}))
+    fill(tiny_disk / "filler-1", leave_bytes=150_000)
+    config = base_config(tmp_path, broker.port, storage={"dir": str(store),
+                                                          "max_bytes": 1 << 30})
+    config["sensors"][0]["rate_hz"] = 1000
+    cfg = write_config(tmp_path / "device.yaml", config)
+    daemon = spawn("run", "-c", str(cfg), name="daemon")
+    wait_online(client)
+    sid = _send(client, {"cmd": "start", "duration_s": 20})["session_id"]
+    # ~150 kB fill up within seconds at 1 kHz: the session is closed with what was written
+    manifest_path = wait_until(lambda: next(store.glob(f"*/{sid}.json"), None) if not
+                               (store / "recording" / f"{sid}.json").exists() else None, 30,
+                               "the session closed on the full disk")
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["stop_reason"] == "store_full"
+    (sensor,) = manifest["sensors"]
+    assert sensor["samples"] > 0 and [g["reason"] for g in sensor["gaps"]] == ["store_full"]
+    assert read_manifest(manifest_path.with_suffix(".mcap"))["stop_reason"] == "store_full"
+    assert list((store / "stored").iterdir()) == []  # room was made from stored sessions
+    log = daemon.log()
+    assert "deleted stored session 20261127T000000000Z-old0 to make room" in log
+    # now the disk is full with nothing left to delete but what awaits a receipt
+    wait_until(lambda: (store / "published" / f"{sid}.json").exists(), 20, "published")
+    fill(tiny_disk / "filler-2", leave_bytes=0)
+    reply = _send(client, {"cmd": "start", "duration_s": 1})
+    assert reply["ok"] is False and reply["error"]["code"] == "store_full", reply
+    assert "disk is full" in reply["error"]["message"]
+    log = daemon.log()
+    assert f"deleted session {sid} to make room although the collector has not confirmed" in log
+    assert "internal_error" not in log and "Traceback" not in log
+    assert log.count("pump failed") <= 1
+    assert daemon.alive() and daemon.stop() == 0
+
+
+class FullDiskWriter(SessionWriter):
+    """A session writer on a disk that fills up after ``room`` more messages."""
+
+    room = 5
+
+    def write(self, sensor: str, t0_ns: int, data: bytes) -> None:
+        if FullDiskWriter.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        FullDiskWriter.room -= 1
+        super().write(sensor, t0_ns, data)
+
+
+def test_an_injected_full_disk_closes_open_sessions_as_store_full(tmp_path, monkeypatch,
+                                                                  caplog):
+    monkeypatch.setattr("edge_recorder.recording.recorder.SessionWriter", FullDiskWriter)
+    FullDiskWriter.room = 10**9
+    rig = Rig(tmp_path)
+    rig.run(1.0)
+    FullDiskWriter.room = 8  # ~0.8 s of messages, then the disk is full
+    sid = rig.ask(StartRequested, trigger=MQTT, duration_s=None)["session_id"]
+    caplog.set_level(logging.INFO)
+    rig.run(3.0)
+    assert rig.recorder.sessions == {}
+    (manifest,) = rig.completed
+    assert manifest["session_id"] == sid and manifest["stop_reason"] == "store_full"
+    (sensor,) = manifest["sensors"]
+    assert sensor["samples"] > 0 and sensor["gaps"][0]["reason"] == "store_full"
+    assert rig.store.find(sid) == "outbox"
+    assert caplog.text.count("the disk is full") == 1
+    # the next start is refused with store_full, not internal_error, when no room is left
+    monkeypatch.setattr(rig.store, "begin", _raise_enospc)
+    reply = rig.ask(StartRequested, trigger=MQTT, duration_s=None)
+    assert reply["ok"] is False and reply["error"]["code"] == "store_full"
+
+
+def _raise_enospc(*args: object, **kw: object) -> Path:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_pump_failing_every_round_is_logged_once_and_stops_the_heartbeat(tmp_path, caplog):
+    rig = Rig(tmp_path)
+    rig.run(0.5)
+    recorder: Recorder = rig.recorder
+
+    def broken_pump() -> None:
+        raise RuntimeError("ring cursor corrupt")
+
+    recorder.pump = broken_pump  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO)
+    recorder.start()
+    try:
+        time.sleep(0.2)
+        beat = recorder.last_loop_s
+        time.sleep(1.0)  # ten failing rounds
+        assert recorder.last_loop_s == beat, "a failing pump must not count as progress"
+        failures = [r for r in caplog.records if "pump failed" in r.getMessage()]
+        assert len(failures) == 1 and "RuntimeError: ring cursor corrupt" in caplog.text
+    finally:
+        recorder._stop.set()
+        recorder._thread.join(2)
