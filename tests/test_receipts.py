@@ -33,6 +33,8 @@ def put_session(store: DeviceStore, sid: str, size: int = 3000, seed: int = 0) -
     """A finished session in the outbox, as the recorder leaves it."""
     data = bytes((i * 7 + seed) % 256 for i in range(size))
     manifest = {"session_id": sid, "device_id": "dev1", "bytes": size,
+                "started_at": "2026-11-27T00:00:00.000000Z",
+                "stopped_at": "2026-11-27T00:00:01.000000Z",
                 "parts": max(1, math.ceil(size / PART)),
                 "sha256": hashlib.sha256(data).hexdigest()}
     store.path("outbox", sid).write_bytes(data)
@@ -232,7 +234,7 @@ def test_damaged_outbox_sessions_are_quarantined_and_block_nothing(tmp_path, bro
         wait_until(lambda: state_of(store, good) == "stored", 10, "the good one stored")
         assert [state_of(store, s) for s in (bad_json, no_file, short)] == ["failed"] * 3
         assert store.count("failed") == 3 and store.pending() == []
-        assert "not valid JSON" in store.failure_reason(bad_json)
+        assert "manifest: not JSON" in store.failure_reason(bad_json)
         assert "is missing" in store.failure_reason(no_file)
         assert "has 1000 bytes, the manifest says 3000" in store.failure_reason(short)
         time.sleep(2.5)  # a few more publisher rounds: nothing is tried again
@@ -240,14 +242,18 @@ def test_damaged_outbox_sessions_are_quarantined_and_block_nothing(tmp_path, bro
         assert device.publisher.published == 1
     finally:
         device.close()
-    r = cli("sessions", "list", "--store", str(store.root), "--state", "failed")
+    r = cli("sessions", "list", "--store", str(store.root), "--state", "failed", "--json")
     assert r.returncode == 0, r.stderr
-    rows = r.stdout.splitlines()[1:]
-    assert [row.split()[0] for row in rows] == [bad_json, no_file, short]
-    assert all(" failed (" in row for row in rows)
-    r = cli("sessions", "list", "--store", str(store.root), "--json")
-    assert {(d["session_id"], d["state"]) for d in map(json.loads, r.stdout.splitlines())} == \
-        {(bad_json, "failed"), (no_file, "failed"), (short, "failed"), (good, "stored")}
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(d["session_id"], d["state"]) for d in rows] == \
+        [(bad_json, "failed"), (no_file, "failed"), (short, "failed")]
+    assert "is missing" in rows[1]["reason"] and "truncated" in rows[2]["reason"]
+    r = cli("sessions", "list", "--store", str(store.root))
+    assert r.returncode == 0, r.stderr
+    (header, row) = r.stdout.splitlines()
+    assert header.split()[-1] == "STATE" and row.split()[0] == good and row.split()[-1] == "stored"
+    r = cli("sessions", "list", "--store", str(store.root), "--state", "published")
+    assert r.stdout.splitlines()[1:] == []
 
 
 def test_room_goes_to_stored_sessions_first_and_warns_for_unconfirmed_ones(tmp_path, caplog):
@@ -275,7 +281,7 @@ def test_room_goes_to_stored_sessions_first_and_warns_for_unconfirmed_ones(tmp_p
 
 def test_store_ids_never_reach_a_path(tmp_path):
     store = DeviceStore(tmp_path / "s", max_bytes=10_000)
-    for evil in ("..", ".", "../../etc/passwd", "a/b", "", "+", "#", "a.json", "x" * 65):
+    for evil in ("..", ".", "../../etc/passwd", "a/b", "", "+", "#", "a.json", "x" * 129):
         assert store.find(evil) is None
         with pytest.raises(ValueError):
             store.path("outbox", evil)

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
-
-# The one pattern a session id must match before it reaches a path or a topic: no dots,
-# no slashes, no wildcards. Ours look like ``20261126T100000123Z-3f9a1c07b2``.
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 def _utc_stamp(t_ns: int, with_ms: bool) -> str:

@@ -34,10 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_recorder.documents import Manifest, file_fields_added
+from edge_recorder.documents import Manifest, file_fields_added, valid_id
 from edge_recorder.errors import StoreFull
 from edge_recorder.fsutil import fsync_dir, move_durable, write_atomic, write_json_atomic
-from edge_recorder.recording.ids import SESSION_ID_RE
+from edge_recorder.log import describe
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,14 @@ class DeviceStore:
             (root / state).mkdir(parents=True, exist_ok=True)
 
     def path(self, state: str, session_id: str, suffix: str = ".mcap") -> Path:
-        if state not in STATES or not SESSION_ID_RE.match(session_id):
+        if state not in STATES or not valid_id(session_id):
             raise ValueError(f"not a session state and id: {state!r}, {session_id!r}")
         return self.root / state / f"{session_id}{suffix}"
 
     # --- questions other modules ask ----------------------------------------------------
     def find(self, session_id: str) -> str | None:
         """The state a session is in, or None (unknown here, or not a valid id)."""
-        if not SESSION_ID_RE.match(session_id):
+        if not valid_id(session_id):
             return None
         for state in (OUTBOX, PUBLISHED, STORED, FAILED, RECORDING):
             if self.path(state, session_id, ".json").exists():
@@ -97,7 +97,7 @@ class DeviceStore:
     def ids(self, state: str) -> list[str]:
         """Session ids in ``state``, oldest first (ids sort by start time)."""
         return sorted(p.stem for p in (self.root / state).glob("*.json")
-                      if SESSION_ID_RE.match(p.stem))
+                      if valid_id(p.stem))
 
     def count(self, state: str) -> int:
         return len(self.ids(state))
@@ -175,18 +175,15 @@ class DeviceStore:
         """The manifest of a session about to be sent, after checking the session can be
         sent at all: DamagedSession says why not (the caller quarantines it)."""
         try:
-            manifest = json.loads(self.path(state, session_id, ".json").read_text())
-        except UnicodeDecodeError as exc:
-            raise DamagedSession(f"its manifest is not UTF-8 text ({exc})") from exc
-        except json.JSONDecodeError as exc:
-            raise DamagedSession(f"its manifest is not valid JSON ({exc})") from exc
-        if not isinstance(manifest, dict):
-            raise DamagedSession("its manifest is not a JSON object")
-        for key, kind in (("parts", int), ("bytes", int), ("sha256", str)):
-            if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
-                raise DamagedSession(f"its manifest has no valid {key!r}")
+            manifest = Manifest.from_json(
+                self.path(state, session_id, ".json").read_bytes()).to_dict()
+        except ValueError as exc:  # DocumentError names the field
+            raise DamagedSession(f"its manifest is not valid: {describe(exc)}") from exc
         if manifest.get("session_id") != session_id:
             raise DamagedSession(f"its manifest names session {manifest.get('session_id')!r}")
+        for key in ("parts", "bytes", "sha256"):
+            if manifest.get(key) is None:
+                raise DamagedSession(f"its manifest has no {key!r}")
         try:
             size = self.path(state, session_id).stat().st_size
         except FileNotFoundError:
