@@ -86,7 +86,9 @@ def test_sessions_made_while_the_broker_is_down_all_arrive_once(tmp_path, broker
     assert _send(client, {"cmd": "status"})["ok"] is True
     client.close()
     assert daemon.stop() == 0
-    published = {p.stem for p in (device / "published").glob("*.json")}
+    # published, and stored once the collector's receipt came
+    published = {p.stem for p in (device / "published").glob("*.json")} | \
+        {p.stem for p in (device / "stored").glob("*.json")}
     assert queued <= published
     wait_until(lambda: {p.stem for p in (store_dir / "sessions").glob("*/*.json")} >= published,
                30, "every published session at the collector")
