@@ -47,10 +47,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def write_password_file(path: Path, users: dict[str, str]) -> Path:
+    """A Mosquitto password file (hashed by ``mosquitto_passwd``) for ``users``."""
+    tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    path.write_text("")
+    for user, password in users.items():
+        subprocess.run([tool, "-b", str(path), user, password], check=True,
+                       capture_output=True)
+    return path
+
+
 class Broker:
     """A Mosquitto process with persistence (saved every second), restartable on its port."""
 
-    def __init__(self, workdir: Path, binary: str | None = None) -> None:
+    def __init__(self, workdir: Path, binary: str | None = None, *,
+                 password_file: Path | None = None, acl_file: Path | None = None) -> None:
+        """``password_file`` (see :func:`write_password_file`) turns anonymous access off;
+        ``acl_file`` is Mosquitto's ``acl_file`` (e.g. config/mosquitto.acl)."""
         found = binary or find_mosquitto()
         if found is None:
             raise FileNotFoundError("mosquitto is not installed (sudo apt-get install mosquitto)")
@@ -60,7 +73,10 @@ class Broker:
         workdir.mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            f"listener {self.port} 127.0.0.1\n"
+            + ("allow_anonymous true\n" if password_file is None else
+               f"allow_anonymous false\npassword_file {password_file}\n")
+            + ("" if acl_file is None else f"acl_file {acl_file}\n") +
             f"persistence true\npersistence_location {workdir}/\n"
             # sessions saved every second, so a killed broker comes back knowing the
             # collector's persistent subscription (as a production broker should)

@@ -62,11 +62,14 @@ def postgres(postgres_server: Postgres, request: pytest.FixtureRequest) -> Itera
 class Client:
     """An MQTT 5 test client that records everything it receives."""
 
-    def __init__(self, port: int, client_id: str = "") -> None:
+    def __init__(self, port: int, client_id: str = "", *, username: str | None = None,
+                 password: str | None = None) -> None:
         self.messages: list[paho.MQTTMessage] = []
         self.lock = threading.Lock()
         self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=paho.MQTTv5)
+        if username is not None:
+            self.c.username_pw_set(username, password)
         self.c.on_message = self._on_message
         connected = threading.Event()
         self.c.on_connect = lambda *a: connected.set()
