@@ -5,14 +5,22 @@ header byte, accel x/y/z and gyro x/y/z as big-endian int16, temperature as int8
 16-bit timestamp. The header says what the packet holds (bit 7: FIFO empty), which is
 how the driver checks its alignment; a packet that does not look like one makes the
 driver flush the FIFO and count what was lost.
+
+Start-up as the Linux ``inv_icm42600`` driver and TDK's ``Icm426xxDriver_HL.c`` do it:
+soft reset, wait ``INV_ICM42600_RESET_TIME_MS``, check RESET_DONE, disable the SPI
+interface on I2C (``UI_SIFS_CFG_SPI_DIS``), configure, turn the sensors on, and discard
+what they produce during the gyro start-up time ("first data are noisy"). A FIFO
+temperature of -128 (int8 0x80) is the chip's "invalid" and comes out as NaN.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import struct
 from typing import ClassVar
 
+from edge_recorder.errors import SensorError
 from edge_recorder.sensors.base import (
     DEG_TO_RAD,
     STANDARD_GRAVITY_MPS2,
@@ -29,6 +37,7 @@ INT_STATUS = 0x2D
 FIFO_COUNTH = 0x2E
 FIFO_DATA = 0x30
 SIGNAL_PATH_RESET = 0x4B
+INTF_CONFIG0 = 0x4C
 PWR_MGMT0 = 0x4E
 GYRO_CONFIG0 = 0x4F
 ACCEL_CONFIG0 = 0x50
@@ -39,9 +48,19 @@ REG_BANK_SEL = 0x76
 # Fields
 SOFT_RESET = Bits(1, DEVICE_CONFIG, 0)
 FIFO_MODE = Bits(2, FIFO_CONFIG, 6)
+GYRO_FS_SEL = Bits(3, GYRO_CONFIG0, 5)
+GYRO_ODR = Bits(4, GYRO_CONFIG0, 0)
+ACCEL_FS_SEL = Bits(3, ACCEL_CONFIG0, 5)
+ACCEL_ODR = Bits(4, ACCEL_CONFIG0, 0)
 FIFO_MODE_BYPASS, FIFO_MODE_STREAM = 0, 1
 FIFO_FLUSH = 0x02  # SIGNAL_PATH_RESET
 FIFO_FULL_INT = 0x02  # INT_STATUS, cleared on read
+RESET_DONE_INT = 0x10  # INT_STATUS, set when a soft reset has completed
+UI_SIFS_CFG = Bits(2, INTF_CONFIG0, 0)
+UI_SIFS_CFG_SPI_DIS = 2
+RESET_WAIT_S = 0.001  # Linux INV_ICM42600_RESET_TIME_MS
+GYRO_STARTUP_S = 0.060  # Linux INV_ICM42600_GYRO_STARTUP_TIME_MS
+INVALID_TEMP = -128  # int8 0x80 in a FIFO packet
 PWR_GYRO_ACCEL_LOW_NOISE = 0x0F
 FIFO_ACCEL_GYRO_TEMP = 0x07  # FIFO_CONFIG1: ACCEL_EN | GYRO_EN | TEMP_EN
 HEADER_EMPTY = 0x80
@@ -75,24 +94,33 @@ class Icm42688(ImuDriver):
     rates_hz: ClassVar[tuple[float, ...]] = tuple(sorted(ODR_CODE))
     accel_ranges_g: ClassVar[tuple[int, ...]] = tuple(sorted(ACCEL_FS_CODE))
     gyro_ranges_dps: ClassVar[tuple[int, ...]] = tuple(sorted(GYRO_FS_CODE))
-    fifo_bytes: ClassVar[int] = 2048
+    fifo_bytes_by_variant: ClassVar[dict[str, int]] = {"ICM-42688-P": 2048}
     frame_bytes: ClassVar[int] = PACKET.size
 
     def configure(self) -> None:
         bus, addr = self.bus, self.address
         bus.write(addr, REG_BANK_SEL, 0)
-        bus.write(addr, DEVICE_CONFIG, 1 << SOFT_RESET.shift)
-        self.sleep(0.002)  # datasheet: at least 1 ms
+        bus.write(addr, DEVICE_CONFIG, SOFT_RESET.encode(1))
+        self.sleep(RESET_WAIT_S)
+        if not bus.read(addr, INT_STATUS, 1)[0] & RESET_DONE_INT:
+            raise SensorError(
+                f"{self.name} on I2C bus {self.bus_name} at 0x{addr:02x} did not report "
+                "RESET_DONE after a soft reset; check the wiring and the power supply")
         bus.write(addr, REG_BANK_SEL, 0)
+        intf = bus.read(addr, INTF_CONFIG0, 1)[0] & ~UI_SIFS_CFG.mask
+        self.write_config(INTF_CONFIG0, intf | UI_SIFS_CFG.encode(UI_SIFS_CFG_SPI_DIS))
         odr = ODR_CODE[self.rate_hz]
-        bus.write(addr, GYRO_CONFIG0, (GYRO_FS_CODE[self.gyro_range_dps] << 5) | odr)
-        bus.write(addr, ACCEL_CONFIG0, (ACCEL_FS_CODE[self.accel_range_g] << 5) | odr)
-        bus.write(addr, FIFO_CONFIG1, FIFO_ACCEL_GYRO_TEMP)
-        bus.write(addr, FIFO_CONFIG, FIFO_MODE_STREAM << FIFO_MODE.shift)
-        bus.write(addr, PWR_MGMT0, PWR_GYRO_ACCEL_LOW_NOISE)
-        self.sleep(0.001)
+        self.write_config(GYRO_CONFIG0, GYRO_FS_SEL.encode(GYRO_FS_CODE[self.gyro_range_dps])
+                          | GYRO_ODR.encode(odr))
+        self.write_config(ACCEL_CONFIG0, ACCEL_FS_SEL.encode(ACCEL_FS_CODE[self.accel_range_g])
+                          | ACCEL_ODR.encode(odr))
+        self.write_config(FIFO_CONFIG1, FIFO_ACCEL_GYRO_TEMP)
+        self.write_config(FIFO_CONFIG, FIFO_MODE.encode(FIFO_MODE_STREAM))
+        self.write_config(PWR_MGMT0, PWR_GYRO_ACCEL_LOW_NOISE)
+        self.verify_config()
         self._accel_scale = self.accel_range_g / 32768 * STANDARD_GRAVITY_MPS2
         self._gyro_scale = self.gyro_range_dps / 32768 * DEG_TO_RAD
+        self.sleep(GYRO_STARTUP_S)  # TDK: "First data are noisy after enabling sensor"
         self.flush_fifo()
 
     def flush_fifo(self) -> None:
@@ -127,6 +155,7 @@ class Icm42688(ImuDriver):
         columns = (
             [v * a for v in flat[1::9]], [v * a for v in flat[2::9]], [v * a for v in flat[3::9]],
             [v * g for v in flat[4::9]], [v * g for v in flat[5::9]], [v * g for v in flat[6::9]],
-            [v / FIFO_TEMP_LSB_PER_C + TEMP_OFFSET_C for v in flat[7::9]],
+            [math.nan if v == INVALID_TEMP else v / FIFO_TEMP_LSB_PER_C + TEMP_OFFSET_C
+             for v in flat[7::9]],
         )
         return FifoRead(columns, len(columns[0]), lost_frames=lost)

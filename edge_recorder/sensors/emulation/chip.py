@@ -89,6 +89,7 @@ class EmulatedChip:
         self._was_absent = False
         self.resetting_until_ns = 0
         self.now_ns = 0  # bus time of the transfer being served
+        self.sample_ns = 0
         self.power_on_reset()
 
     # --- what subclasses describe -------------------------------------------------
@@ -124,9 +125,12 @@ class EmulatedChip:
         return register if register == self.fifo_port else (register + 1) & 0xFF
 
     def start_reset(self) -> None:
-        """A soft reset: registers to power-on values, off the bus for ``reset_ns``."""
+        """A soft reset: registers to power-on values, off the bus for ``reset_ns``.
+
+        Timed on the injected clock (the one the driver sleeps on), not on bus time,
+        which may run a transfer or two ahead of it."""
         self.power_on_reset()
-        self.resetting_until_ns = self.now_ns + self.reset_ns
+        self.resetting_until_ns = self.clock() + self.reset_ns
 
     # --- the bus side ----------------------------------------------------------------
     def present(self, now_ns: int) -> bool:
@@ -232,6 +236,7 @@ class EmulatedChip:
             )
             temp_c += g(0, 0.05)
         self.samples_generated += 1
+        self.sample_ns = t_ns  # the instant being encoded, for chips whose data settles
         self.update_data_registers(accel, gyro, temp_c)
         frame = self.fifo_frame(accel, gyro, temp_c)
         if not frame:

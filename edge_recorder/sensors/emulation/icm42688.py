@@ -1,4 +1,12 @@
-"""Register-level emulation of the ICM-42688-P (bank 0): what its driver uses."""
+"""Register-level emulation of the ICM-42688-P (bank 0): what its driver uses.
+
+Strict where the silicon is: a soft reset keeps the chip off the bus for 1 ms and then
+sets RESET_DONE; the first count read after a reset reads 0; for the start-up time
+after the sensors are turned on the data is noise (TDK: "first data are noisy") and the
+FIFO temperature reads -128 (invalid) until the temperature sensor has started; the
+first packet after a rate change carries the header's ODR-change bits; a full FIFO in
+stream mode drops its oldest whole packets and sets FIFO_FULL.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +21,11 @@ ODR_HZ = {1: 32000.0, 2: 16000.0, 3: 8000.0, 4: 4000.0, 5: 2000.0, 6: 1000.0, 7:
           8: 100.0, 9: 50.0, 10: 25.0, 11: 12.5, 15: 500.0}
 ACCEL_FS_G = {0: 16, 1: 8, 2: 4, 3: 2}
 GYRO_FS_DPS = {0: 2000, 1: 1000, 2: 500, 3: 250, 4: 125, 5: 62.5, 6: 31.25, 7: 15.625}
+INTF_CONFIG0_RESET = 0x30  # big-endian data and count, count in bytes, SPI+I2C enabled
+HEADER_ACCEL_GYRO_TMST = 0x68  # HEADER_ACCEL | HEADER_GYRO | timestamp field (0b10)
+HEADER_ODR_CHANGED = 0x03  # HEADER_ODR_ACCEL | HEADER_ODR_GYRO
+STARTUP_NS = 40_000_000  # noisy data after the sensors turn on (the driver waits 60 ms)
+TEMP_STARTUP_NS = 14_000_000  # Linux INV_ICM42600_TEMP_STARTUP_TIME_MS
 
 
 class EmulatedIcm42688(EmulatedChip):
@@ -20,14 +33,20 @@ class EmulatedIcm42688(EmulatedChip):
     who_am_i = 0x47
     fifo_capacity_bytes = 2048
     fifo_port = reg.FIFO_DATA
+    overflow_unit_bytes = reg.PACKET.size  # stream mode drops whole packets
+    reset_ns = 1_000_000
 
     def power_on_reset(self) -> None:
         super().power_on_reset()
         self.regs[reg.WHO_AM_I] = self.who_am_i
         self.regs[reg.GYRO_CONFIG0] = 0x06
         self.regs[reg.ACCEL_CONFIG0] = 0x06
+        self.regs[reg.INTF_CONFIG0] = INTF_CONFIG0_RESET
+        self.regs[reg.INT_STATUS] = reg.RESET_DONE_INT
         self.first_count_zero = True  # datasheet quirk: the first count after reset reads 0
         self.timestamp = 0
+        self.sensors_on_ns: int | None = None
+        self.odr_changed = True
 
     def nominal_period_ns(self) -> float | None:
         if self.regs[reg.PWR_MGMT0] & 0x0F != reg.PWR_GYRO_ACCEL_LOW_NOISE:
@@ -50,12 +69,26 @@ class EmulatedIcm42688(EmulatedChip):
     def frame_size(self) -> int:
         return reg.PACKET.size if self.fifo_running() else 0
 
+    def _since_on_ns(self, t_ns: int) -> int:
+        return t_ns - (self.sensors_on_ns if self.sensors_on_ns is not None else t_ns)
+
     def fifo_frame(self, accel: Vector, gyro: Vector, temp_c: float) -> bytes:
         if not self.fifo_running():
             return b""
         self.timestamp = (self.timestamp + 1) & 0xFFFF
-        temp = max(-128, min(127, round((temp_c - reg.TEMP_OFFSET_C) * reg.FIFO_TEMP_LSB_PER_C)))
-        return reg.PACKET.pack(0x68, *self._raw(accel, gyro), temp, self.timestamp)
+        since_on = self._since_on_ns(self.sample_ns)
+        raw = self._raw(accel, gyro)
+        if since_on < STARTUP_NS:  # settling: the accelerometer reads a fraction of 1 g
+            settle = since_on / STARTUP_NS
+            raw = (*(round(v * settle) for v in raw[:3]), *(v + 3000 for v in raw[3:]))
+        if since_on < TEMP_STARTUP_NS:
+            temp = reg.INVALID_TEMP
+        else:
+            temp = max(-127, min(127, round((temp_c - reg.TEMP_OFFSET_C)
+                                            * reg.FIFO_TEMP_LSB_PER_C)))
+        header = HEADER_ACCEL_GYRO_TMST | (HEADER_ODR_CHANGED if self.odr_changed else 0)
+        self.odr_changed = False
+        return reg.PACKET.pack(header, *raw, temp, self.timestamp)
 
     def update_data_registers(self, accel: Vector, gyro: Vector, temp_c: float) -> None:
         self.regs[0x1D:0x1F] = struct.pack(">h", clamp_i16((temp_c - 25.0) * 132.48))
@@ -78,13 +111,16 @@ class EmulatedIcm42688(EmulatedChip):
 
     def write_register(self, register: int, value: int) -> None:
         if register == reg.DEVICE_CONFIG and value & 0x01:
-            self.power_on_reset()
+            self.start_reset()
             return
         if register == reg.SIGNAL_PATH_RESET and value & reg.FIFO_FLUSH:
             self.clear_fifo()
             return
         if register == reg.WHO_AM_I:
             return
+        if register == reg.PWR_MGMT0 and value & 0x0F and not self.regs[register] & 0x0F:
+            self.sensors_on_ns = self.now_ns
         self.regs[register] = value
         if register in (reg.PWR_MGMT0, reg.ACCEL_CONFIG0, reg.GYRO_CONFIG0):
+            self.odr_changed = True
             self.restart_sampling()

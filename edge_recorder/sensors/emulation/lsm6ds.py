@@ -111,7 +111,7 @@ class EmulatedLsm6dsox(EmulatedChip):
             self.start_reset()
             return
         if register == reg.CTRL3_C and value & reg.BOOT.encode(1):
-            self.resetting_until_ns = self.now_ns + BOOT_NS  # BOOT self-clears
+            self.resetting_until_ns = self.clock() + BOOT_NS  # BOOT self-clears
             value &= ~reg.BOOT.encode(1)
         if register == reg.WHO_AM_I:
             return
