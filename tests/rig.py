@@ -18,7 +18,7 @@ from edge_recorder.recording.recorder import Recorder, SensorSource
 from edge_recorder.recording.store import DeviceStore
 from edge_recorder.sampling.ring import SampleRing
 from edge_recorder.sampling.sampler import BusSampler, SensorChannel
-from edge_recorder.sensors.emulation import EMULATORS, EmulatedBus, Faults
+from edge_recorder.sensors.emulation import EMULATORS, EmulatedBus, EmulatedChip, Faults
 from edge_recorder.sensors.registry import DRIVERS
 from edge_recorder.sessionfile import iter_batches, read_manifest
 
@@ -47,6 +47,10 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self.now += int(seconds * 1e9)
 
+    def advance_to(self, t_ns: int) -> None:
+        """Time passes while a transfer is on the wire (the emulated bus's ``wait_until``)."""
+        self.now = max(self.now, t_ns)
+
     def step(self, seconds: float) -> None:
         self.wall_offset_ns += int(seconds * 1e9)
 
@@ -62,14 +66,17 @@ class Rig:
     jitter_s: float = 0.0
     faults: Faults = field(default_factory=Faults)
     driver_name: str = "mpu6050"
+    chip_cls: type[EmulatedChip] | None = None  # a family variant (default: EMULATORS')
 
     def __post_init__(self) -> None:
         self.clock = FakeClock()
         driver_cls = DRIVERS[self.driver_name]
         address = driver_cls.default_address
-        self.chip = EMULATORS[self.driver_name](clock=self.clock, clock_error=self.clock_error,
-                                                faults=self.faults, record_truth=True)
-        self.bus = EmulatedBus({address: self.chip}, clock=self.clock)
+        chip_cls = self.chip_cls or EMULATORS[self.driver_name]
+        self.chip = chip_cls(clock=self.clock, clock_error=self.clock_error,
+                             faults=self.faults, record_truth=True)
+        self.bus = EmulatedBus({address: self.chip}, clock=self.clock,
+                               wait_until=self.clock.advance_to)
         self.driver = driver_cls(self.bus, address, rate_hz=self.rate_hz, accel_range_g=4,
                                  gyro_range_dps=500, sleep=self.clock.advance)
         self.ring = SampleRing(int(self.buffer_s * self.rate_hz))
@@ -91,10 +98,13 @@ class Rig:
     def run(self, seconds: float) -> None:
         """Advance the fake clock, polling and pumping as the threads would."""
         end = self.clock.now + int(seconds * 1e9)
+        next_tick = self.clock.now
         while self.clock.now < end:
             step = self.sampler.interval_s + (self.rng.uniform(0, self.jitter_s)
                                               if self.jitter_s else 0)
-            self.clock.advance(min(step, (end - self.clock.now) / 1e9))
+            # on a fixed grid, as BusSampler._run: time on the bus is part of the period
+            next_tick = max(next_tick + int(step * 1e9), self.clock.now)
+            self.clock.advance_to(min(next_tick, end))
             self.sampler.poll_once()
             self._since_pump += step
             if self._since_pump >= 0.1:

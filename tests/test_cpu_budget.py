@@ -18,7 +18,8 @@ def test_status_reports_how_full_the_fifo_got_and_an_overflow_as_full(tmp_path):
     assert rig.channel.counters.fifo_peak_pct == pytest.approx(100 * 10 / frames, abs=3)
     rig.clock.advance(0.04)  # a late poll: 50 frames waiting
     rig.run(0.1)
-    assert rig.channel.counters.fifo_peak_pct == pytest.approx(100 * 50 / frames, abs=3)
+    # 50, plus what arrives while the previous burst is on the wire (bus time, ~3 ms)
+    assert rig.channel.counters.fifo_peak_pct == pytest.approx(100 * 53 / frames, abs=3)
     rig.clock.advance(0.2)  # so late the FIFO overflowed
     rig.run(0.1)
     assert rig.channel.counters.overflows == 1

@@ -126,7 +126,8 @@ def test_a_stalled_reader_overflows_the_fifo_and_the_loss_is_counted(tmp_path, d
     manifest, path = stored(rig, sid)
     sensor = manifest["sensors"][0]
     assert sensor["gaps"] and sensor["gaps"][0]["reason"] == "fifo_overflow"
-    assert sensor["dropped"] == pytest.approx(500, abs=30)
+    # the 0.5 s stall, the poll that finds it (20 ms) and the FIFO's content it discards
+    assert 500 <= sensor["dropped"] <= 560
     # samples + dropped account for the whole window
     assert sensor["samples"] + sensor["dropped"] == pytest.approx(
         manifest["duration_s"] * 1000, abs=30)

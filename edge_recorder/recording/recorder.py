@@ -324,14 +324,18 @@ class Recorder:
         offset = self.clock.offset_ns()  # the session's time base: the clock as it is now
         sensors = []
         for src in self.sources:
-            gaps = src.ring.gaps_between(s.window_start_ns, s.stop_ns)
-            lost = sum(_overlap_lost(g.start_ns, g.end_ns, g.lost, s.window_start_ns, s.stop_ns)
-                       for g in gaps)
+            # each gap as far as it lies in the window, with its share of the loss, so the
+            # gaps listed add up to what is counted as dropped
+            w_start, w_end = s.window_start_ns, s.stop_ns
+            gaps = [dict(g.as_dict(), start_ns=max(g.start_ns, w_start) + offset,
+                         end_ns=min(g.end_ns, w_end) + offset,
+                         lost=_overlap_lost(g.start_ns, g.end_ns, g.lost, w_start, w_end))
+                    for g in src.ring.gaps_between(w_start, w_end)]
+            gaps = [g for g in gaps if g["lost"]]
             sensors.append({"name": src.name, "driver": src.driver, "rate_hz": src.rate_hz,
                             "samples": s.samples[src.name],
-                            "dropped": lost + s.overrun[src.name],
-                            "gaps": [dict(g.as_dict(), start_ns=g.start_ns + offset,
-                                          end_ns=g.end_ns + offset) for g in gaps]})
+                            "dropped": sum(g["lost"] for g in gaps) + s.overrun[src.name],
+                            "gaps": gaps})
         manifest: dict[str, Any] = {
             "session_id": s.session_id, "device_id": self.device_id,
             "labels": list(s.labels), "journey_id": s.journey_id,

@@ -61,7 +61,7 @@ class SensorChannel:
     down_since_ns: int | None = None
     retry_at_ns: int = 0
     backoff_s: float = BACKOFF_MIN_S
-    last_ts_ns: int | None = None
+    last_ts_ns: int | None = None  # accounted for up to here: last sample, or a gap's end
 
     def __post_init__(self) -> None:
         self.timebase = FrameTimebase(1e9 / self.driver.rate_hz)
@@ -131,27 +131,38 @@ class BusSampler:
             s.counters.overflows += 1
             since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
             self._record_loss(s, since, now, "fifo_overflow")
-        if read.lost_frames:  # frames the driver dropped (unpaired, marked invalid)
-            s.counters.dropped += read.lost_frames
-        if read.frames:
-            # lost frames still took a slot in the chip's timeline; assume the earliest
-            stamps = s.timebase.stamp(read.frames + read.lost_frames, now)[read.lost_frames:]
-            s.ring.append(stamps, read.columns)
+        if read.frames or read.lost_frames:
+            # frames the driver dropped (unpaired, invalid) took a slot in the chip's
+            # timeline; assume the earliest
+            stamps = s.timebase.stamp(read.frames + read.lost_frames, now)
+            if read.lost_frames:
+                lost_at = stamps[:read.lost_frames]
+                self._add_gap(s, Gap(lost_at[0], lost_at[-1] + 1, read.lost_frames,
+                                     "invalid_samples"))
+            if read.frames:
+                s.ring.append(stamps[read.lost_frames:], read.columns)
+                s.counters.samples += read.frames
+                s.counters.rate_hz = s.timebase.rate_hz
             s.last_ts_ns = stamps[-1]
-            s.counters.samples += read.frames
-            s.counters.rate_hz = s.timebase.rate_hz
-        elif read.lost_frames:
-            s.timebase.skip(read.lost_frames, resync=False)
 
     def _record_loss(self, s: SensorChannel, since_ns: int, now: int, reason: str) -> None:
-        """Everything sampled after ``since_ns`` until ``now`` is lost: count it, mark a gap."""
+        """Everything sampled after ``since_ns`` until ``now`` is lost: count it, mark a gap.
+
+        ``since_ns`` is the last instant already accounted for (a sample or the end of the
+        previous gap), so repeated losses while starved of CPU never count a stretch twice,
+        and nothing sampled after ``now`` is stamped inside the gap."""
         lost = round((now - since_ns) / s.period_ns)
-        s.timebase.skip(lost)
+        s.timebase.skip(lost, until_ns=now)
         if lost > 0:
-            s.counters.dropped += lost
-            s.counters.gaps += 1
-            s.ring.add_gap(Gap(int(since_ns + s.period_ns), now, lost, reason))
+            self._add_gap(s, Gap(int(since_ns + s.period_ns), now, lost, reason))
             log.warning("sensor %s: %d samples lost (%s)", s.name, lost, reason)
+        s.last_ts_ns = max(now, s.last_ts_ns or now)
+
+    @staticmethod
+    def _add_gap(s: SensorChannel, gap: Gap) -> None:
+        s.counters.dropped += gap.lost
+        s.counters.gaps += 1
+        s.ring.add_gap(gap)
 
     def _bus_error(self, s: SensorChannel, exc: OSError, now: int) -> None:
         s.counters.bus_errors += 1

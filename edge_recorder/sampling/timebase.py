@@ -50,18 +50,22 @@ class FrameTimebase:
         # Within one read the period is taken to the whole ns (≤ 0.5 ns × frames of error,
         # far below a sample period); every read re-anchors on the fit, so nothing adds up.
         step = round(p)
-        floor = int((self._last_ts or 0) + p / 2)  # never step backwards between reads
-        start = max(start, floor)
         last = start + (frames - 1) * step
-        if last > read_ns:  # and never into the future: frame ``newest`` predates the read
+        if last > read_ns:  # never into the future: frame ``newest`` predates the read
             start -= last - read_ns
+        # and, above all, never step backwards between reads (nor into a gap): more frames
+        # than fit since the last stamp means the phase was late, so this wins
+        start = max(start, int((self._last_ts or 0) + p / 2))
         out = list(range(start, start + frames * step, step))
         self._last_ts = out[-1]
         return out
 
-    def skip(self, frames: int, *, resync: bool = True) -> None:
-        """``frames`` were lost (overflow, outage); with ``resync`` the phase is re-learnt."""
+    def skip(self, frames: int, *, resync: bool = True, until_ns: int | None = None) -> None:
+        """``frames`` were lost (overflow, outage); with ``resync`` the phase is re-learnt.
+        ``until_ns``: the loss ran until then, so no later frame is stamped before it."""
         self.next_frame += max(0, frames)
+        if until_ns is not None:
+            self._last_ts = max(self._last_ts or 0, until_ns)
         if resync:
             period = self.period_ns
             self._reset_fit()

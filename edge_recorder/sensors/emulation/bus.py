@@ -25,7 +25,8 @@ class EmulatedBus:
     (or now, if the bus was idle) and the chip sees each one at the moment its data phase
     starts, so data keeps arriving between a FIFO count read and the burst that follows.
     With ``realtime`` the caller is held until the transfer would have ended, as the
-    i2c-dev ioctl holds it on hardware (only with a clock that runs at real speed).
+    i2c-dev ioctl holds it on hardware (only with a clock that runs at real speed);
+    ``wait_until`` does the same for another clock (a test's fake clock moves forward).
 
     ``wire_bits`` counts the bit times of every transfer, for the benchmarks.
     ``error_rate`` makes that fraction of transactions fail with EIO.
@@ -40,13 +41,14 @@ class EmulatedBus:
         seed: int = 1,
         clock_hz: int = DEFAULT_BUS_HZ,
         realtime: bool = False,
+        wait_until: Callable[[int], None] | None = None,
     ) -> None:
         self.chips: dict[int, EmulatedChip] = dict(chips or {})
         self.clock = clock
         self.error_rate = error_rate
         self.rng = random.Random(seed)
         self.clock_hz = clock_hz
-        self.realtime = realtime
+        self.wait_until = wait_until or (self._sleep_until if realtime else None)
         self.busy_until_ns = 0
         self.transactions = 0
         self.data_bytes = 0
@@ -82,10 +84,13 @@ class EmulatedBus:
         self.transactions += 1
         self.wire_bits += bits
         self.busy_until_ns = start_ns + self._bits_ns(bits)
-        if self.realtime:
-            lead = self.busy_until_ns - self.clock()
-            if lead > MAX_LEAD_NS:
-                time.sleep(lead / 1e9)
+        if self.wait_until is not None:
+            self.wait_until(self.busy_until_ns)
+
+    def _sleep_until(self, t_ns: int) -> None:
+        lead = t_ns - self.clock()
+        if lead > MAX_LEAD_NS:  # shorter waits cost more in wake-ups than they model
+            time.sleep(lead / 1e9)
 
     def read(self, address: int, register: int, length: int) -> bytes:
         chip, start = self._begin(address)
