@@ -314,11 +314,11 @@ def test_a_crash_is_a_gap_in_every_sensor_of_the_recovered_session(tmp_path):
     for crash_after_s, salvaged in ((0.3, False), (1.3, True)):
         rig = Rig(tmp_path / f"after-{crash_after_s}", rate_hz=200)
         rig.run(1.0)
-        start = rig.clock.now
+        start = rig.clock.wall()
         sid = rig.ask(StartRequested, trigger=Trigger("mqtt"), labels=(), journey_id=None,
                       duration_s=None)["session_id"]
         rig.run(crash_after_s)
-        crashed_at = rig.clock.now
+        crashed_at = rig.clock.wall()
         # SIGKILL: the recorder is gone, its open file as the last flush left it
         (manifest,) = recover(rig.store)
         assert manifest["session_id"] == sid and manifest["stop_reason"] == "recovered"
