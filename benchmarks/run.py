@@ -283,8 +283,9 @@ def bench_publish(tmp: Path, broker: Broker, size_mb: int) -> None:
     store.path("outbox", sid).write_bytes(data)
     part = 131072
     store.path("outbox", sid, ".json").write_text(json.dumps({
-        "session_id": sid, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-        "parts": math.ceil(len(data) / part)}))
+        "session_id": sid, "device_id": "dev", "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(), "parts": math.ceil(len(data) / part),
+        "started_at": "2026-11-26T00:00:00Z", "stopped_at": "2026-11-26T00:00:01Z"}))
     link = MqttLink(MqttConfig(host="127.0.0.1", port=broker.port), "bench-publisher")
     link.start()
     link.connected.wait(10)
@@ -314,6 +315,46 @@ def bench_publish(tmp: Path, broker: Broker, size_mb: int) -> None:
     row("publish", "throughput, 128 KiB parts, QoS 1, every part acked", mb / ours, "MB/s",
         mb / theirs, "mosquitto_pub -f (one message, QoS 1)", False, "target ≥ 0.7×",
         theirs / ours >= 0.7)
+
+
+def _collect_per_part_us(tmp: Path, parts: int) -> float:
+    """Median µs the collector spends per arriving part of a ``parts``-part session (topic
+    parsing, the durable part write, bookkeeping, and its share of the final assembly)."""
+    from edge_recorder.collector.collector import Collector
+    from edge_recorder.delivery.mqtt import Message
+
+    runs = []
+    for i in range(REPEATS):
+        collector = Collector(MqttConfig(host="127.0.0.1", port=1), tmp / f"collect-{parts}-{i}")
+        data = os.urandom(parts * 64)
+        sid = f"20261126T000000000Z-bench{parts}"
+        manifest = {"session_id": sid, "device_id": "dev", "bytes": len(data), "parts": parts,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "started_at": "2026-11-26T00:00:00Z", "stopped_at": "2026-11-26T00:00:01Z"}
+        collector.on_message(Message(f"edge-recorder/dev/sessions/{sid}/manifest",
+                                     json.dumps(manifest).encode()))
+        t0 = time.perf_counter()
+        for n in range(parts):
+            collector.on_message(Message(f"edge-recorder/dev/sessions/{sid}/part/{n}",
+                                         data[n * 64:(n + 1) * 64]))
+        runs.append((time.perf_counter() - t0) / parts * 1e6)
+        assert collector.store.stored == 1
+        collector.store.index.close()
+        shutil.rmtree(tmp / f"collect-{parts}-{i}")
+    return statistics.median(runs)
+
+
+def bench_collect(tmp: Path, small: int) -> None:
+    """Issue 12 item 3: part bookkeeping is O(1) per arrival, so the cost per part of a
+    large session is that of a small one (it was rebuilt from all parts on every arrival)."""
+    large = small * 16
+    print(f"\n[collect] per-part cost, a {large}-part session vs a {small}-part one",
+          flush=True)
+    base = _collect_per_part_us(tmp, small)
+    big = _collect_per_part_us(tmp, large)
+    row("collect", f"per arriving part, {large}-part session", big, "µs", base,
+        f"same, {small}-part session", True, "target ≥ 0.7× (O(1) per part)",
+        base / big >= 0.7)
 
 
 def _timed(cmd: list[str]) -> float:
@@ -782,7 +823,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="shorter runs (under a minute)")
     p.add_argument("--minutes", type=float, default=0, help="also run the soak this long")
     p.add_argument("--table", type=Path, help="write the markdown table here")
-    p.add_argument("--only", choices=("cpu-budget", "clock"), help="run only this section")
+    p.add_argument("--only", choices=("cpu-budget", "clock", "collect"),
+                   help="run only this section")
     args = p.parse_args()
     quick = args.quick
     if quick:
@@ -798,6 +840,9 @@ def main() -> int:
             if args.only == "clock":
                 bench_clock_step(tmp, 20.0 if quick else 60.0)
                 return 0
+            if args.only == "collect":
+                bench_collect(tmp, 100 if quick else 150)
+                return 0
             bench_pipeline(tmp, 20.0 if quick else 60.0, broker)
             NAIVE_US.append(next(r.baseline for r in ROWS if r.section == "pipeline"))
             bench_timestamps(tmp, 60.0 if quick else 600.0)
@@ -806,6 +851,7 @@ def main() -> int:
                          window_s=5.0 if quick else 20.0)
             bench_cpu_budget(tmp, broker, 5.0 if quick else 10.0)
             bench_clock_step(tmp, 20.0 if quick else 60.0)
+            bench_collect(tmp, 100 if quick else 150)
             if args.minutes:
                 bench_soak(tmp, broker, args.minutes)
         finally:

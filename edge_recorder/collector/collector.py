@@ -324,6 +324,12 @@ class CollectorStore:
                     f"{len(entry.have)} of {total} parts, manifest "
                     f"{'present' if entry.manifest else 'missing'}")
 
+    def resync(self) -> None:
+        """Bring the index in step with the manifests (and quarantine damaged ones), under
+        the store's lock: the network thread indexes new sessions through the same index."""
+        with self._lock:
+            self.index.sync()
+
     def status(self) -> dict[str, int]:
         with self._lock:
             incoming = len(self._incoming)
@@ -569,7 +575,7 @@ class Collector:
                 now = time.monotonic()
                 if now >= next_expiry:
                     self.store.expire()
-                    self.store.index.sync()  # quarantines a stored manifest damaged meanwhile
+                    self.store.resync()  # quarantines a stored manifest damaged meanwhile
                     next_expiry = now + 600
                 if now >= next_status:
                     self.log_status()
