@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +66,7 @@ RESEND_AFTER_S = 3.0  # an incomplete session this quiet gets a resend request
 RESEND_EVERY_S = 30.0  # the first repeat; each further one waits twice as long...
 RESEND_EVERY_MAX_S = 3600.0  # ...up to this
 MAX_ASSEMBLY_ATTEMPTS = 3  # checksum mismatches before a session is quarantined
+CLAIM_STALE_S = 60.0  # a shared-store assembly claim this old belongs to a dead member
 MAX_INCOMING_PER_DEVICE = 256  # sessions of one device being received at once
 MAX_RESEND_PARTS = 100_000  # part numbers in one resend command (the device's limit)
 PART_DIGITS = 7  # part numbers are at most MAX_PARTS - 1 (7 decimal digits)
@@ -107,9 +109,14 @@ class Rejected:
 class CollectorStore:
     """The collector's store: stored sessions, sessions arriving, and the quarantine."""
 
-    def __init__(self, root: Path, *, index: Callable[[CollectorStore], Index] | None = None
-                 ) -> None:
+    def __init__(self, root: Path, *, index: Callable[[CollectorStore], Index] | None = None,
+                 shared: bool = False) -> None:
+        """``shared``: other collectors (a ``--share`` group) write into the same store, so
+        a session's parts may arrive at several members: each arrival also takes in what
+        the others wrote, and one member at a time assembles a session (an atomic claim)."""
         self.root = root
+        self.shared = shared
+        self.member = f"{socket.gethostname()}-{os.getpid()}"
         self.sessions = root / "sessions"
         self.incoming = root / "incoming"
         self.rejected_dir = root / "rejected"
@@ -161,6 +168,7 @@ class CollectorStore:
             write_atomic(entry.folder / f"part-{n:0{PART_DIGITS}d}", data)
             entry.have.add(n)
             entry.last_seen = time.time()
+            self._refresh(entry)
             self._try_assemble(device_id, session_id, entry)
 
     def add_manifest(self, device_id: str, session_id: str, payload: bytes) -> Receipt | None:
@@ -196,6 +204,7 @@ class CollectorStore:
             write_atomic(entry.folder / "manifest.json", manifest.to_json())
             entry.manifest = manifest
             entry.last_seen = time.time()
+            self._refresh(entry)
             return self._try_assemble(device_id, session_id, entry)
 
     def _entry(self, device_id: str, session_id: str) -> Incoming:
@@ -215,9 +224,76 @@ class CollectorStore:
         entry = self._incoming[key] = Incoming(folder, now, now)
         return entry
 
+    def _refresh(self, entry: Incoming) -> None:
+        """On a shared store, take in the manifest and parts other members wrote into this
+        session's folder (a directory listing: parts arrive in any member's hands)."""
+        if not self.shared:
+            return
+        try:
+            if entry.manifest is None and (entry.folder / "manifest.json").exists():
+                entry.manifest = Manifest.from_json((entry.folder / "manifest.json").read_bytes())
+            if entry.manifest is not None and len(entry.have) < entry.manifest.parts:
+                for name in os.listdir(entry.folder):
+                    number = name[5:]
+                    if name.startswith("part-") and number.isdigit() and \
+                            len(number) == PART_DIGITS and int(number) < entry.manifest.parts:
+                        entry.have.add(int(number))
+        except FileNotFoundError:
+            return  # assembled (or quarantined) by another member meanwhile
+        except (OSError, DocumentError) as exc:  # its writer deals with it
+            log.debug("session folder %s: %s: %s", entry.folder, type(exc).__name__, exc)
+
+    def _claim(self, entry: Incoming) -> bool:
+        """One member assembles a session: whoever creates ``claim/`` (mkdir is atomic, on
+        NFS too). A claim older than CLAIM_STALE_S belongs to a member that died; it is
+        broken by renaming it away (atomic: of two breakers one wins)."""
+        if not self.shared:
+            return True
+        claim = entry.folder / "claim"
+        for _ in range(2):
+            try:
+                claim.mkdir()
+                write_atomic(claim / "owner", f"{self.member}\n".encode())
+                return True
+            except FileExistsError:
+                try:
+                    age_s = time.time() - claim.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # released meanwhile: try again
+                if age_s < CLAIM_STALE_S:
+                    return False  # another member is assembling it
+                stale = entry.folder / f"stale-claim-{self.member}"
+                try:
+                    claim.rename(stale)
+                except OSError:
+                    return False  # another member broke it first
+                log.warning("session folder %s: breaking a claim %.0f s old (its collector "
+                            "died while assembling)", entry.folder, age_s)
+                _remove_tree(stale)
+            except FileNotFoundError:
+                return False  # the folder is gone: stored or quarantined by another member
+        return False
+
+    def _release(self, entry: Incoming) -> None:
+        if self.shared:
+            _remove_tree(entry.folder / "claim")
+
     def _try_assemble(self, device_id: str, session_id: str, entry: Incoming) -> Receipt | None:
         if not entry.complete():
             return None
+        if not self._claim(entry):
+            return None
+        try:
+            return self._assemble(device_id, session_id, entry)
+        finally:
+            if (device_id, session_id) in self._incoming:  # not stored nor quarantined
+                self._release(entry)
+
+    def _assemble(self, device_id: str, session_id: str, entry: Incoming) -> Receipt | None:
+        if self.has(device_id, session_id):  # another member stored it meanwhile
+            self._forget(device_id, session_id)
+            return Receipt.for_manifest(self.stored_manifest(device_id, session_id),
+                                        duplicate=True)
         manifest = entry.manifest
         assert manifest is not None
         parts = [entry.folder / f"part-{n:0{PART_DIGITS}d}" for n in range(manifest.parts)]
@@ -230,7 +306,7 @@ class CollectorStore:
                 f"{manifest.bytes}: the file on the device does not match its manifest "
                 "(truncated?)")
             return None
-        tmp = entry.folder / "assembled.mcap"
+        tmp = entry.folder / f"assembled-{self.member}.mcap"
         digest = hashlib.sha256()
         with open(tmp, "wb") as out:
             for p in parts:
@@ -265,14 +341,52 @@ class CollectorStore:
         manifest_path = self.session_path(device_id, session_id, ".json")
         write_atomic(manifest_path, manifest.to_json())
         self.index.add(manifest_path, None, manifest)
-        del self._incoming[(device_id, session_id)]
-        _remove_tree(entry.folder)
+        self._forget(device_id, session_id)
         self.stored += 1
         log.info("stored session %s from %s (%d bytes, labels [%s], journey %s)", session_id,
                  device_id, size, ", ".join(manifest.labels), manifest.journey_id)
         return Receipt.for_manifest(manifest, duplicate=False)
 
+    def _forget(self, device_id: str, session_id: str) -> None:
+        """The session is stored: drop its bookkeeping and its ``incoming/`` folder."""
+        entry = self._incoming.pop((device_id, session_id), None)
+        if entry is not None:
+            _remove_tree(entry.folder)
+
     # --- housekeeping ----------------------------------------------------------------------
+    def catch_up(self) -> list[Receipt]:
+        """Shared store: settle sessions other members finished or left behind — drop the
+        ones stored meanwhile, take in parts they wrote, assemble what is now complete
+        (e.g. after a member died holding the last part). Receipts for what it stored."""
+        receipts = []
+        with self._lock:
+            for (device_id, session_id), entry in list(self._incoming.items()):
+                if self.has(device_id, session_id):
+                    self._forget(device_id, session_id)
+                    continue
+                if not self.shared:
+                    continue
+                self._refresh(entry)
+                receipt = self._try_assemble(device_id, session_id, entry)
+                if receipt is not None:
+                    receipts.append(receipt)
+            if self.shared:
+                self._adopt_new_folders()
+        return receipts
+
+    def _adopt_new_folders(self) -> None:
+        """Sessions another member began (and perhaps died with) become known here too."""
+        for device_dir in self.incoming.iterdir():
+            if not device_dir.is_dir() or not valid_id(device_dir.name):
+                continue
+            for folder in device_dir.iterdir():
+                key = (device_dir.name, folder.name)
+                if key not in self._incoming and folder.is_dir() and valid_id(folder.name):
+                    try:
+                        self._load_one(device_dir.name, folder.name, folder)
+                    except FileNotFoundError:
+                        self._incoming.pop(key, None)  # stored by its member meanwhile
+
     def incomplete(self, quiet_for_s: float) -> list[tuple[str, str, list[int] | None]]:
         """Sessions quiet for ``quiet_for_s``: (device, id, missing parts, or None for all
         when the manifest never came)."""
@@ -409,7 +523,9 @@ class CollectorStore:
                                           f"manifest unreadable ({type(exc).__name__}: {exc})")
                 return
             entry.have = {n for n in entry.have if n < entry.manifest.parts}
-            (folder / "assembled.mcap").unlink(missing_ok=True)
+            if not self.shared:  # a shared folder's assembly may be another member's
+                for leftover in folder.glob("assembled*.mcap"):
+                    leftover.unlink(missing_ok=True)
             with self._lock:
                 self._try_assemble(device_id, session_id, entry)
 
@@ -491,7 +607,8 @@ class Collector:
         """``index_url``: a ``postgresql://`` index instead of the store's SQLite file.
         ``share_group``: subscribe as a member of an MQTT 5 shared subscription group, so
         the broker spreads the sessions over the group (all members on one store)."""
-        self.store = CollectorStore(store_dir, index=None if index_url is None else (
+        self.store = CollectorStore(store_dir, shared=share_group is not None,
+                                    index=None if index_url is None else (
             lambda s: open_index(s.root, index_url, check_same_thread=False,
                                  on_damaged=s._quarantine_stored)))
         self.topic_prefix = topic_prefix
@@ -570,6 +687,8 @@ class Collector:
         next_expiry = next_status = 0.0
         while not stop.wait(1.0):
             try:
+                for receipt in self.store.catch_up():
+                    self.publish_receipt(receipt)
                 if self.link.connected.is_set():
                     self.ask_for_missing()
                 now = time.monotonic()
