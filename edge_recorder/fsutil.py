@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file.
+
+    The temporary name is unique to this writer, so two processes writing the same file
+    of a shared store (collectors in a ``--share`` group) never rename each other's."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

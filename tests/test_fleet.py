@@ -75,6 +75,7 @@ def test_three_collectors_share_one_store_and_index_and_survive_a_sigkill(
         last_publish = time.monotonic()
         assert not members[1].alive()
         fleet.wait_stored(timeout_s=120)
+        print(f"all receipts {time.monotonic() - last_publish:.1f} s after the last publish")
         assert len(fleet.recorded) >= 5 * 19
         rows = listed(store, postgres)
         check_store(store, fleet, rows)

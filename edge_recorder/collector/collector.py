@@ -24,9 +24,14 @@ incomplete :data:`INCOMPLETE_EXPIRY_S` after its first message is quarantined; u
 the collector asks its device for what is missing, less and less often. Bookkeeping per
 arriving part is O(1) (an in-memory set per session, rebuilt from disk at start-up).
 
-Scale-out: with ``$share/group/`` subscriptions the broker spreads messages over the
-group's members, so parts of one session can land on different collectors. Sharing
-therefore needs a store all members see — or one collector per device prefix.
+Scale-out (``collect --share GROUP``): with ``$share/GROUP/`` subscriptions the broker
+spreads messages over the group's members, so the parts of one session can land on
+different collectors. The members share one store (a network file system in production)
+and one index (``--index postgresql://…``): each arrival also takes in what the other
+members wrote into the session's folder, one member assembles it under an atomic ``claim/``
+(mkdir; a dead member's claim is broken after :data:`CLAIM_STALE_S`), temporary files are
+unique per writer, and a member that dies leaves no queue at the broker (members start
+clean): what it held unacknowledged comes back through the devices' receipt timeouts.
 """
 
 from __future__ import annotations
@@ -165,7 +170,11 @@ class CollectorStore:
             if entry.manifest is not None and len(data) > entry.manifest.bytes:
                 raise Refused(f"part {n} of {device_id}/{session_id}: {len(data)} bytes, more "
                               f"than the whole session's {entry.manifest.bytes}")
-            write_atomic(entry.folder / f"part-{n:0{PART_DIGITS}d}", data)
+            written = self._write(device_id, session_id, entry, f"part-{n:0{PART_DIGITS}d}",
+                                  data)
+            if written is None:
+                return
+            entry = written
             entry.have.add(n)
             entry.last_seen = time.time()
             self._refresh(entry)
@@ -201,11 +210,35 @@ class CollectorStore:
             for n in beyond:
                 (entry.folder / f"part-{n:0{PART_DIGITS}d}").unlink(missing_ok=True)
             entry.have -= beyond
-            write_atomic(entry.folder / "manifest.json", manifest.to_json())
+            written = self._write(device_id, session_id, entry, "manifest.json",
+                                  manifest.to_json())
+            if written is None:
+                return Receipt.for_manifest(self.stored_manifest(device_id, session_id),
+                                            duplicate=True)
+            entry = written
             entry.manifest = manifest
             entry.last_seen = time.time()
             self._refresh(entry)
             return self._try_assemble(device_id, session_id, entry)
+
+    def _write(self, device_id: str, session_id: str, entry: Incoming, name: str,
+               data: bytes) -> Incoming | None:
+        """Write one file of an arriving session durably; the entry it went to, or None
+        when another member of a shared store stored the session meanwhile (a duplicate)."""
+        try:
+            write_atomic(entry.folder / name, data)
+            return entry
+        except FileNotFoundError:
+            if not self.shared:
+                raise
+        # another member assembled the session and removed its folder while we wrote
+        self._incoming.pop((device_id, session_id), None)
+        if self.has(device_id, session_id):
+            self.duplicates += 1
+            return None
+        entry = self._entry(device_id, session_id)
+        write_atomic(entry.folder / name, data)
+        return entry
 
     def _entry(self, device_id: str, session_id: str) -> Incoming:
         key = (device_id, session_id)
@@ -613,7 +646,14 @@ class Collector:
                                  on_damaged=s._quarantine_stored)))
         self.topic_prefix = topic_prefix
         self.store_errors = 0  # messages not acknowledged because they could not be stored
-        self.link = MqttLink(mqtt, client_id, persistent_session_s=PERSISTENT_SESSION_S,
+        # Alone, the collector keeps a persistent session: the broker queues what arrives
+        # while it is down. In a --share group a member that dies must not keep a queue the
+        # others never see, so members start clean: the broker routes only to live members,
+        # and what a dead member held unacknowledged comes back through the devices'
+        # receipt timeouts (and the part-level resend).
+        self.link = MqttLink(mqtt, client_id,
+                             persistent_session_s=PERSISTENT_SESSION_S if share_group is None
+                             else None,
                              name="collector", manual_ack=True, unreachable_hint=(
                                  "is the broker running? check collect --host and --port; "
                                  "nothing is lost meanwhile: devices keep their sessions "
