@@ -65,6 +65,33 @@ def manifests_on_disk(store: Path) -> Iterator[tuple[Path, bool | None]]:
                     yield path, flag
 
 
+SYNC_BATCH = 1000  # manifests indexed per transaction while catching up with a store
+
+
+def index_new(index: Index, found: list[tuple[Path, bool | None]],
+              on_damaged: DamagedHandler | None) -> list[tuple[Path, str]]:
+    """Read, validate and index manifests not yet indexed, a batch per transaction; return
+    the damaged ones (each also given to ``on_damaged``), which are left out."""
+    damaged: list[tuple[Path, str]] = []
+    batch: list[tuple[Path, bool | None, Manifest]] = []
+    for path, flag in found:
+        try:
+            batch.append((path, flag, Manifest.from_json(path.read_bytes())))
+        except FileNotFoundError:
+            continue  # moved meanwhile (outbox -> published): the next sync sees it
+        except (OSError, DocumentError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            damaged.append((path, reason))
+            if on_damaged is not None:
+                on_damaged(path, reason)
+        if len(batch) >= SYNC_BATCH:
+            index.add_many(batch)
+            batch = []
+    if batch:
+        index.add_many(batch)
+    return damaged
+
+
 @dataclass(frozen=True)
 class Entry:
     manifest: Manifest
@@ -95,6 +122,8 @@ class Index(Protocol):
 
     def add(self, manifest_path: Path, published: bool | None,
             manifest: Manifest | None = None) -> None: ...
+
+    def add_many(self, items: Iterable[tuple[Path, bool | None, Manifest]]) -> None: ...
 
     def sync(self) -> None: ...
 
@@ -163,18 +192,22 @@ class SessionIndex:
         """Index one manifest (read and validated from ``manifest_path`` unless given)."""
         if manifest is None:
             manifest = Manifest.from_json(manifest_path.read_bytes())
-        m = manifest
+        self.add_many([(manifest_path, published, manifest)])
+
+    def add_many(self, items: Iterable[tuple[Path, bool | None, Manifest]]) -> None:
+        """Index many validated manifests in one transaction (a rebuild, a bulk load)."""
         with self.db:
-            self.db.execute("DELETE FROM sessions WHERE device_id = ? AND session_id = ?",
-                            (m.device_id, m.session_id))
-            cursor = self.db.execute(
-                "INSERT INTO sessions (device_id, session_id, manifest_path, published, "
-                "journey_id, started_at, stopped_at, stop_reason, manifest) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (m.device_id, m.session_id, str(manifest_path), published, m.journey_id,
-                 m.started_at, m.stopped_at, m.stop_reason, m.to_json().decode()))
-            self.db.executemany("INSERT OR IGNORE INTO labels VALUES (?, ?)",
-                                [(cursor.lastrowid, label) for label in m.labels])
+            for manifest_path, published, m in items:
+                self.db.execute("DELETE FROM sessions WHERE device_id = ? AND session_id = ?",
+                                (m.device_id, m.session_id))
+                cursor = self.db.execute(
+                    "INSERT INTO sessions (device_id, session_id, manifest_path, published, "
+                    "journey_id, started_at, stopped_at, stop_reason, manifest) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (m.device_id, m.session_id, str(manifest_path), published, m.journey_id,
+                     m.started_at, m.stopped_at, m.stop_reason, m.to_json().decode()))
+                self.db.executemany("INSERT OR IGNORE INTO labels VALUES (?, ?)",
+                                    [(cursor.lastrowid, label) for label in m.labels])
 
     def sync(self) -> None:
         """Index new manifests, re-index moved ones (outbox → published), drop vanished ones.
@@ -186,18 +219,8 @@ class SessionIndex:
         for gone in known - on_disk.keys():
             with self.db:
                 self.db.execute("DELETE FROM sessions WHERE manifest_path = ?", (gone,))
-        self.damaged = []
-        for key in sorted(on_disk.keys() - known):
-            path, flag = on_disk[key]
-            try:
-                self.add(path, flag)
-            except FileNotFoundError:
-                continue  # moved meanwhile (outbox -> published): the next sync sees it
-            except (OSError, DocumentError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                self.damaged.append((path, reason))
-                if self.on_damaged is not None:
-                    self.on_damaged(path, reason)
+        self.damaged = index_new(self, [on_disk[k] for k in sorted(on_disk.keys() - known)],
+                                 self.on_damaged)
 
     # --- queries --------------------------------------------------------------------------
     def select(

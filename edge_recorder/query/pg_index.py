@@ -25,9 +25,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from edge_recorder.documents import DocumentError, Manifest
+from edge_recorder.documents import Manifest
 from edge_recorder.errors import UsageError
-from edge_recorder.query.index import DamagedHandler, Entry, manifests_on_disk, the_one
+from edge_recorder.query.index import (
+    DamagedHandler,
+    Entry,
+    index_new,
+    manifests_on_disk,
+    the_one,
+)
 
 SCHEMA_VERSION = 1
 MIGRATION_LOCK = 0x6564_6765  # "edge": the advisory lock the schema is changed under
@@ -133,12 +139,15 @@ class PostgresIndex:
             manifest: Manifest | None = None) -> None:
         if manifest is None:
             manifest = Manifest.from_json(manifest_path.read_bytes())
-        m = manifest
-        with self._lock:
-            self.conn.execute(UPSERT, (
-                m.device_id, m.session_id, self._relative(manifest_path), published,
-                m.journey_id, m.started_at, m.stopped_at, m.stop_reason, list(m.labels),
-                m.to_json().decode()))
+        self.add_many([(manifest_path, published, manifest)])
+
+    def add_many(self, items: Iterable[tuple[Path, bool | None, Manifest]]) -> None:
+        """Upsert many validated manifests in one transaction (a rebuild, a bulk load)."""
+        rows = [(m.device_id, m.session_id, self._relative(path), published, m.journey_id,
+                 m.started_at, m.stopped_at, m.stop_reason, list(m.labels),
+                 m.to_json().decode()) for path, published, m in items]
+        with self._lock, self.conn.transaction(), self.conn.cursor() as cursor:
+            cursor.executemany(UPSERT, rows)
 
     def sync(self) -> None:
         """Index manifests not yet indexed, drop rows whose manifest is gone."""
@@ -151,18 +160,8 @@ class PostgresIndex:
             if gone:
                 self.conn.execute("DELETE FROM edge_sessions WHERE manifest_path = ANY(%s)",
                                   (gone,))
-        self.damaged = []
-        for key in sorted(on_disk.keys() - known):
-            path, flag = on_disk[key]
-            try:
-                self.add(path, flag)
-            except FileNotFoundError:
-                continue
-            except (OSError, DocumentError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                self.damaged.append((path, reason))
-                if self.on_damaged is not None:
-                    self.on_damaged(path, reason)
+        self.damaged = index_new(self, [on_disk[k] for k in sorted(on_disk.keys() - known)],
+                                 self.on_damaged)
 
     # --- queries --------------------------------------------------------------------------
     def select(self, *, labels: Iterable[str] = (), journey: str | None = None,
