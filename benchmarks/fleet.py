@@ -184,8 +184,8 @@ def bench_ingest(tmp: Path, broker: Broker, row: Callable[..., None], *, devices
         names = [f"ingest-{members}-{k}" for k in range(members)]
         # register the persistent subscriptions, then leave
         procs = [_collector(store, broker.port, n, logs, share=group) for n in names]
-        wait_until(lambda: all((logs / f"{n}.log").read_text().count("connected") for n in
-                               names), 30, "collectors connected")
+        wait_until(lambda names=names: all("connected" in (logs / f"{n}.log").read_text()
+                                           for n in names), 30, "collectors connected")
         time.sleep(1.0)
         _stop(procs)
         fleet = Fleet(tmp / f"fleet-{members}", broker.port, devices=devices,
@@ -198,7 +198,8 @@ def bench_ingest(tmp: Path, broker: Broker, row: Callable[..., None], *, devices
         t0 = time.perf_counter()
         procs = [_collector(store, broker.port, n, logs, share=group) for n in names]
         try:
-            wait_until(lambda store=store: _stored(store) >= count, 600, "all sessions stored",
+            wait_until(lambda store=store, count=count: _stored(store) >= count, 600,
+                       "all sessions stored",
                        poll_s=0.1)
             wall = time.perf_counter() - t0
             cpu = sum(_cpu_s(p.pid) for p in procs)
