@@ -14,16 +14,18 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_recorder import __version__
 from edge_recorder.clock import Clock, emulated_clock
 from edge_recorder.config import Config, SensorConfig, load_config
-from edge_recorder.delivery.mqtt import MqttLink
+from edge_recorder.delivery.mqtt import Credentials, MqttLink, read_credentials
 from edge_recorder.delivery.publisher import Publisher
 from edge_recorder.errors import ConfigError, SensorError
-from edge_recorder.recording.events import ResendRequested, error, ok
+from edge_recorder.log import describe
+from edge_recorder.recording.events import UNSET, ResendRequested, SettingsChanged, error, ok
 from edge_recorder.recording.ids import iso_utc, new_journey_id
 from edge_recorder.recording.recorder import Recorder, SensorSource
 from edge_recorder.recording.recovery import recover
@@ -38,9 +40,34 @@ from edge_recorder.systemd import Notifier
 log = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 30.0
-WORKER_STALL_S = 5.0  # a sampler or the recorder silent this long is wedged
+WORKER_STALL_S = 5.0  # a sampler, the recorder or the interval trigger silent this long is wedged
 PUBLISHER_STALL_S = 60.0  # the publisher may wait up to 20 s for one acknowledgement
 SHUTDOWN_FLUSH_S = 5.0
+# The broker drops messages to the daemon larger than this (MQTT 5 Maximum Packet Size):
+# commands are ≤ MAX_COMMAND_BYTES, and one between the two gets a payload_too_large reply.
+MAX_INBOUND_PACKET_BYTES = 1 << 20
+
+
+def load_checked(path: Path) -> tuple[Config, Credentials]:
+    """The config and the files it names, checked as running needs them.
+
+    ``check-config``, ``run`` and a reload all go through :func:`load_config` and
+    :func:`read_credentials`, so what one accepts the others accept (and vice versa).
+    """
+    config = load_config(path)
+    return config, read_credentials(config.mqtt)
+
+
+@dataclass(frozen=True)
+class Watched:
+    """A long-lived thread the watchdog watches: dead, or silent longer than ``stall_s``, and
+    the pings stop."""
+
+    what: str  # "the recorder"
+    thread_name: str
+    alive: Callable[[], bool]
+    last_loop_s: Callable[[], float] | None  # None: it has no heartbeat, only life
+    stall_s: float
 
 
 def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], int],
@@ -91,7 +118,10 @@ class Daemon:
 
     def __init__(self, config: Config, *, clock: Clock | None = None,
                  pin_factory: Any = None, config_path: Path | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None,
+                 credentials: Credentials | None = None) -> None:
+        """``credentials``: the files ``config.mqtt`` names, if already read
+        (:func:`load_checked`); read here otherwise."""
         self.config = config
         self.config_path = config_path
         self.notifier = notifier or Notifier()
@@ -99,6 +129,9 @@ class Daemon:
         if clock is None:
             steps = config.emulation.wall_clock_steps
             clock = emulated_clock(steps) if steps else Clock()
+        self.watchdog_problem = ""  # why the watchdog is not being pinged, or ""
+        self._thread_deaths: dict[str, str] = {}  # thread name → the exception that ended it
+        self._previous_excepthook = threading.excepthook
         self.clock = clock
         journey = config.session.journey_id
         if journey == "auto":
@@ -128,7 +161,7 @@ class Daemon:
 
         topic_root = config.topic_root
         self.status_topic = f"{topic_root}/status"
-        self.link = self._make_link(config)
+        self.link = self._make_link(config, credentials)
         self.publisher = Publisher(self.store, self.link, topic_root,
                                    part_bytes=config.mqtt.max_payload_bytes,
                                    require_receipt=config.delivery.require_receipt,
@@ -147,9 +180,10 @@ class Daemon:
         self.led: Any = None
         self._stop = threading.Event()
 
-    def _make_link(self, config: Config) -> MqttLink:
+    def _make_link(self, config: Config, credentials: Credentials | None = None) -> MqttLink:
         return MqttLink(config.mqtt, config.client_id,
                         will=(self.status_topic, json.dumps({"online": False}).encode()),
+                        max_inbound_bytes=MAX_INBOUND_PACKET_BYTES, credentials=credentials,
                         on_connect=self._on_connect, name="mqtt")
 
     # --- wiring callbacks ---------------------------------------------------------------
@@ -194,6 +228,7 @@ class Daemon:
             "warnings": list(self.recorder.warnings),
             "config_error": self.config_error,
             "clock": self.clock.status(),
+            "watchdog": {"ok": not self.watchdog_problem, "problem": self.watchdog_problem},
             "updated_at": iso_utc(self.clock.wall_ns()),
         }
 
@@ -212,25 +247,25 @@ class Daemon:
 
     # --- run ------------------------------------------------------------------------------
     def start(self) -> None:
+        threading.excepthook = self._thread_died
         for manifest in recover(self.store):
             log.info("recovered session %s queued for publishing", manifest["session_id"])
         for sampler in self.samplers:
             sampler.start()
         self.recorder.start()
         self.publisher.start()
-        self._start_triggers()
+        self._start_triggers(self.config, self.link)
         self.link.start()
         log.info("edge-recorder %s running as %s: %d sensor(s), journey %s, storage %s",
                  __version__, self.config.device_id, len(self.channels),
                  self.recorder.journey_id, self.config.storage.dir)
 
-    def _start_triggers(self) -> None:
-        cfg = self.config
+    def _start_triggers(self, cfg: Config, link: MqttLink) -> None:
         submit = self.submit
         if cfg.triggers.mqtt:
             from edge_recorder.triggers.mqtt_commands import MqttCommands
 
-            commands = MqttCommands(self.link, cfg.topic_root, submit)
+            commands = MqttCommands(link, cfg.topic_root, submit)
             commands.start()
             self.triggers.append(commands)
         if cfg.triggers.interval is not None:
@@ -284,11 +319,9 @@ class Daemon:
                 except Exception:  # supervision must outlive any one failing report
                     log.exception("supervisor: status or reload failed; carrying on")
                     next_status = now + STATUS_INTERVAL_S
+                self._watch()
                 if self.notifier.watchdog_s and now >= next_ping:
-                    stalled = self.stalled()
-                    if stalled:
-                        log.error("watchdog: not pinging, %s made no progress", stalled)
-                    else:
+                    if not self.watchdog_problem:
                         self.notifier.watchdog()
                     next_ping = now + self.notifier.watchdog_s / 3
                 if self.led is not None:
@@ -306,8 +339,10 @@ class Daemon:
         receipts = f", {awaiting['sessions']:.0f} awaiting receipt (oldest " \
             f"{awaiting['oldest_s']:.0f} s)" if awaiting["sessions"] else ""
         failed = self.store.count(FAILED)
-        return (f"{len(snap['recording'])} recording, {self.store.backlog()['sessions']} to "
-                f"publish{receipts}{f', {failed} failed' if failed else ''}, "
+        wedged = f"WEDGED: {self.watchdog_problem}; " if self.watchdog_problem else ""
+        return (f"{wedged}{len(snap['recording'])} recording, "
+                f"{self.store.backlog()['sessions']} to publish{receipts}"
+                f"{f', {failed} failed' if failed else ''}, "
                 f"broker {'up' if self.link.connected.is_set() else 'down'}")
 
     def receipt_overdue(self) -> bool:
@@ -316,70 +351,141 @@ class Daemon:
         oldest_s = self.store.awaiting_receipt()["oldest_s"]
         return oldest_s > self.config.delivery.receipt_timeout_s
 
+    # --- the watchdog ---------------------------------------------------------------------
+    def _thread_died(self, args: threading.ExceptHookArgs) -> None:
+        """threading.excepthook: remember (and log) what ended a thread."""
+        name = args.thread.name if args.thread is not None else "?"
+        self._thread_deaths[name] = describe(args.exc_value) if args.exc_value else \
+            args.exc_type.__name__
+        log.error("thread %s died: %s", name, self._thread_deaths[name])
+
+    def watched(self) -> list[Watched]:
+        """Every long-lived thread of ours. (The supervisor is the main thread: the pings
+        themselves stop if it dies or wedges.)"""
+        out = [Watched(f"the sampler of bus {s.bus_name}", f"sampler-{s.bus_name}",
+                       lambda s=s: s.alive, lambda s=s: s.last_loop_s, WORKER_STALL_S)
+               for s in self.samplers]
+        out.append(Watched("the recorder", "recorder", lambda: self.recorder.alive,
+                           lambda: self.recorder.last_loop_s, WORKER_STALL_S))
+        out.append(Watched("the publisher", "publisher", lambda: self.publisher.alive,
+                           lambda: self.publisher.last_loop_s, PUBLISHER_STALL_S))
+        link = self.link
+        out.append(Watched("the MQTT network thread", "paho-mqtt-client-", lambda: link.alive,
+                           None, 0.0))
+        out += [Watched("the interval trigger", "interval-trigger", lambda t=t: t.alive,
+                        lambda t=t: t.last_loop_s, WORKER_STALL_S)
+                for t in self.triggers if hasattr(t, "last_loop_s")]
+        return out
+
     def stalled(self) -> str:
-        """The first worker that stopped making progress, or ''."""
+        """The first watched thread that died or stopped making progress, and why; or ''."""
         now = time.monotonic()
-        for sampler in self.samplers:
-            if not sampler.alive or now - sampler.last_loop_s > WORKER_STALL_S:
-                return f"the sampler of bus {sampler.bus_name}"
-        if not self.recorder.alive or now - self.recorder.last_loop_s > WORKER_STALL_S:
-            return "the recorder"
-        if not self.publisher.alive or now - self.publisher.last_loop_s > PUBLISHER_STALL_S:
-            return "the publisher"
+        for w in self.watched():
+            if not w.alive():
+                why = next((d for name, d in self._thread_deaths.items()
+                            if name.startswith(w.thread_name)), "no exception recorded")
+                return f"{w.what} died ({why})"
+            if w.last_loop_s is not None and now - w.last_loop_s() > w.stall_s:
+                return (f"{w.what} made no progress for {now - w.last_loop_s():.1f} s "
+                        f"(limit {w.stall_s:g} s)")
         return ""
 
+    def _watch(self) -> None:
+        """Stop (or resume) the pings, and say so in the log, the status and systemd's."""
+        problem = self.stalled()
+        if problem == self.watchdog_problem:
+            return
+        if problem:
+            log.error("watchdog: not pinging, %s", problem)
+        else:
+            log.warning("watchdog: pinging again, %s is making progress",
+                        self.watchdog_problem.split(" died")[0].split(" made no")[0])
+        self.watchdog_problem = problem
+        self.status_changed.set()
+        self.notifier.status(self.summary())
+
+    # --- reload -------------------------------------------------------------------------
     def reload(self) -> None:
         """Apply an edited config file: sessions, triggers and MQTT live; the rest on restart.
 
-        An invalid file changes nothing: the daemon keeps running on the old config and
-        says why in the log and in ``P/status`` (``config_error``).
+        The whole file is validated first (the files it names included) and the new parts
+        are built before the running ones are swapped out; an invalid file, or a part that
+        cannot be built, changes nothing: the daemon keeps running on the old config, with
+        every trigger and command subscription, and says why in the log and in
+        ``P/status`` (``config_error``). READY=1 always follows RELOADING=1.
         """
         if self.config_path is None:
             return
         self.notifier.reloading(time.monotonic_ns() // 1000)
         try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            self.config_error = "; ".join(exc.problems)
-            log.error("reload: %s is invalid, still running on the previous config: %s",
-                      self.config_path, self.config_error)
+            self._reload(self.config_path)
+        except Exception as exc:  # a bug: still nothing half-applied is left unsaid
+            self._refuse([f"the reload failed: {describe(exc)}"])
+            log.exception("reload failed")
+        finally:
             self.status_changed.set()
             self.notifier.ready(self.summary())
+
+    def _refuse(self, problems: list[str]) -> None:
+        self.config_error = "; ".join(problems)
+        log.error("reload: %s is invalid, still running on the previous config: %s",
+                  self.config_path, self.config_error)
+
+    def _reload(self, path: Path) -> None:
+        try:
+            new, credentials = load_checked(path)
+        except ConfigError as exc:
+            self._refuse(exc.problems)
             return
         old = self.config
-        self.config_error = ""
         fixed = [k for k in ("device_id", "sensors", "buffer", "storage", "emulation",
                              "delivery")
                  if getattr(new, k) != getattr(old, k)]
-        if fixed:
-            log.warning("reload: changes to %s take effect after a restart "
-                        "(systemctl restart edge-recorder); applying the rest", ", ".join(fixed))
         applied = dataclasses.replace(new, device_id=old.device_id, sensors=old.sensors,
                                       buffer=old.buffer, storage=old.storage,
                                       emulation=old.emulation, delivery=old.delivery)
-        self.recorder.settings = applied.session
-        if applied.session.journey_id != old.session.journey_id:
-            journey = applied.session.journey_id
-            self.recorder.journey_id = new_journey_id(old.device_id, self.clock.wall_ns()) \
-                if journey == "auto" else journey
-        restart_triggers = (applied.triggers, applied.status_led, applied.gpio_pin_factory) != \
-            (old.triggers, old.status_led, old.gpio_pin_factory)
+        new_link = self.link
         if applied.mqtt != old.mqtt:
-            self._stop_triggers()
-            old_link, self.link = self.link, self._make_link(applied)
-            self.publisher.use_link(self.link)
+            new_link = self._make_link(applied, credentials)  # built, not yet connected
+        if new_link is not self.link or (applied.triggers, applied.status_led,
+                                         applied.gpio_pin_factory) != \
+                (old.triggers, old.status_led, old.gpio_pin_factory):
+            problem = self._swap_triggers(applied, new_link)
+            if problem:
+                self._refuse([problem])
+                return
+        if new_link is not self.link:
+            old_link, self.link = self.link, new_link
+            self.publisher.use_link(new_link)
+            new_link.start()
             old_link.close()
-            self.config = applied
-            self._start_triggers()
-            self.link.start()
-        elif restart_triggers:
-            self._stop_triggers()
-            self.config = applied
-            self._start_triggers()
         self.config = applied
-        log.info("reload: applied %s", self.config_path)
-        self.status_changed.set()
-        self.notifier.ready(self.summary())
+        journey = applied.session.journey_id
+        changed = journey != old.session.journey_id
+        self.recorder.submit(SettingsChanged(
+            applied.session, journey_id=journey if changed and journey != "auto" else UNSET,
+            new_auto_journey=changed and journey == "auto"))
+        self.config_error = ""
+        if fixed:
+            log.warning("reload: changes to %s take effect after a restart "
+                        "(systemctl restart edge-recorder); applied the rest", ", ".join(fixed))
+        log.info("reload: applied %s", path)
+
+    def _swap_triggers(self, new: Config, link: MqttLink) -> str:
+        """Replace the triggers with ``new``'s on ``link``; if one cannot be built, put the
+        old ones back and return why (else '')."""
+        old, old_link = self.config, self.link
+        self._stop_triggers()
+        try:
+            self._start_triggers(new, link)
+            return ""
+        except Exception as exc:
+            problem = f"a trigger could not be set up: {describe(exc)}"
+            self._stop_triggers()
+            if link is not old_link:
+                link.close()
+            self._start_triggers(old, old_link)
+            return problem
 
     def healthy(self) -> bool:
         return all(c.counters.state == "up" for c in self.channels)
@@ -402,4 +508,5 @@ class Daemon:
             sampler.close()
         for bus in self.buses:
             bus.close()
+        threading.excepthook = self._previous_excepthook
         log.info("stopped; %d session(s) waiting in the outbox", len(self.store.pending()))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_recorder import __version__
-from edge_recorder.config import DEFAULT_CONFIG_PATH, MqttConfig, load_config
+from edge_recorder.config import DEFAULT_CONFIG_PATH, MqttConfig
 from edge_recorder.errors import ConfigError, EdgeRecorderError, UsageError
 from edge_recorder.log import setup_logging
 from edge_recorder.termio import atomic_output, progress_bar
@@ -221,16 +221,18 @@ def _reload_on_sighup() -> threading.Event:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_recorder.app import Daemon
+    from edge_recorder.app import Daemon, load_checked
 
-    config = load_config(args.config)
+    config, credentials = load_checked(args.config)
     stop, reload = _stop_on_signals(), _reload_on_sighup()
-    Daemon(config, config_path=args.config).run(stop, reload)
+    Daemon(config, config_path=args.config, credentials=credentials).run(stop, reload)
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    from edge_recorder.app import load_checked
+
+    config, _credentials = load_checked(args.config)
     print(f"{args.config}: valid ({len(config.sensors)} sensor(s), device {config.device_id}, "
           f"broker {config.mqtt.host}:{config.mqtt.port}, storage {config.storage.dir})")
     return 0

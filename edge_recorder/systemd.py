@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import socket
 
+SEND_TIMEOUT_S = 0.5  # a full notify socket (nobody reading) must not stall the supervisor
+
 
 class Notifier:
     def __init__(self, environ: dict[str, str] | None = None) -> None:
@@ -28,10 +30,11 @@ class Notifier:
         if not self.address:
             return
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.settimeout(SEND_TIMEOUT_S)
             try:
                 s.sendto("\n".join(fields).encode(), self.address)
             except OSError:
-                pass  # systemd went away; nothing useful to do
+                pass  # systemd went away or is not reading; the supervisor must not wait
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")

@@ -133,13 +133,14 @@ def test_mqtt5_response_topic_and_correlation_data_are_honoured(tmp_path, broker
     cfg = write_config(tmp_path / "device.yaml", base_config(tmp_path, broker.port))
     spawn("run", "-c", str(cfg), name="daemon")
     wait_online(client)
-    client.subscribe("my/replies")
+    mine = "edge-recorder/test-pi/cmd/reply/my-tool"  # within the device's reply namespace
+    client.subscribe(mine)
     client.subscribe("edge-recorder/test-pi/cmd/reply")
     props = Properties(PacketTypes.PUBLISH)
-    props.ResponseTopic = "my/replies"
+    props.ResponseTopic = mine
     props.CorrelationData = b"corr-7"
     client.publish("edge-recorder/test-pi/cmd", b'{"cmd": "status"}', properties=props)
-    msg = wait_until(lambda: next(iter(client.received("my/replies")), None), 10, "reply")
+    msg = wait_until(lambda: next(iter(client.received(mine)), None), 10, "reply")
     assert json.loads(msg.payload)["ok"] is True
     assert msg.properties.CorrelationData == b"corr-7"
     assert client.received("edge-recorder/test-pi/cmd/reply") == []

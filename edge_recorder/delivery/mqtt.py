@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -31,11 +32,65 @@ log = logging.getLogger(__name__)
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 10  # notice a returning broker within seconds
 REDELIVER_AFTER_S = 2.0  # a message a handler could not take is asked for again this late
+MAX_PASSWORD_FILE_BYTES = 4096  # a password file is one line
 
 
 class NotTaken(Exception):
     """Raised by a handler that could not take a message (it could not store it): with
     ``manual_ack`` the message is not acknowledged, so the broker delivers it again."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the files named in ``mqtt`` hold: the password and a TLS context."""
+
+    password: str | None = None
+    tls: ssl.SSLContext | None = None
+
+
+def read_credentials(settings: MqttConfig) -> Credentials:
+    """Read ``mqtt.password_file`` and load the ``mqtt.tls`` files, as a connection needs them.
+
+    ``check-config``, ``run`` and a reload all call this, so a file one of them accepts the
+    others accept too. Raises :class:`ConfigError` naming the key.
+    """
+    password = None
+    if settings.username is not None and settings.password_file is not None:
+        path = settings.password_file
+        try:
+            with open(path, "rb") as f:
+                raw = f.read(MAX_PASSWORD_FILE_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError([f"mqtt.password_file: cannot read {path} "
+                               f"({exc.strerror or exc})"]) from None
+        if len(raw) > MAX_PASSWORD_FILE_BYTES:
+            raise ConfigError([f"mqtt.password_file: {path} is over {MAX_PASSWORD_FILE_BYTES} "
+                               "bytes; it should hold only the password"])
+        try:
+            password = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise ConfigError([f"mqtt.password_file: {path} is not UTF-8 text"]) from None
+    context = None
+    if settings.tls is not None:
+        t = settings.tls
+        for key, path in (("ca_file", t.ca_file), ("cert_file", t.cert_file),
+                          ("key_file", t.key_file)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError([f"mqtt.tls.{key}: {path} is not a readable file"])
+        try:  # as paho's tls_set: verify the broker against ca_file (or the system's CAs)
+            context = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError([f"mqtt.tls.ca_file: {t.ca_file} cannot be used "
+                               f"({type(exc).__name__}: {exc})"]) from None
+        if t.cert_file is not None:
+            try:
+                context.load_cert_chain(str(t.cert_file),
+                                        str(t.key_file) if t.key_file else None)
+            except (OSError, ValueError) as exc:
+                raise ConfigError([f"mqtt.tls.cert_file: {t.cert_file} with key_file "
+                                   f"{t.key_file} cannot be used ({type(exc).__name__}: "
+                                   f"{exc})"]) from None
+    return Credentials(password, context)
 
 
 @dataclass(frozen=True)
@@ -87,6 +142,8 @@ class MqttLink:
         *,
         will: tuple[str, bytes] | None = None,
         persistent_session_s: int | None = None,
+        max_inbound_bytes: int | None = None,
+        credentials: Credentials | None = None,
         on_connect: Callable[[], None] | None = None,
         name: str = "mqtt",
         manual_ack: bool = False,
@@ -103,13 +160,18 @@ class MqttLink:
 
         ``unreachable_hint``: what to check and what happens meanwhile when the broker
         cannot be reached, in the words of the program using the link (the daemon's by
-        default: its config keys, its sessions kept on disk)."""
+        default: its config keys, its sessions kept on disk).
+
+        ``max_inbound_bytes``: MQTT 5's Maximum Packet Size, so the broker drops larger
+        messages instead of sending them (paho would hold any size in memory).
+        ``credentials``: from :func:`read_credentials` (read here when not given)."""
         self.settings = settings
         self.name = name
         self.unreachable_hint = unreachable_hint
         self._closing = False
         self.v5 = settings.protocol == "5"
         self.persistent_session_s = persistent_session_s
+        self.max_inbound_bytes = max_inbound_bytes
         self._on_connect_hook = on_connect
         self._subscriptions: dict[str, tuple[int, Handler]] = {}
         self._pending: dict[int, Delivery] = {}
@@ -132,31 +194,12 @@ class MqttLink:
         self._client.max_queued_messages_set(0)
         if will is not None:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
+        if credentials is None:
+            credentials = read_credentials(settings)
         if settings.username is not None:
-            password = None
-            if settings.password_file is not None:
-                try:
-                    password = Path(settings.password_file).read_text().strip()
-                except OSError as exc:
-                    raise ConfigError([f"mqtt.password_file: cannot read "
-                                       f"{settings.password_file} ({exc.strerror or exc})"]
-                                      ) from exc
-            self._client.username_pw_set(settings.username, password)
-        if settings.tls is not None:
-            t = settings.tls
-            for key, path in (("ca_file", t.ca_file), ("cert_file", t.cert_file),
-                              ("key_file", t.key_file)):
-                if path is not None and not Path(path).is_file():
-                    raise ConfigError([f"mqtt.tls.{key}: {path} is not a readable file"])
-            try:
-                self._client.tls_set(
-                    ca_certs=str(t.ca_file) if t.ca_file else None,
-                    certfile=str(t.cert_file) if t.cert_file else None,
-                    keyfile=str(t.key_file) if t.key_file else None,
-                )
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise ConfigError([f"mqtt.tls: the certificate files cannot be used ({exc})"]
-                                  ) from exc
+            self._client.username_pw_set(settings.username, credentials.password)
+        if credentials.tls is not None:
+            self._client.tls_set_context(credentials.tls)
         self._client.on_connect = self._handle_connect
         self._client.on_connect_fail = self._handle_connect_fail
         self._client.on_disconnect = self._handle_disconnect
@@ -169,15 +212,23 @@ class MqttLink:
         clean_start: bool | int = paho.MQTT_CLEAN_START_FIRST_ONLY
         if self.v5:
             clean_start = self.persistent_session_s is None
+            properties = Properties(PacketTypes.CONNECT)
             if self.persistent_session_s is not None:
-                properties = Properties(PacketTypes.CONNECT)
                 properties.SessionExpiryInterval = self.persistent_session_s
+            if self.max_inbound_bytes is not None:
+                properties.MaximumPacketSize = self.max_inbound_bytes
         kwargs: dict[str, object] = {"properties": properties} if self.v5 else {}
         if self.v5:
             kwargs["clean_start"] = clean_start
         self._client.connect_async(self.settings.host, self.settings.port, keepalive=30,
                                    **kwargs)  # type: ignore[arg-type]
         self._client.loop_start()
+
+    @property
+    def alive(self) -> bool:
+        """paho's network thread is running (from :meth:`start` until :meth:`close`)."""
+        thread = getattr(self._client, "_thread", None)
+        return thread is not None and thread.is_alive()
 
     def close(self) -> None:
         """Disconnect cleanly (no will) and stop the network thread; idempotent."""

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge_recorder.config import SessionConfig
 
 Reply = dict[str, Any]
 ReplyFn = Callable[[Reply], None]
@@ -72,7 +75,19 @@ class ResendRequested:
     reply: ReplyFn | None = field(default=None, compare=False)
 
 
-Event = StartRequested | StopRequested | StatusRequested | JourneyRequested | ResendRequested
+@dataclass(frozen=True)
+class SettingsChanged:
+    """A reload changed ``session`` (and with it, maybe, the journey): applied by the recorder
+    in its own thread, between two events, like everything else it is asked."""
+
+    settings: SessionConfig
+    journey_id: Any = UNSET  # str | None: the new journey; UNSET: keep the current one
+    new_auto_journey: bool = False  # a fresh auto journey (journey_id: auto in the new file)
+    reply: ReplyFn | None = field(default=None, compare=False)
+
+
+Event = StartRequested | StopRequested | StatusRequested | JourneyRequested | ResendRequested \
+    | SettingsChanged
 
 
 class Rejected(Exception):

@@ -35,6 +35,7 @@ from edge_recorder.recording.events import (
     JourneyRequested,
     Rejected,
     Reply,
+    SettingsChanged,
     StartRequested,
     StatusRequested,
     StopRequested,
@@ -150,6 +151,8 @@ class Recorder:
                 reply = self._set_journey(event)
             elif isinstance(event, StatusRequested):
                 reply = ok(status=self.status())
+            elif isinstance(event, SettingsChanged):
+                reply = self._apply_settings(event)
             else:
                 raise Rejected("invalid_command", f"{type(event).__name__} is not handled by "
                                "the recorder")
@@ -247,6 +250,14 @@ class Recorder:
             previous, self.journey_id = self.journey_id, journey
         log.info("journey is now %s (was %s)", journey, previous)
         return ok(journey_id=journey, previous_journey_id=previous)
+
+    def _apply_settings(self, ev: SettingsChanged) -> Reply:
+        """New defaults for sessions started from now on; open sessions keep theirs."""
+        self.settings = ev.settings
+        if ev.new_auto_journey or ev.journey_id is not UNSET:
+            return self._set_journey(JourneyRequested(journey_id=ev.journey_id,
+                                                      new_auto=ev.new_auto_journey))
+        return ok()
 
     def _request_stop(self, ev: StopRequested) -> Reply:
         now = self.clock.mono_ns()

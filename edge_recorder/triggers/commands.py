@@ -53,12 +53,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def request_id_of(payload: bytes) -> Any:
-    """The request_id of a payload, if it has a usable one (for error replies)."""
-    try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
+def request_id_of(doc: Any) -> Any:
+    """The request_id of a decoded command, if it has a usable one (for error replies)."""
     if isinstance(doc, dict):
         rid = doc.get("request_id")
         if _valid_request_id(rid):
@@ -77,9 +73,13 @@ def _number(doc: dict[str, Any], key: str, *, allow_null: bool, positive: bool) 
     v = doc[key]
     if v is None and allow_null:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    try:  # a 400-digit integer is valid JSON but no float: OverflowError
+        finite = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+    except OverflowError:
+        finite = False
+    if not finite:
         raise Rejected("invalid_field", f"{key} must be a number of seconds"
-                       + (" or null" if allow_null else "") + f", got {json.dumps(v)[:40]}")
+                       + (" or null" if allow_null else "") + f", got {_excerpt(v)}")
     if v < 0 or (positive and v == 0):
         bound = "greater than" if positive else "at least"
         raise Rejected("invalid_field", f"{key} must be {bound} 0, got {v}")
@@ -95,23 +95,37 @@ def _journey(value: Any) -> str | None:
     return value
 
 
-def parse_command(payload: bytes, *, source: str, reply: ReplyFn | None = None) -> Event:
-    """Turn a command payload into an event, or raise :class:`Rejected` saying what to fix."""
+def _excerpt(value: Any) -> str:
+    text = str(value) if isinstance(value, int) else json.dumps(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def decode_command(payload: bytes) -> Any:
+    """The JSON in a payload; its size is checked before anything is parsed."""
     if len(payload) > MAX_COMMAND_BYTES:
         raise Rejected("payload_too_large",
                        f"command is {len(payload)} bytes; the limit is {MAX_COMMAND_BYTES}")
     try:
-        doc = json.loads(payload.decode("utf-8"))
+        return json.loads(payload.decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise Rejected("invalid_json", f"the command is not valid JSON ({exc}); send an "
                        "object such as {\"cmd\": \"status\"}") from None
+
+
+def parse_command(payload: bytes, *, source: str, reply: ReplyFn | None = None) -> Event:
+    """Turn a command payload into an event, or raise :class:`Rejected` saying what to fix."""
+    return command_event(decode_command(payload), source=source, reply=reply)
+
+
+def command_event(doc: Any, *, source: str, reply: ReplyFn | None = None) -> Event:
+    """A decoded command as an event, or :class:`Rejected` saying what to fix."""
     if not isinstance(doc, dict):
         raise Rejected("invalid_command", "the command must be a JSON object with a \"cmd\" "
                        "field, e.g. {\"cmd\": \"status\"}")
     cmd = doc.get("cmd")
     if not isinstance(cmd, str) or cmd not in FIELDS:
         raise Rejected("invalid_command", f"\"cmd\" must be one of {', '.join(FIELDS)}; got "
-                       f"{json.dumps(cmd)[:40]}")
+                       f"{_excerpt(cmd)}")
     if "request_id" in doc and not _valid_request_id(doc["request_id"]):
         raise Rejected("invalid_field", f"request_id must be a string of at most "
                        f"{MAX_REQUEST_ID_CHARS} characters or an integer")

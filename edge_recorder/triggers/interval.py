@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from edge_recorder.clock import Clock
@@ -49,6 +50,7 @@ class IntervalTrigger:
         self._planned: int | None = None  # monotonic instant of the next start
         self._planned_offset = 0
         self._last_session: str | None = None
+        self.last_loop_s = time.monotonic()  # heartbeat for the watchdog
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -106,7 +108,12 @@ class IntervalTrigger:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            self.last_loop_s = time.monotonic()
             self._stop.wait(self.tick())
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def close(self, timeout_s: float = 1.0) -> None:
         self._stop.set()
