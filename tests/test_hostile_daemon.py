@@ -273,6 +273,22 @@ def test_hostile_commands_get_clear_replies_and_change_nothing(tmp_path, broker,
         assert msg.properties.CorrelationData == b"c-" + target.encode()
         assert not any(b'"request_id"' in m.payload for m in client.received(target)), target
 
+    # resend: only ids of the one pattern; nothing else reaches a path, nothing is revealed
+    replies = []
+    for i, sid in enumerate(["../../../etc/passwd", "../../../etc/no-such-file", "..", ".",
+                             "a/b", "x" * 129, "-leading-dash", ""]):
+        reply = ask(client, {"cmd": "resend", "session_id": sid, "request_id": f"rs{i}"})
+        assert reply["ok"] is False and reply["error"]["code"] == "invalid_field", (sid, reply)
+        replies.append(reply["error"]["message"])
+    assert len(set(replies)) == 1  # an existing file and a missing one get the same answer
+    reply = ask(client, {"cmd": "resend", "session_id": "20200101T000000000Z-0000000000",
+                         "request_id": "rs-unknown"})
+    assert reply["error"]["code"] == "no_such_session"
+    assert not any(".." in m.topic or "passwd" in m.topic
+                   for m in client.received("edge-recorder/#"))
+    reply = ask(client, {"cmd": "stop", "session_id": "../x", "request_id": "stop-path"})
+    assert reply["error"]["code"] == "invalid_field"
+
     a_normal_session_reaches_the_collector(client, store, "commands")
     assert daemon.alive() and daemon.stop() == 0
     assert "Traceback" not in daemon.log()

@@ -28,6 +28,7 @@ import math
 from typing import Any
 
 from edge_recorder.config import MAX_JOURNEY_ID_CHARS
+from edge_recorder.documents import ID_MAX_CHARS, MAX_PARTS, valid_id
 from edge_recorder.recording.events import (
     UNSET,
     Event,
@@ -84,6 +85,17 @@ def _number(doc: dict[str, Any], key: str, *, allow_null: bool, positive: bool) 
         bound = "greater than" if positive else "at least"
         raise Rejected("invalid_field", f"{key} must be {bound} 0, got {v}")
     return float(v)
+
+
+def _session_id(value: Any) -> str | None:
+    """A session id matching the one id pattern (documents.ID_RE), or None if absent.
+
+    Checked before anything looks for the session, so no other name reaches a path and a
+    refusal says nothing about which files exist."""
+    if value is not None and not valid_id(value):
+        raise Rejected("invalid_field", f"session_id must be a session id: 1-{ID_MAX_CHARS} "
+                       "ASCII letters, digits, '_' or '-', starting with a letter or digit")
+    return value
 
 
 def _journey(value: Any) -> str | None:
@@ -147,19 +159,17 @@ def command_event(doc: Any, *, source: str, reply: ReplyFn | None = None) -> Eve
             return JourneyRequested(new_auto=True, reply=reply)
         return JourneyRequested(journey_id=_journey(doc["journey_id"]), reply=reply)
     if cmd == "resend":
-        sid, parts = doc.get("session_id"), doc.get("parts")
-        if not isinstance(sid, str) or not sid:
-            raise Rejected("invalid_field", "resend needs session_id (a string)")
-        if parts is not None and (not isinstance(parts, list) or len(parts) > 100_000 or
+        sid, parts = _session_id(doc.get("session_id")), doc.get("parts")
+        if sid is None:
+            raise Rejected("invalid_field", "resend needs session_id")
+        if parts is not None and (not isinstance(parts, list) or
                                   not all(isinstance(n, int) and not isinstance(n, bool)
-                                          and n >= 0 for n in parts)):
-            raise Rejected("invalid_field", "parts must be a list of part numbers (0, 1, ...) "
-                           "or absent for all")
+                                          and 0 <= n < MAX_PARTS for n in parts)):
+            raise Rejected("invalid_field", "parts must be a list of part numbers (0, 1, ... "
+                           f"below {MAX_PARTS}) or absent for all")
         return ResendRequested(sid, parts, reply=reply)
     if cmd == "stop":
-        sid = doc.get("session_id")
-        if sid is not None and not isinstance(sid, str):
-            raise Rejected("invalid_field", "session_id must be a string")
+        sid = _session_id(doc.get("session_id"))
         return StopRequested(trigger, session_id=sid, reason="command", reply=reply)
     labels = doc.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
