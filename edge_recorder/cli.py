@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(q)
     q = sub.add_parser("check-config", parents=[common], help="validate a config file")
     config_arg(q)
+    q = sub.add_parser("selftest", parents=[common],
+                       help="check each configured sensor: identity, bus, rate, gravity, noise")
+    config_arg(q)
+    q.add_argument("--seconds", type=float, default=5.0,
+                   help="how long to record from each sensor (default 5)")
+    q.add_argument("--json", action="store_true", help="one JSON object per sensor")
     q = sub.add_parser("probe", parents=[common], help="find IMUs on an I2C bus")
     q.add_argument("--bus", default="1",
                    help="bus number (default 1, /dev/i2c-1) or 'emulated' (e.g. --bus 0)")
@@ -236,6 +242,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.config}: valid ({len(config.sensors)} sensor(s), device {config.device_id}, "
           f"broker {config.mqtt.host}:{config.mqtt.port}, storage {config.storage.dir})")
     return 0
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from edge_recorder.selftest import format_report, run_selftest
+
+    if not 0.5 <= args.seconds <= 600:
+        raise UsageError(f"--seconds {args.seconds:g}: give 0.5 to 600 seconds")
+    config = load_config(args.config)
+    reports = run_selftest(config, args.seconds)
+    for report in reports:
+        print(json.dumps(report.as_dict()) if args.json else format_report(report))
+    failed = [r.name for r in reports if not r.passed]
+    if not args.json:
+        print(f"selftest failed: {', '.join(failed)}" if failed else
+              f"selftest passed: {len(reports)} sensor(s)")
+    return 1 if failed else 0
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -542,6 +564,7 @@ COMMANDS = {
     ("run", None): cmd_run,
     ("check-config", None): cmd_check_config,
     ("probe", None): cmd_probe,
+    ("selftest", None): cmd_selftest,
     ("collect", None): cmd_collect,
     ("sessions", "list"): cmd_sessions_list,
     ("sessions", "show"): cmd_sessions_show,

@@ -122,6 +122,7 @@ class Icm42688(ImuDriver):
         self._gyro_scale = self.gyro_range_dps / 32768 * DEG_TO_RAD
         self.sleep(GYRO_STARTUP_S)  # TDK: "First data are noisy after enabling sensor"
         self.flush_fifo()
+        bus.read(addr, FIFO_COUNTH, 2)  # the first count after a reset reads 0: spend it here
 
     def flush_fifo(self) -> None:
         self.bus.write(self.address, SIGNAL_PATH_RESET, FIFO_FLUSH)
