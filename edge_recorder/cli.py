@@ -85,9 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("selftest", parents=[common],
                        help="check each configured sensor: identity, bus, rate, gravity, noise")
     config_arg(q)
-    q.add_argument("--seconds", type=float, default=5.0,
-                   help="how long to record from each sensor (default 5)")
-    q.add_argument("--json", action="store_true", help="one JSON object per sensor")
+    q.add_argument("--seconds", type=float, default=5.0, metavar="N",
+                   help="record N s from each sensor (default 5; e.g. --seconds 10)")
+    q.add_argument("--json", action="store_true",
+                   help="one JSON object per sensor (e.g. --json | jq .measured_rate_hz)")
     q = sub.add_parser("probe", parents=[common], help="find IMUs on an I2C bus")
     q.add_argument("--bus", default="1",
                    help="bus number (default 1, /dev/i2c-1) or 'emulated' (e.g. --bus 0)")
