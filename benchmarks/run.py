@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.run            # full, under 5 minutes
     .venv/bin/python -m benchmarks.run --quick    # under 1 minute
     .venv/bin/python -m benchmarks.run --minutes 10   # adds the soak
+    .venv/bin/python -m benchmarks.run --chaos 30     # only the chaos run (benchmarks/chaos.py)
 
 The machines here are shared and noisy, so absolute figures mean little; each line
 gives its baseline (a naive implementation, the physical limit, or a reference tool,
@@ -825,7 +826,18 @@ def main() -> int:
     p.add_argument("--table", type=Path, help="write the markdown table here")
     p.add_argument("--only", choices=("cpu-budget", "clock", "collect"),
                    help="run only this section")
+    p.add_argument("--chaos", type=int, metavar="N",
+                   help="only the chaos run: N random broker kills and N/6 collector kills "
+                        "during a session-per-second run (6 s per kill), then a device "
+                        "restart and up to 90 s to settle")
+    p.add_argument("--broker-persistence", choices=("on", "off"), default="on",
+                   help="chaos: Mosquitto persistence (autosave every second) or none")
+    p.add_argument("--daemon-kills", type=int, default=0, metavar="K",
+                   help="chaos: also SIGKILL (and restart) the daemon K times")
+    p.add_argument("--seed", type=int, default=1, help="chaos: random seed")
     args = p.parse_args()
+    if args.chaos is not None:
+        return run_chaos_section(args)
     quick = args.quick
     if quick:
         FUZZ_PAYLOADS[0] = 1_000
@@ -861,6 +873,24 @@ def main() -> int:
     if missed:
         print("targets missed: " + "; ".join(missed))
     return 0
+
+
+def run_chaos_section(args: argparse.Namespace) -> int:
+    """``--chaos N``: the figures of one chaos run (recorded / stored / duplicated / lost)."""
+    from benchmarks.chaos import run_chaos
+
+    with tempfile.TemporaryDirectory(prefix="er-chaos-") as d:
+        result = run_chaos(Path(d), broker_kills=args.chaos, daemon_kills=args.daemon_kills,
+                           persistence=args.broker_persistence == "on", seed=args.seed)
+    for sid in result.lost_ids:
+        print(f"  lost: {sid}")
+    if result.daemon_kills:
+        print(f"  recovered after daemon kills: {result.recovered}, of which "
+              f"{result.recovered_with_crash_gap} list every sensor with a crash gap")
+    ok = result.lost == result.duplicated == result.corrupt == 0
+    print("chaos: every session recorded was stored exactly once, intact" if ok else
+          "chaos: SESSIONS LOST OR DUPLICATED")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -61,9 +61,12 @@ class Broker:
     """A Mosquitto process with persistence (saved every second), restartable on its port."""
 
     def __init__(self, workdir: Path, binary: str | None = None, *,
-                 password_file: Path | None = None, acl_file: Path | None = None) -> None:
+                 password_file: Path | None = None, acl_file: Path | None = None,
+                 persistence: bool = True) -> None:
         """``password_file`` (see :func:`write_password_file`) turns anonymous access off;
-        ``acl_file`` is Mosquitto's ``acl_file`` (e.g. config/mosquitto.acl)."""
+        ``acl_file`` is Mosquitto's ``acl_file`` (e.g. config/mosquitto.acl);
+        ``persistence=False``: a restart forgets every session and queued message (as a
+        broker with a default 30-minute autosave does at a power cut)."""
         found = binary or find_mosquitto()
         if found is None:
             raise FileNotFoundError("mosquitto is not installed (sudo apt-get install mosquitto)")
@@ -77,7 +80,8 @@ class Broker:
             + ("allow_anonymous true\n" if password_file is None else
                f"allow_anonymous false\npassword_file {password_file}\n")
             + ("" if acl_file is None else f"acl_file {acl_file}\n") +
-            f"persistence true\npersistence_location {workdir}/\n"
+            f"persistence {'true' if persistence else 'false'}\n"
+            f"persistence_location {workdir}/\n"
             # sessions saved every second, so a killed broker comes back knowing the
             # collector's persistent subscription (as a production broker should)
             "autosave_interval 1\nmax_queued_messages 10000\nlog_dest stderr\n"
