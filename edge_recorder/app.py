@@ -167,7 +167,8 @@ class Daemon:
                                    require_receipt=config.delivery.require_receipt,
                                    receipt_timeout_s=config.delivery.receipt_timeout_s,
                                    on_change=lambda sid: self.status_changed.set(),
-                                   prepare=lambda sid: restamp_if_synced(self.store, clock, sid))
+                                   prepare=lambda sid: restamp_if_synced(self.store, clock, sid),
+                                   clock=lambda: clock.mono_ns() / 1e9)  # receipt deadlines
         self.status_changed = threading.Event()
         self.recorder = Recorder(
             config.session, device_id=config.device_id,

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import threading
 import time
 from typing import Any
 
@@ -345,3 +346,28 @@ def test_store_state_moves_survive_a_crash_between_file_and_manifest(tmp_path):
     store.finish_moves()
     assert store.find("a1") == "published" and store.path("published", "a1").exists()
     assert store.find("b1") == "stored" and store.path("stored", "b1").exists()
+
+
+@pytest.mark.broker
+def test_a_wedged_publisher_stops_its_heartbeat(tmp_path, broker):
+    """The watchdog (Daemon.stalled) stops pinging when the publisher's heartbeat goes
+    stale; a publisher stuck inside one session must let it go stale, not fake progress."""
+    store = DeviceStore(tmp_path / "store", 1 << 30, part_bytes=PART)
+    put_session(store, "20261127T000000000Z-stuk")
+    release = threading.Event()
+    real = store.checked_manifest
+
+    def stuck(session_id: str, state: str = "outbox") -> dict[str, Any]:
+        release.wait(30)  # a read that hangs (a dying SD card, say)
+        return real(session_id, state)
+
+    store.checked_manifest = stuck  # type: ignore[method-assign]
+    device = Device(store, broker.port)
+    try:
+        time.sleep(1.5)
+        beat = device.publisher.last_loop_s
+        time.sleep(2.0)
+        assert device.publisher.last_loop_s == beat and device.publisher.alive
+    finally:
+        release.set()
+        device.close()

@@ -14,6 +14,7 @@ import pytest
 
 from edge_recorder.devtools import Broker
 from tests.conftest import Client, base_config, wait_online, wait_until, write_config
+from tests.test_service import NotifySocket
 
 DEVICE = "test-pi"
 
@@ -106,7 +107,9 @@ def test_the_collector_offline_while_the_broker_restarts(tmp_path, spawn):
         cfg = write_config(tmp_path / "device.yaml", base_config(
             tmp_path, broker.port, session={"duration_s": 0.5},
             delivery={"receipt_timeout_s": 2}))
-        daemon = spawn("run", "-c", str(cfg), name="daemon")
+        notify = NotifySocket(tmp_path / "notify.sock")
+        daemon = spawn("run", "-c", str(cfg), name="daemon",
+                       env={"NOTIFY_SOCKET": str(notify.path)})
         wait_online(client)
         sids = [_send(client, {"cmd": "start"})["session_id"] for _ in range(3)]
         wait_until(lambda: all(_state(tmp_path, s) == "published" for s in sids), 20,
@@ -117,6 +120,10 @@ def test_the_collector_offline_while_the_broker_restarts(tmp_path, spawn):
         client = Client(broker.port)
         status = wait_online(client)  # retained again once the daemon reconnects
         assert status["delivery"]["awaiting_receipt"] == 3
+        assert status["delivery"]["oldest_awaiting_s"] > 0
+        notify.collect(0.5)  # systemd's view: the STATUS= line says so too
+        assert any("STATUS=0 recording, 0 to publish, 3 awaiting receipt (oldest" in m
+                   for _, m in notify.messages), notify.messages[-3:]
         collector = _collector(spawn, broker.port, store_dir, "collector-again")
         wait_until(lambda: all(_state(tmp_path, s) == "stored" for s in sids), 60,
                    "all three stored after resends")
