@@ -358,7 +358,7 @@ def cmd_sessions_list(args: argparse.Namespace) -> int:
             row.append(str(e.state))
         rows.append(row)
     header = ["SESSION", "DEVICE", "STARTED (UTC)", "SECONDS", "STOP", "JOURNEY", "LABELS"]
-    _table(header + (["STATE"] if device_store else []), rows, right={3})
+    _table(header + (["STATE"] if device_store else []), rows, right=frozenset({3}))
     _footer(f"({len(entries)} session(s))")
     return 0
 
@@ -434,12 +434,13 @@ def cmd_journeys_list(args: argparse.Namespace) -> int:
     _table(["JOURNEY", "SESSIONS", "FIRST (UTC)", "LAST (UTC)", "DEVICES"],
            [[str(r["journey_id"]), str(r["sessions"]), str(r["first_started_at"] or ""),
              str(r["last_stopped_at"] or ""), ",".join(map(str, r["devices"]))] for r in rows],
-           right={1})
+           right=frozenset({1}))
     _footer(f"({len(rows)} journey(s))")
     return 0
 
 
-def _table(header: list[str], rows: list[list[str]], *, right: set[int] = frozenset()) -> None:
+def _table(header: list[str], rows: list[list[str]], *,
+           right: frozenset[int] = frozenset()) -> None:
     """Columns as wide as their widest cell; the last one unpadded."""
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     for cells in (header, *rows):

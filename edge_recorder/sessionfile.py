@@ -330,7 +330,7 @@ def _verify_open(f: IO[bytes], path: Path) -> bool:
                                "footer says)")
     if data_crc and data_crc != _crc_range(f, 0, data_end_stop - _DATA_END.size):
         raise SessionFileError(f"{path}: damaged session file (data CRC mismatch)")
-    return data_crc != 0
+    return bool(data_crc != 0)
 
 
 def _verify_sidecar(f: IO[bytes], path: Path) -> None:

@@ -203,3 +203,64 @@ def test_a_clean_sigterm_does_not_warn_about_reconnecting(tmp_path, broker, spaw
     wait_until(lambda: "connected to" in p.log(), 15, "the collector to connect")
     assert p.stop(signal.SIGTERM) == 0
     assert "reconnecting" not in p.log() and "WARNING" not in p.log()
+
+
+def test_the_plot_envelope_keeps_every_spike_in_bounded_memory():
+    np = pytest.importorskip("numpy")
+    from edge_recorder.query.plot import MAX_BINS, Envelope
+
+    t0, n = 1_800_000_000_000_000_000, 1_000_000
+    env = Envelope(t0, t0 + n * 1_000_000, MAX_BINS, ["az"])
+    for start in range(0, n, 100_000):  # a 1000 s session at 1 kHz, fed in batches
+        t = t0 + np.arange(start, start + 100_000, dtype=np.int64) * 1_000_000
+        az = np.full(100_000, 9.8, dtype=np.float32)
+        if start == 500_000:
+            az[123] = 80.0  # one sample's spike
+        env.add({"t_ns": t, "az": az})
+    x, lo, hi = env.series("az")
+    assert len(x) == len(lo) == MAX_BINS  # memory is the bins, not the samples
+    assert float(np.nanmax(hi)) == 80.0 and float(np.nanmin(lo)) == pytest.approx(9.8)
+
+
+def test_the_plot_shades_gaps_and_marks_the_trigger(tmp_path):
+    pytest.importorskip("matplotlib")
+    from edge_recorder.query.plot import plot_session
+    from edge_recorder.sensors.emulation import Faults
+    from tests.rig import T0
+
+    # the chip does not answer from 2.0 to 2.4 s on its clock: a gap in the session
+    rig = Rig(tmp_path, driver_name="icm42688", rate_hz=200,
+              faults=Faults(absent=[(T0 + 2_000_000_000, T0 + 2_400_000_000)]))
+    rig.run(1.0)  # history for the pre-trigger window
+    sid = rig.ask(StartRequested, trigger=Trigger("mqtt"), pre_trigger_s=0.5)["session_id"]
+    rig.run(3.0)
+    rig.ask(StopRequested, trigger=Trigger("mqtt"))
+    rig.finish()
+    manifest, path = stored(rig, sid)
+    assert len(manifest["sensors"][0]["gaps"]) == 1, manifest["sensors"][0]
+    summary = plot_session(path, tmp_path / "p.png")
+    assert summary.trigger_s == pytest.approx(0.5, abs=0.02)
+    assert summary.gaps_shaded == len(manifest["sensors"][0]["gaps"])
+    assert summary.bins == {"imu0": manifest["sensors"][0]["samples"] // 2}
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_id_two_devices_used_needs_device_and_a_name_never_reaches_a_path(tmp_path):
+    for device in ("pi-a", "pi-b"):
+        folder = tmp_path / "sessions" / device
+        folder.mkdir(parents=True)
+        m = {"session_id": "same-id", "device_id": device, "labels": [], "journey_id": None,
+             "started_at": "2026-11-20T10:00:00.000000Z",
+             "stopped_at": "2026-11-20T10:00:01.000000Z", "stop_reason": "command",
+             "bytes": 0, "sha256": "0" * 64, "parts": 1}
+        (folder / "same-id.json").write_text(json.dumps(m))
+        (folder / "same-id.mcap").write_bytes(b"")
+    r = cli("sessions", "show", "same-id", "--store", str(tmp_path))
+    assert r.returncode == 2 and "pi-a, pi-b" in r.stderr and "add --device" in r.stderr
+    r = cli("sessions", "show", "same-id", "--store", str(tmp_path), "--device", "pi-b",
+            "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["path"].endswith("pi-b/same-id.mcap")
+    # an id is only ever looked up in the index, never joined onto a path
+    (tmp_path / "outside.mcap").write_bytes(b"\x89MCAP0\r\n")
+    r = cli("export", "../outside", "--store", str(tmp_path), "-o", "-")
+    assert r.returncode == 2 and "no session ../outside" in r.stderr and r.stdout == ""

@@ -10,6 +10,7 @@ is marked, and the x axis counts seconds from the absolute start time in the tit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,16 @@ class Envelope:
         return x, lo, hi
 
 
-def plot_session(path: Path, out: Path, *, progress: Progress | None = None) -> None:
+@dataclass(frozen=True)
+class PlotSummary:
+    """What the picture shows, for the CLI's message and for tests."""
+
+    bins: dict[str, int]  # per sensor: points drawn per channel (memory is this, not length)
+    gaps_shaded: int
+    trigger_s: float | None  # where the trigger line is, s after the start; None: no line
+
+
+def plot_session(path: Path, out: Path, *, progress: Progress | None = None) -> PlotSummary:
     try:
         import matplotlib
 
@@ -113,6 +123,8 @@ def plot_session(path: Path, out: Path, *, progress: Progress | None = None) -> 
     trigger_s = manifest.get("pre_trigger_s")
     gaps = {s.get("name"): s.get("gaps") or [] for s in manifest.get("sensors") or []
             if isinstance(s, dict)}
+    shaded = 0
+    marked = isinstance(trigger_s, (int, float)) and trigger_s > 0
     for ax, (sensor, keys, unit) in zip(axes[:, 0], rows, strict=False):
         env = envelopes[sensor]
         for key in keys:
@@ -127,7 +139,8 @@ def plot_session(path: Path, out: Path, *, progress: Progress | None = None) -> 
                 continue
             ax.axvspan(g0, g1, color="red", alpha=0.15,
                        label=f"gap ({gap.get('lost')} lost)" if i == 0 else None)
-        if isinstance(trigger_s, (int, float)) and trigger_s > 0:
+            shaded += keys == PANELS[0][0]  # count each gap once, on its first panel
+        if marked:
             ax.axvline(trigger_s, color="black", linestyle="--", linewidth=0.9,
                        label="trigger")
         ax.set_ylabel(f"{sensor}\n{unit}")
@@ -135,7 +148,8 @@ def plot_session(path: Path, out: Path, *, progress: Progress | None = None) -> 
         ax.grid(alpha=0.3)
     axes[-1][0].set_xlabel(f"seconds since {manifest.get('started_at') or 'the first sample'}"
                            " (UTC)")
-    labels = manifest.get("labels") if isinstance(manifest.get("labels"), list) else []
+    labels = manifest.get("labels")
+    labels = labels if isinstance(labels, list) else []
     fig.suptitle(f"{manifest.get('session_id')} on {manifest.get('device_id')}, started "
                  f"{manifest.get('started_at')}\n"
                  f"labels: {', '.join(map(str, labels)) or '(none)'}   "
@@ -143,3 +157,5 @@ def plot_session(path: Path, out: Path, *, progress: Progress | None = None) -> 
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+    return PlotSummary({s: e.bins for s, e in envelopes.items()}, shaded,
+                       float(trigger_s) if marked and trigger_s is not None else None)

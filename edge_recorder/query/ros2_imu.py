@@ -121,7 +121,7 @@ def write_ros2_imu(session: SessionFile, out: IO[bytes], *,
             add(channel_id, t, data, t, sequence)
         counter.add(len(batch["t_ns"]))
     _copy_metadata(session, writer)
-    writer.finish()
+    writer.finish()  # type: ignore[no-untyped-call]
     return sequence
 
 
