@@ -246,6 +246,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
+    from edge_recorder.config import load_config
     from edge_recorder.selftest import format_report, run_selftest
 
     if not 0.5 <= args.seconds <= 600:

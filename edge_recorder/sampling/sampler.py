@@ -130,7 +130,9 @@ class BusSampler:
         if read.overflowed:
             s.counters.overflows += 1
             since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
-            self._record_loss(s, since, now, "fifo_overflow")
+            # lost until the driver reset the FIFO, i.e. until the read returned: the
+            # thread may have been frozen (SIGSTOP, starved) anywhere inside it
+            self._record_loss(s, since, self.clock(), "fifo_overflow")
         if read.frames or read.lost_frames:
             # frames the driver dropped (unpaired, invalid) took a slot in the chip's
             # timeline; assume the earliest
