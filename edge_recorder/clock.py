@@ -15,10 +15,14 @@ one; a change of more than :data:`STEP_MIN_NS` is a step: it is recorded as a
 change the offset at all; NTP clients step only above 0.125–1 s). The recorder reads the
 offset ten times a second, so a step is detected within ~0.1 s.
 
-**Sync state:** the kernel's own flag, ``adjtimex(2)`` with ``modes = 0`` (read-only):
-``STA_UNSYNC`` (0x0040) clear means an NTP client has disciplined the clock
-(Linux ``kernel/time/ntp.c``, ``ntp_synced()``). ``None`` where it cannot be asked (not
-Linux, or a seccomp filter such as systemd's ``ProtectClock=yes`` refusing the call).
+**Sync state:** the kernel's, from ``adjtimex(2)`` with ``modes = 0`` (read-only):
+``STA_UNSYNC`` (0x0040) clear means an NTP client has disciplined the clock (Linux
+``kernel/time/ntp.c``, ``ntp_synced()``). chronyd without ``rtcsync`` keeps ``STA_UNSYNC``
+set on purpose (so the kernel leaves the RTC alone) while it keeps the clock's maximum error
+small, so a set flag with ``maxerror`` below the kernel's 16 s limit (``NTP_PHASE_LIMIT``, at
+which the kernel itself sets ``STA_UNSYNC``) also counts as synchronised, as systemd's
+``ntp_synced()`` (``src/basic/time-util.c``) decides. ``None`` where it cannot be asked
+(not Linux, or a seccomp filter such as systemd's ``ProtectClock=yes`` refusing the call).
 
 Tests and the emulated world inject the sources: :class:`SteppedWall` steps the wall clock
 at given monotonic times (config ``emulation.wall_clock_steps``).
@@ -45,6 +49,7 @@ READ_ATTEMPTS = 5
 MAX_STEPS_KEPT = 256
 STA_UNSYNC = 0x0040  # <linux/timex.h>
 TIME_ERROR = 5  # adjtimex return value: clock not synchronised
+NTP_PHASE_LIMIT_US = 16_000_000  # kernel: maxerror at (and beyond) this = unsynchronised
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 if hasattr(time, "CLOCK_BOOTTIME"):
@@ -121,7 +126,9 @@ class KernelSync:
             self._unknown(f"adjtimex failed: {os.strerror(err)} (errno {err}); under systemd "
                           "ProtectClock=yes refuses even this read-only call")
             return None
-        return not (tx.status & STA_UNSYNC) and result != TIME_ERROR
+        if not tx.status & STA_UNSYNC and result != TIME_ERROR:
+            return True
+        return bool(tx.maxerror < NTP_PHASE_LIMIT_US)  # chronyd without rtcsync
 
 
 def read_boot_id() -> str | None:

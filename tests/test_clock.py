@@ -84,20 +84,25 @@ def test_timex_layout_matches_the_kernel_abi() -> None:
     assert STA_UNSYNC == 0x0040 and TIME_ERROR == 5  # timex.h: STA_UNSYNC, TIME_ERROR
 
 
-@pytest.mark.parametrize(("status", "result", "errno_", "expected"), [
-    (STA_UNSYNC, TIME_ERROR, 0, False),
-    (0, 0, 0, True),             # TIME_OK, synchronised
-    (0x2001, 0, 0, True),        # STA_PLL | STA_NANO: disciplined
-    (0, TIME_ERROR, 0, False),   # the kernel's own verdict
-    (0, -1, errno.EPERM, None),  # seccomp (systemd ProtectClock=yes) refuses the call
+@pytest.mark.parametrize(("status", "maxerror_us", "result", "errno_", "expected"), [
+    (STA_UNSYNC, 16_000_000, TIME_ERROR, 0, False),  # booted, no NTP client yet (ntp_clear)
+    (0, 20_000, 0, 0, True),              # TIME_OK: timesyncd/ntpd disciplined the clock
+    (0x2001, 20_000, 0, 0, True),         # STA_PLL | STA_NANO
+    (STA_UNSYNC, 20_000, TIME_ERROR, 0, True),  # chronyd without rtcsync: flag kept on purpose
+    (STA_UNSYNC, 16_000_000, TIME_ERROR, 0, False),  # lost its server for ~9 h: error at limit
+    (0, 0, -1, errno.EPERM, None),        # seccomp (systemd ProtectClock=yes) refuses the call
 ])
-def test_kernel_sync_reads_sta_unsync(monkeypatch, status, result, errno_, expected) -> None:
+def test_kernel_sync_reads_sta_unsync_and_the_maximum_error(status, maxerror_us, result,
+                                                            errno_, expected) -> None:
+    # kernel/time/ntp.c: ntp_clear() sets STA_UNSYNC and maxerror = NTP_PHASE_LIMIT (16 s);
+    # second_overflow() grows maxerror 500 µs/s and sets STA_UNSYNC at the limit.
+    # systemd src/basic/time-util.c ntp_synced(): synchronised iff maxerror < 16 s.
     sync = KernelSync()
 
     def fake_adjtimex(ref: Any) -> int:
         tx = ref._obj
         assert tx.modes == 0, "must only read"
-        tx.status = status
+        tx.status, tx.maxerror = status, maxerror_us
         ctypes.set_errno(errno_)
         return result
 
@@ -105,8 +110,21 @@ def test_kernel_sync_reads_sta_unsync(monkeypatch, status, result, errno_, expec
     assert sync() is expected
 
 
-def test_the_real_kernel_answers_or_says_unknown() -> None:
-    assert KernelSync()() in (True, False, None)
+def test_the_real_kernel_is_read_through_the_right_struct_layout() -> None:
+    """Read this machine's kernel: the fields land where the kernel ABI puts them (a wrong
+    layout would read status/maxerror from the wrong bytes)."""
+    sync = KernelSync()
+    if sync._adjtimex is None:
+        pytest.skip(sync.unknown_because)
+    tx = _Timex()
+    result = sync._adjtimex(ctypes.byref(tx))
+    assert result in range(0, 6)  # TIME_OK .. TIME_ERROR (timex.h)
+    assert 0 <= tx.maxerror <= 16_000_000 and 0 <= tx.esterror <= 16_000_000
+    assert tx.status & ~0xFFFF == 0  # every STA_* flag fits in 16 bits
+    assert 1 <= tx.tick <= 1_000_000  # µs per tick: 10000 at USER_HZ 100
+    if tx.status & STA_UNSYNC:  # kernel __do_adjtimex: is_error_status() → TIME_ERROR
+        assert result == TIME_ERROR
+    assert sync() is ((not tx.status & STA_UNSYNC) or tx.maxerror < 16_000_000)
 
 
 # --- sessions across a step (fake clock: deterministic) --------------------------------------
