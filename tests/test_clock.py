@@ -165,6 +165,26 @@ def test_a_step_mid_session_moves_the_whole_session_onto_the_new_clock(tmp_path,
     assert min(log_times) >= iso_ns(manifest["started_at"])
 
 
+def test_two_steps_in_one_session_one_time_base_both_listed(tmp_path):
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=4))
+    sid = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.run(1)
+    rig.clock.step(3600)
+    rig.run(1)
+    rig.clock.step(-5)
+    beats: list[float] = []
+    rig.recorder._heartbeat = lambda: beats.append(1.0)  # type: ignore[method-assign]
+    rig.run(2)
+    at_stop = rig.clock.wall()
+    rig.finish()
+    manifest, path = stored(rig, sid)
+    t, _ = samples_of(path)
+    assert all(0 < b - a <= 3 * PERIOD_NS for a, b in zip(t, t[1:]))
+    assert abs(t[-1] - at_stop) < 2e9 and len(t) == pytest.approx(800, rel=0.03)
+    assert [x["step_ns"] for x in manifest["clock"]["steps"]] == [HOUR_NS, -5 * 10**9]
+    assert len(beats) >= 10  # the re-stamp kept the recorder's watchdog heartbeat going
+
+
 def test_a_step_inside_the_pre_trigger_window(tmp_path):
     rig = Rig(tmp_path, settings=SessionConfig(duration_s=2, pre_trigger_s=2))
     rig.run(2)

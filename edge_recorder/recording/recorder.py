@@ -364,7 +364,8 @@ class Recorder:
         try:
             s.writer.finish(manifest)
             if offset != s.offset_ns:  # the wall clock stepped: one time base for all of it
-                restamp(s.writer.path, offset - s.offset_ns, manifest)
+                restamp(s.writer.path, offset - s.offset_ns, manifest,
+                        on_progress=self._heartbeat)
             manifest = self.store.complete(s.session_id, manifest)
         except OSError as exc:
             if is_disk_full(exc):
@@ -385,6 +386,9 @@ class Recorder:
                  ", ".join(f"{x['name']} {x['samples']} samples ({x['dropped']} dropped)"
                            for x in sensors))
         self.on_complete(manifest)
+
+    def _heartbeat(self) -> None:
+        self.last_loop_s = time.monotonic()
 
     def _clock_record(self, s: OpenSession, offset_ns: int) -> dict[str, Any]:
         """The manifest's ``clock``: sync state, the session's time base, the steps seen
