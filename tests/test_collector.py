@@ -348,3 +348,60 @@ def test_resend_requests_back_off(tmp_path, offline, monkeypatch):
         asked += [now[0] for _ in offline.store.due_for_resend(quiet_for_s=-1)]
         now[0] += 1
     assert [a - 1000 for a in asked] == [0, 30, 90, 210, 450]
+
+
+def _hostile(case: str, publish: Any) -> None:
+    """Publish one hostile or unlucky case, as a device or attacker would."""
+    m, parts = session(sid="20261126T130000000Z-case", device="evil", size=3000)
+    if case in ("..", "."):
+        deliver(publish, {**m, "session_id": case}, parts, sid=case)
+    elif case == "spoofed device":
+        deliver(publish, {**m, "device_id": "trel"}, parts, device="evil")
+    elif case == "absurd parts":
+        deliver(publish, {**m, "parts": 2_000_000}, parts)
+        publish(f"{PREFIX}/evil/sessions/{m['session_id']}/part/1999999", b"x")
+    elif case == "wrong types":
+        deliver(publish, {**m, "labels": 5, "started_at": None}, parts)
+    elif case == "truncated":
+        deliver(publish, m, [*parts[:-1], parts[-1][:10]])
+    elif case == "garbage":
+        for topic in (f"{PREFIX}/evil/sessions", f"{PREFIX}/evil/sessions/x/part/-1",
+                      f"{PREFIX}/evil/sessions/x/part/1e3", f"{PREFIX}/evil/sessions/x/manifest"):
+            publish(topic, b"\xff\x00garbage")
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("case", ["..", ".", "spoofed device", "absurd parts", "wrong types",
+                                  "truncated", "garbage"])
+def test_after_each_hostile_case_the_store_is_intact_and_a_normal_session_arrives(
+        tmp_path, broker, client, case):
+    """Issue 12's Done-when, per case, through a real Mosquitto and a running collector."""
+    root = tmp_path / "store"
+    stop = threading.Event()
+    collector = Collector(MqttConfig(host="127.0.0.1", port=broker.port), root)
+    worker = threading.Thread(target=collector.run, args=(stop,))
+    worker.start()
+    try:
+        wait_until(collector.link.connected.is_set, 10, "collector connected")
+        client.subscribe(f"{PREFIX}/+/sessions/+/stored")
+        earlier, earlier_parts = session(device="trel")
+        deliver(client.publish, earlier, earlier_parts)
+        wait_until(lambda: collector.store.stored == 1, 10, "the earlier session")
+        _hostile(case, client.publish)
+        after, after_parts = session(sid="20261126T140000000Z-after", device="trel")
+        t0 = time.monotonic()
+        deliver(client.publish, after, after_parts)
+        topic = f"{PREFIX}/trel/sessions/{after['session_id']}/stored"
+        wait_until(lambda: client.json_on(topic), 10, "the normal session after the case")
+        assert time.monotonic() - t0 < 10
+        assert collector.store.stored == 2  # once each; the hostile one was never stored
+        assert collector.store.refused + collector.store.quarantined >= 1  # and it was seen
+        for m in (earlier, after):
+            assert stored_ok(root, "trel", m)
+        assert sorted(m["session_id"] for m in listed(root)) == \
+            sorted([earlier["session_id"], after["session_id"]])
+        assert {p.name for p in root.iterdir()} >= {"sessions", "incoming", "rejected",
+                                                    "index.sqlite"}
+    finally:
+        stop.set()
+        worker.join(10)
