@@ -292,3 +292,33 @@ def test_hostile_commands_get_clear_replies_and_change_nothing(tmp_path, broker,
     a_normal_session_reaches_the_collector(client, store, "commands")
     assert daemon.alive() and daemon.stop() == 0
     assert "Traceback" not in daemon.log()
+
+
+def test_200_resends_of_one_session_are_coalesced(tmp_path, broker, client, spawn):
+    from edge_recorder.delivery.publisher import RESEND_HOLDOFF_S
+
+    store = tmp_path / "collected"
+    spawn("collect", "--host", "127.0.0.1", "--port", str(broker.port), "--store", str(store),
+          name="collector")
+    cfg = write_config(tmp_path / "device.yaml", base_config(tmp_path, broker.port))
+    daemon = spawn("run", "-c", str(cfg), name="daemon")
+    wait_online(client)
+    client.subscribe(REPLY)
+    sid = a_normal_session_reaches_the_collector(client, store, "first")
+    manifests = f"edge-recorder/{DEVICE}/sessions/{sid}/manifest"
+    client.subscribe(manifests)
+    requests = 200
+    for i in range(requests):
+        client.publish(CMD, json.dumps({"cmd": "resend", "session_id": sid,
+                                        "request_id": f"r{i}"}))
+    wait_until(lambda: len([r for r in client.json_on(REPLY)
+                            if str(r.get("request_id", "")).startswith("r")]) >= requests,
+               20, "a reply to every resend")
+    # the first request goes out at once; the other 199 merge into one more, after the
+    # hold-off (RESEND_HOLDOFF_S); then nothing
+    wait_until(lambda: len(client.received(manifests)) >= 2, RESEND_HOLDOFF_S + 10,
+               "the merged retransmission")
+    time.sleep(RESEND_HOLDOFF_S + 1.0)
+    assert len(client.received(manifests)) == 2
+    a_normal_session_reaches_the_collector(client, store, "after-resends")
+    assert daemon.stop() == 0

@@ -48,6 +48,7 @@ IDLE_RESCAN_S = 2.0
 RESUME_NOTE_EVERY_S = 1.0  # how often a long publish records how far it got
 RECEIPT_BACKOFF_MAX_S = 900.0  # the wait for a receipt doubles up to this (or the timeout)
 RECEIPT_CHECK_EVERY_S = 1.0
+RESEND_HOLDOFF_S = 5.0  # one session is retransmitted at most once this often; requests wait
 MAX_PUBLISH_ERRORS = 3  # a session whose file cannot be read this often in a row is quarantined
 
 
@@ -83,6 +84,7 @@ class Publisher:
         self.resent = 0
         self.stored = 0
         self._resends: dict[str, set[int] | None] = {}  # id → parts (None: all), in order
+        self._resent_at: dict[str, float] = {}  # id → when its last retransmission began
         self._receipts: deque[Receipt] = deque()
         self._due: dict[str, tuple[float, int]] = {}  # published id → (resend at, attempts)
         self._errors: dict[str, int] = {}
@@ -212,7 +214,9 @@ class Publisher:
         return None
 
     def _queue_resend(self, session_id: str, parts: Iterable[int] | None) -> None:
-        """Requests for one session merge: 200 requests make one retransmission."""
+        """Requests for one session merge while queued, and a session is retransmitted at
+        most once per :data:`RESEND_HOLDOFF_S`: 200 requests make two retransmissions (the
+        first at once, the rest merged into one when the hold-off ends), not 200."""
         with self._lock:
             if parts is None or (session_id in self._resends
                                  and self._resends[session_id] is None):
@@ -221,11 +225,18 @@ class Publisher:
                 self._resends[session_id] = (self._resends.get(session_id) or set()) | set(parts)
 
     def _do_resends(self) -> None:
-        while self._resends and self.link.connected.is_set() and not self._stop.is_set():
+        now = self.clock()
+        for sid in [s for s, t in self._resent_at.items() if now - t >= RESEND_HOLDOFF_S]:
+            del self._resent_at[sid]
+        while self.link.connected.is_set() and not self._stop.is_set():
             with self._lock:
-                session_id, parts = next(iter(self._resends.items()))
-                del self._resends[session_id]
+                session_id = next((s for s in self._resends if s not in self._resent_at), None)
+                if session_id is None:
+                    return  # nothing queued, or only sessions in their hold-off
+                parts = self._resends.pop(session_id)
+            self._resent_at[session_id] = self.clock()
             if not self._resend(session_id, parts):
+                del self._resent_at[session_id]  # it did not go out: no hold-off
                 self._queue_resend(session_id, parts)  # connection lost: try again later
                 return
 
