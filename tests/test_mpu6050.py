@@ -244,3 +244,16 @@ def test_a_lost_wake_write_is_caught_by_reading_the_configuration_back() -> None
         driver.start()
     driver.start()  # the sampler's retry: this time the writes arrive
     assert chip.regs[reg.PWR_MGMT_1] == 0x01
+
+
+def test_the_sampler_polls_a_9250_for_its_512_byte_fifo(tmp_path) -> None:
+    # finding 1: the poll interval came from a 1024-byte FIFO, twice too long for a 9250
+    # (Linux inv_mpu_core.c hw_info[] MPU9250 .fifo_size = 512)
+    from edge_recorder.sampling.ring import SampleRing
+    from edge_recorder.sampling.sampler import POLL_FILL_FRACTION, BusSampler, SensorChannel
+
+    clock, chip, bus, driver = make(rate_hz=1000, chip_cls=EmulatedMpu9250)
+    sampler = BusSampler("emulated", [SensorChannel("imu", driver, SampleRing(1000))],
+                         clock=clock)
+    sampler.poll_once()  # brings it up: now the variant is known
+    assert sampler.interval_s == pytest.approx(512 // 14 / 1000 * POLL_FILL_FRACTION)
