@@ -405,3 +405,17 @@ def test_after_each_hostile_case_the_store_is_intact_and_a_normal_session_arrive
     finally:
         stop.set()
         worker.join(10)
+
+
+def test_a_flood_of_refused_messages_does_not_flood_the_log(offline, monkeypatch, caplog):
+    now = [5000.0]
+    monkeypatch.setattr(collector_module.time, "monotonic", lambda: now[0])
+    offline._refusals_window_start = now[0]
+    for i in range(500):
+        on(offline, f"{PREFIX}/evil/sessions/../part/{i}", b"x")
+    now[0] += 61
+    on(offline, f"{PREFIX}/evil/sessions/../part/0", b"x")
+    lines = [r.getMessage() for r in caplog.records]
+    assert offline.store.refused == 501
+    assert sum("collector: refused" in line for line in lines) == 21
+    assert "480 more message(s) refused in the last minute" in caplog.text

@@ -76,6 +76,7 @@ MAX_INCOMING_PER_DEVICE = 256  # sessions of one device being received at once
 MAX_RESEND_PARTS = 100_000  # part numbers in one resend command (the device's limit)
 PART_DIGITS = 7  # part numbers are at most MAX_PARTS - 1 (7 decimal digits)
 STATUS_LOG_EVERY_S = 60.0
+MAX_REFUSALS_LOGGED = 20  # refusals logged one by one per minute; the rest are summed up
 
 
 class Refused(EdgeRecorderError, ValueError):
@@ -664,6 +665,8 @@ class Collector:
         self.link.subscribe(f"{share}{topic_prefix}/+/sessions/+/manifest", self.on_message,
                             qos=1)
         self._last_status: dict[str, int] = {}
+        self._refusals_window_start = time.monotonic()
+        self._refusals_logged = self._refusals_unlogged = 0
 
     def on_message(self, message: Message) -> None:
         """Handle one message; raise NotTaken when it could not be stored (not acked)."""
@@ -671,7 +674,7 @@ class Collector:
             receipt = self.handle(message.topic, message.payload)
         except Refused as exc:
             self.store.refused += 1
-            log.warning("collector: refused %s: %s", message.topic[:200], exc)
+            self._log_refusal(message.topic, exc)
             return
         except OSError as exc:
             self.store_errors += 1
@@ -708,6 +711,22 @@ class Collector:
     def status(self) -> dict[str, Any]:
         return {**self.store.status(), "store_errors": self.store_errors,
                 "not_acknowledged": self.link.not_acked}
+
+    def _log_refusal(self, topic: str, exc: Refused) -> None:
+        """Each refusal is logged, up to MAX_REFUSALS_LOGGED a minute (a flood of them
+        must not flood the journal); the rest are counted and summed up once a minute."""
+        now = time.monotonic()
+        if now - self._refusals_window_start >= 60.0:
+            if self._refusals_unlogged:
+                log.warning("collector: %d more message(s) refused in the last minute "
+                            "(not logged one by one)", self._refusals_unlogged)
+            self._refusals_window_start, self._refusals_logged = now, 0
+            self._refusals_unlogged = 0
+        if self._refusals_logged < MAX_REFUSALS_LOGGED:
+            self._refusals_logged += 1
+            log.warning("collector: refused %s: %s", topic[:200], exc)
+        else:
+            self._refusals_unlogged += 1
 
     def log_status(self, force: bool = False) -> None:
         status = self.status()
