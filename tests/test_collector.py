@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -299,12 +300,17 @@ def test_a_flat_store_from_before_is_migrated(tmp_path):
     old.mkdir(parents=True)
     (old / "device").write_text("other")
     (old / "part-000000").write_bytes(half_parts[0])
+    with sqlite3.connect(root / "index.sqlite") as db:  # the index of before: keyed by id alone
+        db.execute("CREATE TABLE sessions (session_id TEXT PRIMARY KEY, manifest_path TEXT)")
+        db.execute("INSERT INTO sessions VALUES ('gone', 'sessions/gone.json')")
     store = CollectorStore(root)
     assert stored_ok(root, "trel", manifest)
     for n, p in enumerate(half_parts[1:], 1):
         store.add_part("other", half["session_id"], n, p)
     store.add_manifest("other", half["session_id"], json.dumps(half).encode())
     assert stored_ok(root, "other", half)
+    assert sorted((m["device_id"], m["session_id"]) for m in listed(root)) == \
+        [("other", half["session_id"]), ("trel", manifest["session_id"])]
 
 
 def test_a_truncated_stream_is_quarantined_not_asked_for_forever(tmp_path, offline):
