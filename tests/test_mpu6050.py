@@ -257,3 +257,21 @@ def test_the_sampler_polls_a_9250_for_its_512_byte_fifo(tmp_path) -> None:
                          clock=clock)
     sampler.poll_once()  # brings it up: now the variant is known
     assert sampler.interval_s == pytest.approx(512 // 14 / 1000 * POLL_FILL_FRACTION)
+
+
+def test_bus_time_passes_during_transfers_so_frames_arrive_behind_the_count() -> None:
+    # FACTS.md: 9 bit-times a byte. At 100 kHz, a 50-frame burst (700 B) is on the wire
+    # for ~63 ms: at 1 kHz some 60 frames arrive meanwhile, behind the count just read.
+    clock = FakeClock()
+    chip = EmulatedMpu6050(clock=clock)
+    bus = EmulatedBus({0x68: chip}, clock=clock, clock_hz=100_000)
+    driver = Mpu6050(bus, 0x68, rate_hz=1000, accel_range_g=2, gyro_range_dps=250,
+                     sleep=clock.advance)
+    driver.start()
+    driver.read_fifo()
+    clock.advance(0.05)
+    read = driver.read_fifo()
+    assert read.frames >= 40  # less the bus time the FIFO reset itself was behind
+    hi, lo = bus.read(0x68, reg.FIFO_COUNT_H, 2)
+    assert ((hi << 8) | lo) // 14 >= read.frames * 14 * 9 / 100_000 * 1000 * 0.9
+    assert bus.busy_until_ns - clock() >= 0.06e9  # the bus ran ahead of the clock
