@@ -13,13 +13,23 @@ As strict as the chips, so a driver that passes here survives real parts:
   packets on the ICM-42688) and keeps the newest, as the silicon does;
 * a reset takes time (``reset_ns``), during which the chip does not acknowledge;
 * :class:`Faults` can lose register writes, so drivers must read their configuration back.
+
+Cheap enough to stand in for hardware on a Pi (about 1 µs a sample instead of 10–20): the
+samples' values (motion plus noise) and their encoded frames are computed once into a
+table per register configuration (:meth:`EmulatedChip.format_key`), and the FIFO fills by
+slicing that table's bytes. A chip's :meth:`~EmulatedChip.fifo_frame` stays the one
+definition of its frames; two hooks keep per-frame state exact:
+
+* :meth:`EmulatedChip.patch_frames` writes what changes frame by frame (a packet counter,
+  a tag counter) into the sliced frames and advances the chip's counter;
+* :meth:`EmulatedChip.per_sample_frames` says how many of the next frames are special
+  (bootstrap or start-up samples): those are encoded one by one by ``fifo_frame``.
 """
 
 from __future__ import annotations
 
 import errno
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +38,23 @@ from edge_recorder.sensors.emulation.motion import AtRest, Motion, Vector
 
 ACCEL_NOISE_MPS2 = 0.02
 GYRO_NOISE_RADS = 0.002
+TEMP_NOISE_C = 0.05
+NOISE_SAMPLES = 1024  # noise repeats after this many samples (a multiple of 4, see below)
+MAX_TABLE_SAMPLES = 16384
+TABLES_KEPT = 4  # configurations remembered (a driver's reset sequence passes through a few)
+
+
+@dataclass(frozen=True)
+class FrameTable:
+    """One configuration's frames for table positions 0 … length-1, back to back.
+
+    ``length`` is a multiple of 4 so a 2-bit tag counter carried in the frames (LSM6DSOX)
+    stays continuous when the table wraps.
+    """
+
+    frames: bytes
+    frame_bytes: int
+    length: int
 
 
 @dataclass
@@ -80,7 +107,7 @@ class EmulatedChip:
         self.rng = random.Random(seed)
         self.regs = bytearray(256)
         self.fifo = bytearray()
-        self.fifo_true_ns: deque[int] = deque()  # true instant of each whole frame in the FIFO
+        self.fifo_true_ns: list[int] = []  # true instant of each whole frame in the FIFO
         self.fifo_removed_bytes = 0
         self.delivered_true_ns: list[int] = []  # true instants of frames read out, in order
         self.samples_generated = 0
@@ -90,6 +117,8 @@ class EmulatedChip:
         self.resetting_until_ns = 0
         self.now_ns = 0  # bus time of the transfer being served
         self.sample_ns = 0
+        self._noise: list[tuple[float, ...]] = []
+        self._tables: dict[tuple[bytes, float], FrameTable] = {}
         self.power_on_reset()
 
     # --- what subclasses describe -------------------------------------------------
@@ -109,6 +138,26 @@ class EmulatedChip:
 
     def update_data_registers(self, accel: Vector, gyro: Vector, temp_c: float) -> None:
         """Latch a sample into the output data registers."""
+
+    format_registers: tuple[int, ...] = tuple(range(256))
+    """Registers whose values decide the frames' bytes; subclasses name theirs (the
+    default, every register, is correct but rebuilds the table far too often)."""
+
+    def format_key(self) -> bytes:
+        """What the frame table depends on besides the period (see :attr:`format_registers`)."""
+        regs = self.regs
+        return bytes(regs[r] for r in self.format_registers)
+
+    def patch_frames(self, frames: bytearray, count: int) -> None:
+        """Write what differs frame by frame (a packet counter) into ``count`` frames sliced
+        from the table, and advance it; most chips have nothing of the kind."""
+
+    def per_sample_frames(self, first_ns: int, period_ns: float) -> int:
+        """How many of the next frames (the first sampled at ``first_ns``, then one every
+        ``period_ns``) :meth:`fifo_frame` must encode one by one, with ``sample_ns`` set to
+        each one's instant: start-up or bootstrap samples, a flagged first packet. The
+        table serves the rest, built in the steady state (:meth:`enter_steady_state`)."""
+        return 0
 
     def on_fifo_overflow(self) -> None:
         """Set the chip's overflow flag."""
@@ -175,10 +224,9 @@ class EmulatedChip:
         frame = self.frame_size()
         if frame:
             whole = min(len(data) // frame, len(self.fifo_true_ns))
-            for _ in range(whole):
-                true_ns = self.fifo_true_ns.popleft()
-                if self.record_truth:
-                    self.delivered_true_ns.append(true_ns)
+            if self.record_truth:
+                self.delivered_true_ns += self.fifo_true_ns[:whole]
+            del self.fifo_true_ns[:whole]
         return data + b"\xff" * (length - len(data))
 
     def frame_size(self) -> int:
@@ -215,43 +263,94 @@ class EmulatedChip:
             self._next_k += skipped
             self.samples_generated += skipped
             due = keep  # the writes below overwrite the oldest data exactly as the chip does
-        for _ in range(due):
-            self._sample(self._start_ns + int(self._next_k * period))
-            self._next_k += 1
+        self._generate(due, period)
 
-    def _sample(self, t_ns: int) -> None:
-        accel, gyro = self.motion(t_ns / 1e9)
-        temp_c = 25.0
-        if self.noise:
-            g = self.rng.gauss
-            accel = (
-                accel[0] + g(0, ACCEL_NOISE_MPS2),
-                accel[1] + g(0, ACCEL_NOISE_MPS2),
-                accel[2] + g(0, ACCEL_NOISE_MPS2),
-            )
-            gyro = (
-                gyro[0] + g(0, GYRO_NOISE_RADS),
-                gyro[1] + g(0, GYRO_NOISE_RADS),
-                gyro[2] + g(0, GYRO_NOISE_RADS),
-            )
-            temp_c += g(0, 0.05)
-        self.samples_generated += 1
-        self.sample_ns = t_ns  # the instant being encoded, for chips whose data settles
-        self.update_data_registers(accel, gyro, temp_c)
-        frame = self.fifo_frame(accel, gyro, temp_c)
+    def _generate(self, count: int, period: float) -> None:
+        """Samples ``_next_k`` … ``_next_k + count - 1``: the data registers latch the newest,
+        the FIFO gets their frames, sliced from the table for this configuration."""
+        k0 = self._next_k
+        self._next_k += count
+        self.samples_generated += count
+        start = self._start_ns
+        assert start is not None
+        length = self._table_length(period)
+        self.sample_ns = start + int((k0 + count - 1) * period)
+        self.update_data_registers(*self._values((k0 + count - 1) % length, period))
+        frame = self.frame_size()
         if not frame:
             return
-        self.fifo += frame
-        self.fifo_true_ns.append(t_ns)
+        special = min(count, self.per_sample_frames(start + int(k0 * period), period))
+        frames = bytearray()
+        for k in range(k0, k0 + special):
+            self.sample_ns = start + int(k * period)
+            frames += self.fifo_frame(*self._values(k % length, period))
+        table = self._table(period, length, frame)
+        tabled = bytearray()
+        pos, left = (k0 + special) % length, count - special
+        while left:
+            take = min(left, length - pos)
+            tabled += table.frames[pos * frame:(pos + take) * frame]
+            left -= take
+            pos = 0
+        self.patch_frames(tabled, count - special)
+        frames += tabled
+        self.fifo += frames
+        self.fifo_true_ns.extend([start + int(k * period) for k in range(k0, k0 + count)])
         excess = len(self.fifo) - self.fifo_capacity_bytes
         if excess > 0:  # the oldest data is overwritten, in the chip's own unit
             unit = self.overflow_unit_bytes
             excess = -(-excess // unit) * unit
             del self.fifo[:excess]
             self.fifo_removed_bytes += excess
-            while len(self.fifo_true_ns) * len(frame) > len(self.fifo):
-                self.fifo_true_ns.popleft()
+            del self.fifo_true_ns[:len(self.fifo_true_ns) - len(self.fifo) // frame]
             self.on_fifo_overflow()
+
+    # --- the tables ---------------------------------------------------------------------
+    def _table_length(self, period: float) -> int:
+        """One cycle of a periodic motion (so it wraps seamlessly), else the noise's."""
+        cycle_s = getattr(self.motion, "period_s", None)
+        if not cycle_s:
+            return NOISE_SAMPLES
+        return max(4, min(MAX_TABLE_SAMPLES, round(cycle_s * 1e9 / period / 4) * 4))
+
+    def _values(self, pos: int, period: float) -> tuple[Vector, Vector, float]:
+        """The sample at table position ``pos``: motion at ``pos`` periods, plus noise."""
+        accel, gyro = self.motion(pos * period / 1e9)
+        if not self.noise:
+            return accel, gyro, 25.0
+        if not self._noise:
+            g = self.rng.gauss
+            a, w, t = ACCEL_NOISE_MPS2, GYRO_NOISE_RADS, TEMP_NOISE_C
+            self._noise = [(g(0, a), g(0, a), g(0, a), g(0, w), g(0, w), g(0, w), g(0, t))
+                           for _ in range(NOISE_SAMPLES)]
+        n = self._noise[pos % NOISE_SAMPLES]
+        return ((accel[0] + n[0], accel[1] + n[1], accel[2] + n[2]),
+                (gyro[0] + n[3], gyro[1] + n[4], gyro[2] + n[5]), 25.0 + n[6])
+
+    def _table(self, period: float, length: int, frame: int) -> FrameTable:
+        key = (self.format_key(), period)
+        table = self._tables.get(key)
+        if table is None:
+            table = FrameTable(self.encode_table([self._values(i, period)
+                                                  for i in range(length)]), frame, length)
+            if len(self._tables) >= TABLES_KEPT:
+                del self._tables[next(iter(self._tables))]
+            self._tables[key] = table
+        return table
+
+    def encode_table(self, values: list[tuple[Vector, Vector, float]]) -> bytes:
+        """The frames of ``values`` back to back, as :meth:`fifo_frame` encodes them, with
+        any counters ``fifo_frame`` keeps left as they were (the table is not the stream)."""
+        counters = {k: v for k, v in vars(self).items() if isinstance(v, int | bool)}
+        try:
+            self.enter_steady_state()
+            return b"".join(self.fifo_frame(*v) for v in values)
+        finally:
+            vars(self).update(counters)
+
+    def enter_steady_state(self) -> None:
+        """Set what :meth:`fifo_frame` counts down (start-up, bootstrap) to its steady
+        state, for tabulating; :meth:`encode_table` restores it afterwards."""
 
 
 def clamp_i16(value: float) -> int:

@@ -10,7 +10,10 @@ stream mode drops its oldest whole packets and sets FIFO_FULL.
 
 from __future__ import annotations
 
+import math
 import struct
+import sys
+from array import array
 
 from edge_recorder.sensors import icm42688 as reg
 from edge_recorder.sensors.base import DEG_TO_RAD, STANDARD_GRAVITY_MPS2
@@ -35,6 +38,8 @@ class EmulatedIcm42688(EmulatedChip):
     fifo_port = reg.FIFO_DATA
     overflow_unit_bytes = reg.PACKET.size  # stream mode drops whole packets
     reset_ns = 1_000_000
+    format_registers = (reg.GYRO_CONFIG0, reg.ACCEL_CONFIG0, reg.FIFO_CONFIG, reg.FIFO_CONFIG1,
+                        reg.PWR_MGMT0)
 
     def power_on_reset(self) -> None:
         super().power_on_reset()
@@ -89,6 +94,30 @@ class EmulatedIcm42688(EmulatedChip):
         header = HEADER_ACCEL_GYRO_TMST | (HEADER_ODR_CHANGED if self.odr_changed else 0)
         self.odr_changed = False
         return reg.PACKET.pack(header, *raw, temp, self.timestamp)
+
+    def per_sample_frames(self, first_ns: int, period_ns: float) -> int:
+        """The start-up packets (noisy data, invalid temperature) and an ODR-change header."""
+        settling = 0
+        if self.sensors_on_ns is not None:
+            settled_ns = self.sensors_on_ns + max(STARTUP_NS, TEMP_STARTUP_NS)
+            settling = max(0, math.ceil((settled_ns - first_ns) / period_ns))
+        return max(settling, 1 if self.odr_changed else 0)
+
+    def enter_steady_state(self) -> None:
+        self.odr_changed = False
+        self.sample_ns = (self.sensors_on_ns or 0) + max(STARTUP_NS, TEMP_STARTUP_NS)
+
+    def patch_frames(self, frames: bytearray, count: int) -> None:
+        """Each packet's 16-bit timestamp (bytes 14–15, big-endian) counts on by one."""
+        first = self.timestamp + 1
+        stamps = array("H", [t & 0xFFFF for t in range(first, first + count)]) \
+            if first + count > 0x10000 else array("H", range(first, first + count))
+        if sys.byteorder == "little":
+            stamps.byteswap()
+        raw = stamps.tobytes()
+        frames[14::reg.PACKET.size] = raw[0::2]
+        frames[15::reg.PACKET.size] = raw[1::2]
+        self.timestamp = (self.timestamp + count) & 0xFFFF
 
     def update_data_registers(self, accel: Vector, gyro: Vector, temp_c: float) -> None:
         self.regs[0x1D:0x1F] = struct.pack(">h", clamp_i16((temp_c - 25.0) * 132.48))

@@ -22,6 +22,9 @@ GYRO_FS_DPS = {0b00: 250, 0b01: 500, 0b10: 1000, 0b11: 2000}
 BOOTSTRAP_SAMPLES = 3  # invalid instants after the sensors start (DSOX)
 BOOT_NS = 10_000_000  # BOOT (reload trimming) keeps the chip off the bus this long
 INVALID_WORD = struct.pack("<3h", 0x7FFE, 0x7FFE, 0x7FFE)
+# tag bytes (sensor, 2-bit counter) for counter values 0..3, twice, sliced in patch_frames
+GYRO_TAGS = bytes((reg.TAG_GYRO << 3) | (cnt << 1) for cnt in range(4)) * 2
+ACCEL_TAGS = bytes((reg.TAG_ACCEL << 3) | (cnt << 1) for cnt in range(4)) * 2
 
 
 class EmulatedLsm6dsox(EmulatedChip):
@@ -32,6 +35,8 @@ class EmulatedLsm6dsox(EmulatedChip):
     overflow_unit_bytes = reg.TAGGED_WORD_BYTES  # one word at a time, not a gyro+accel pair
     reset_ns = 50_000  # SW_RESET
     bootstrap_samples = BOOTSTRAP_SAMPLES
+    format_registers = (reg.CTRL1_XL, reg.CTRL2_G, reg.DS3_FIFO_CTRL3, reg.FIFO_CTRL3,
+                        reg.FIFO_CTRL4)  # FIFO_CTRL4 (DSOX) is FIFO_CTRL5 on the DS3
 
     def power_on_reset(self) -> None:
         super().power_on_reset()
@@ -81,6 +86,21 @@ class EmulatedLsm6dsox(EmulatedChip):
 
     def frame_size(self) -> int:
         return 2 * reg.TAGGED_WORD_BYTES if self.fifo_running() else 0
+
+    def per_sample_frames(self, first_ns: int, period_ns: float) -> int:
+        return self.bootstrap_left
+
+    def enter_steady_state(self) -> None:
+        self.bootstrap_left = 0
+
+    def patch_frames(self, frames: bytearray, count: int) -> None:
+        """Each instant's gyro and accel words carry the tag counter, counting on mod 4."""
+        first = self.tag_cnt
+        repeats = count // 4 + 1
+        frames[0::2 * reg.TAGGED_WORD_BYTES] = (GYRO_TAGS * repeats)[first:first + count]
+        frames[reg.TAGGED_WORD_BYTES::2 * reg.TAGGED_WORD_BYTES] = \
+            (ACCEL_TAGS * repeats)[first:first + count]
+        self.tag_cnt = (first + count) & 3
 
     def update_data_registers(self, accel: Vector, gyro: Vector, temp_c: float) -> None:
         self.regs[reg.OUT_TEMP_L:reg.OUT_TEMP_L + 2] = struct.pack(
@@ -147,6 +167,9 @@ class EmulatedLsm6ds3(EmulatedLsm6dsox):
 
     def frame_size(self) -> int:
         return 12 if self.fifo_running() else 0
+
+    def patch_frames(self, frames: bytearray, count: int) -> None:
+        pass  # no tags in the DS3's FIFO
 
     def read_register(self, register: int) -> int:
         if register == reg.FIFO_STATUS2:

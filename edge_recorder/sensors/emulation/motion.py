@@ -12,6 +12,12 @@ Vector = tuple[float, float, float]
 
 
 class Motion(Protocol):
+    """What the chip feels at ``t_s`` seconds after it started sampling.
+
+    A motion may say it repeats every ``period_s`` seconds (an attribute, optional): the
+    emulator then tabulates one whole cycle, so its table wraps without a jump.
+    """
+
     def __call__(self, t_s: float) -> tuple[Vector, Vector]:
         """Accelerometer reading (m/s²) and gyro reading (rad/s) at time ``t_s``."""
         ...
@@ -30,6 +36,11 @@ class Rotation:
     """Turning about the x axis at ``rate_dps`` from flat: gravity sweeps through y and z."""
 
     rate_dps: float = 90.0
+
+    @property
+    def period_s(self) -> float | None:
+        """One full turn."""
+        return 360.0 / abs(self.rate_dps) if self.rate_dps else None
 
     def __call__(self, t_s: float) -> tuple[Vector, Vector]:
         w = math.radians(self.rate_dps)
