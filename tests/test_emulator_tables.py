@@ -35,7 +35,7 @@ def make(chip_cls, driver_cls, address, **chip_kw):
     chip = chip_cls(clock=clock, **chip_kw)
     bus = EmulatedBus({address: chip}, clock=clock)
     driver = driver_cls(bus, address, rate_hz=1000 if driver_cls is not Lsm6ds else 833.0,
-                        accel_range_g=4, gyro_range_dps=500, sleep=lambda s: None)
+                        accel_range_g=4, gyro_range_dps=500, sleep=clock.advance)
     driver.start()
     return clock, chip, bus, driver
 
@@ -102,9 +102,11 @@ def test_noise_is_as_specified_and_the_data_registers_show_the_newest_fifo_sampl
     assert statistics.fmean(az) == pytest.approx(STANDARD_GRAVITY_MPS2, abs=0.01)
     assert statistics.stdev(az) == pytest.approx(ACCEL_NOISE_MPS2, rel=0.2)
     clock.advance(0.0105)
-    registers = struct.unpack(">7h", bus.read(0x68, 0x3B, 14))
-    fifo = struct.unpack(">7h", bus.read(0x68, 0x74, 14 * 10)[-14:])
-    assert registers == fifo
+    now = clock.now  # the chip itself, at one instant (over the bus, time moves on)
+    registers = struct.unpack(">7h", chip.read(0x3B, 14, now))
+    hi, lo = chip.read(0x72, 2, now)
+    newest = struct.unpack(">7h", chip.read(0x74, (hi << 8) | lo, now)[-14:])
+    assert registers == newest
 
 
 def test_tables_are_bounded_and_rebuilt_only_when_the_configuration_changes():
