@@ -574,6 +574,7 @@ class BudgetStep:
     fifo_peak_pct: float | None  # None: no FIFO (the naive loop reads data registers)
     reply_ms: float | None  # slowest command reply under the quota
     note: str = ""
+    period_us: int = QUOTA_PERIOD_US  # longer where 1 ms (the kernel's least) is over the share
 
     @property
     def drop_free(self) -> bool:
@@ -631,7 +632,7 @@ def budget_daemon_step(tmp: Path, port: int, pct: float, session_s: float) -> Bu
     with CpuQuota(QUOTA_PERIOD_US) as quota:
         try:
             quota.add(proc.pid)
-            quota.set_share(pct / 100)
+            period_us = quota.set_share(pct / 100)
             time.sleep(2.0)  # FIFOs and threads settle to the quota's rhythm
             t0 = time.perf_counter()
             started = command(sub, port, {"cmd": "start", "duration_s": session_s})
@@ -641,7 +642,7 @@ def budget_daemon_step(tmp: Path, port: int, pct: float, session_s: float) -> Bu
                 wait_until(lambda: topic in sub.got, session_s + 60, "the manifest", 0.05)
             except TimeoutError:
                 return BudgetStep("ours", pct, 0, 0, expected, None, None,
-                                  "session not published within 60 s")
+                                  "session not published within 60 s", period_us)
             t0 = time.perf_counter()
             status = command(sub, port, {"cmd": "status"})["status"]
             replies.append(time.perf_counter() - t0)
@@ -653,7 +654,7 @@ def budget_daemon_step(tmp: Path, port: int, pct: float, session_s: float) -> Bu
     return BudgetStep("ours", pct, sum(s["samples"] for s in sensors),
                       sum(s["dropped"] for s in sensors), expected,
                       max(c["fifo_peak_pct"] for c in status["sensors"].values()),
-                      max(replies) * 1000)
+                      max(replies) * 1000, period_us=period_us)
 
 
 def budget_naive_step(port: int, pct: float | None, session_s: float) -> dict[str, Any]:
@@ -665,9 +666,9 @@ def budget_naive_step(port: int, pct: float | None, session_s: float) -> dict[st
     with CpuQuota(QUOTA_PERIOD_US) as quota:
         if pct is not None:
             quota.add(proc.pid)  # from its first instruction: it has no idle start-up phase
-            quota.set_share(pct / 100)
+            period_us = quota.set_share(pct / 100)
         out, _ = proc.communicate(timeout=session_s * 20 + 120)
-    return dict(json.loads(out))
+    return dict(json.loads(out), period_us=period_us if pct is not None else None)
 
 
 def idle_cost(tmp: Path, port: int, window_s: float) -> tuple[float, float]:
@@ -711,7 +712,7 @@ def bench_cpu_budget(tmp: Path, broker: Broker, session_s: float) -> None:
     for pct in NAIVE_STEPS_PCT:
         r = budget_naive_step(broker.port, pct, session_s)
         step = BudgetStep("naive", pct, r["samples"], r["dropped"], int(2000 * session_s), None,
-                          None)
+                          None, period_us=r["period_us"])
         steps.append(step)
         print(f"  naive at {pct:g} %: {step.samples} samples, {step.dropped} dropped", flush=True)
         misses = 0 if step.drop_free else misses + 1
@@ -727,8 +728,11 @@ def bench_cpu_budget(tmp: Path, broker: Broker, session_s: float) -> None:
     for st in steps:
         fill = "— (data registers)" if st.fifo_peak_pct is None else f"{st.fifo_peak_pct:g} %"
         reply = "—" if st.reply_ms is None else f"{st.reply_ms:.0f} ms"
+        quota = f"{st.quota_pct:g} %" + ("" if st.period_us == QUOTA_PERIOD_US else
+                                         f" ({st.quota_pct * st.period_us / 100_000:g} ms "
+                                         f"per {st.period_us / 1000:g} ms)")
         BUDGET_TABLE.append(
-            f"| {st.who} | {st.quota_pct:g} % | {st.samples} | {st.dropped} | "
+            f"| {st.who} | {quota} | {st.samples} | {st.dropped} | "
             f"{(st.samples + st.dropped) / st.expected:.1%} | {fill} | {reply} | "
             f"{'yes' if st.drop_free else 'no'}{(' — ' + st.note) if st.note else ''} |")
     ours_free = [s.quota_pct for s in steps if s.who == "ours" and s.drop_free]

@@ -193,6 +193,7 @@ class Postgres:
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
 _group_numbers = itertools.count()
+MIN_QUOTA_US = 1000  # the kernel refuses a smaller cpu.cfs_quota_us / cpu.max quota
 
 
 class CpuQuota:
@@ -232,15 +233,24 @@ class CpuQuota:
             return f"cgroup CPU quotas are not available here ({type(exc).__name__}: {exc})"
         return ""
 
-    def set_share(self, share: float | None) -> None:
-        """Limit to ``share`` of one core (0.03 = 3 %), or lift the limit with None."""
-        quota = -1 if share is None else max(1000, round(share * self.period_us))
+    def set_share(self, share: float | None) -> int:
+        """Limit to ``share`` of one core (0.03 = 3 %), or lift the limit with None.
+
+        The kernel's smallest quota is 1 ms: a share below 1 ms per period gets a longer
+        period (1 ms per 50 ms for 2 %). Returns the period used, in µs.
+        """
+        period = self.period_us
+        quota = -1
+        if share is not None:
+            period = max(period, round(MIN_QUOTA_US / share))
+            quota = round(share * period)
         if self.version == 1:
-            (self.path / "cpu.cfs_period_us").write_text(str(self.period_us))
+            (self.path / "cpu.cfs_quota_us").write_text("-1")  # period may shrink below it
+            (self.path / "cpu.cfs_period_us").write_text(str(period))
             (self.path / "cpu.cfs_quota_us").write_text(str(quota))
         else:
-            (self.path / "cpu.max").write_text(
-                f"{'max' if quota < 0 else quota} {self.period_us}")
+            (self.path / "cpu.max").write_text(f"{'max' if quota < 0 else quota} {period}")
+        return period
 
     def add(self, pid: int) -> None:
         """Move a process (all its threads, and the ones it starts later) into the group."""

@@ -6,8 +6,14 @@ need root and a writable cgroup cpu controller, and say so when skipped.
 
 from __future__ import annotations
 
+import json
+import time
+from typing import Any
+
 import pytest
 
+from edge_recorder.devtools import CpuQuota, wait_until
+from tests.conftest import Client, base_config, wait_online, write_config
 from tests.rig import Rig
 
 
@@ -25,3 +31,65 @@ def test_status_reports_how_full_the_fifo_got_and_an_overflow_as_full(tmp_path):
     assert rig.channel.counters.overflows == 1
     assert rig.channel.counters.fifo_peak_pct == 100
     assert rig.channel.counters.as_dict()["fifo_peak_pct"] == 100
+
+
+def ask(client: Client, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Send a command, return its one reply (and how long it took, as ``_s``)."""
+    rid = f"r{time.monotonic_ns()}"
+    t0 = time.monotonic()
+    client.publish("edge-recorder/test-pi/cmd", json.dumps({**payload, "request_id": rid}))
+    reply = wait_until(lambda: next((r for r in client.json_on("edge-recorder/test-pi/cmd/reply")
+                                     if r.get("request_id") == rid), None),
+                       timeout_s, f"the reply to {payload}", 0.02)
+    return dict(reply, _s=time.monotonic() - t0)
+
+
+@pytest.mark.slow
+def test_a_starved_daemon_degrades_honestly_and_recovers_within_a_second(
+        tmp_path, broker, client, spawn):
+    why = CpuQuota.unavailable()
+    if why:
+        pytest.skip(f"{why}; needs root and a writable cgroup cpu controller")
+    config = base_config(tmp_path, broker.port, sensors=[
+        {"name": "mpu", "driver": "mpu6050", "bus": "emulated", "rate_hz": 1000},
+        {"name": "icm", "driver": "icm42688", "bus": "emulated", "address": 0x69,
+         "rate_hz": 1000}])
+    daemon = spawn("run", "-c", str(write_config(tmp_path / "d.yaml", config)), name="daemon")
+    client.subscribe("edge-recorder/test-pi/#")
+    wait_online(client)
+    wait_until(lambda: all(s["state"] == "up" for s in ask(client, {"cmd": "status"}, 10)
+                           ["status"]["sensors"].values()), 20, "both sensors up", 0.2)
+    with CpuQuota() as quota:
+        quota.add(daemon.proc.pid)
+        # 1 ms of CPU every 200 ms (0.5 % of a core): the daemon needs ~1.5 % for 2 × 1 kHz,
+        # and 199 ms off the CPU is longer than either FIFO holds (73 and 128 ms)
+        assert quota.set_share(0.005) == 200_000
+        started = ask(client, {"cmd": "start", "duration_s": 4}, 30)
+        assert started["ok"], started  # commands are still answered
+        manifest_topic = f"edge-recorder/test-pi/sessions/{started['session_id']}/manifest"
+        manifest = wait_until(lambda: client.json_on(manifest_topic), 120,
+                              "the starved session finalised and published")[0]
+        starved = ask(client, {"cmd": "status"}, 30)["status"]["sensors"]
+        assert quota.throttled_us() > 1_000_000  # the quota really held it back
+        quota.set_share(None)
+        lifted = time.monotonic()
+        ask(client, {"cmd": "status"}, 5)
+        time.sleep(max(0.0, lifted + 1.0 - time.monotonic()))
+        settled = ask(client, {"cmd": "status"}, 5)["status"]["sensors"]
+        time.sleep(3.0)
+        later = ask(client, {"cmd": "status"}, 5)
+    assert daemon.alive()
+    for sensor in manifest["sensors"]:  # exact accounting, however starved
+        gaps = sorted(sensor["gaps"], key=lambda g: g["start_ns"])
+        assert sensor["dropped"] > 0, "the quota was meant to be too small"
+        assert all(a["end_ns"] <= b["start_ns"] for a, b in zip(gaps, gaps[1:])), "overlap"
+        assert sum(g["lost"] for g in gaps) == sensor["dropped"]
+        assert sensor["samples"] + sensor["dropped"] == pytest.approx(
+            1000 * manifest["duration_s"], rel=0.03)
+        assert starved[sensor["name"]]["overflows"] > 0
+    # recovered within a second of the quota being lifted: nothing lost after that
+    for name, counters in later["status"]["sensors"].items():
+        assert counters["state"] == "up"
+        assert counters["dropped"] == settled[name]["dropped"], f"{name} still losing samples"
+        assert counters["samples"] - settled[name]["samples"] >= 2900  # ~3 s at 1 kHz
+    assert later["_s"] < 1.0
