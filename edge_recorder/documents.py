@@ -334,7 +334,11 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, doc: object) -> Manifest:
-        return cls(**cls._check(doc))
+        # validated once, here: skip __post_init__'s second pass (listings read thousands)
+        manifest = object.__new__(cls)
+        for key, value in cls._check(doc).items():
+            object.__setattr__(manifest, key, value)
+        return manifest
 
     @classmethod
     def _check(cls, doc: object) -> dict[str, Any]:

@@ -128,3 +128,12 @@ def test_a_receipt_is_exactly_the_contract_fields():
         Receipt.from_json(json.dumps({**r.to_dict(), "duplicate": "no"}))
     assert documents.receipt_topic("edge-recorder", "d1", "s1") == \
         "edge-recorder/d1/sessions/s1/stored"
+
+
+def test_from_dict_sets_every_field_as_the_constructor_would():
+    from dataclasses import fields
+
+    doc = manifest_doc(clock={"synced": True, "steps": []}, other=1)
+    assert set(Manifest._check(doc)) == {f.name for f in fields(Manifest)}
+    parsed = Manifest.from_dict(doc)
+    assert parsed == Manifest(**Manifest._check(doc)) and parsed.extra == {"other": 1}
