@@ -425,3 +425,23 @@ def test_a_flood_of_refused_messages_does_not_flood_the_log(offline, monkeypatch
     assert offline.store.refused == 501
     assert sum("collector: refused" in line for line in lines) == 21
     assert "480 more message(s) refused in the last minute" in caplog.text
+
+
+def test_a_quarantined_mismatch_delivered_again_is_refused_not_stored_again(tmp_path, offline):
+    """A device that publishes a damaged session again (no receipt came) must not fill
+    rejected/ with copies; a different file under the same id is still taken."""
+    manifest, parts = session()
+    short = [*parts[:-1], parts[-1][:10]]
+    send(offline, manifest, short)
+    assert len(offline.store.rejected()) == 1
+    refused = offline.store.refused
+    send(offline, manifest, short)  # again, and after a restart
+    again = Collector(MqttConfig(host="127.0.0.1", port=1), tmp_path / "store")
+    send(again, manifest, short)
+    assert len(again.store.rejected()) == 1 and offline.store.refused > refused
+    assert list((tmp_path / "store" / "incoming").rglob("part-*")) == []
+    good, good_parts = session(size=4000)  # same id, a different (complete) file
+    send(again, good, good_parts)  # parts refused (quarantined id), the manifest taken...
+    send(again, good, good_parts)  # ...so the resend it asks for is stored
+    assert stored_ok(tmp_path / "store", "trel", good)
+    again.store.index.close()

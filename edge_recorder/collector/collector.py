@@ -135,10 +135,14 @@ class CollectorStore:
         self.mismatches = 0  # assemblies that did not match their manifest
         self._lock = threading.RLock()
         self._incoming: dict[tuple[str, str], Incoming] = {}
+        # sessions quarantined because their bytes cannot match their manifest, by the
+        # manifest's sha256: the same delivery again is refused, not quarantined again
+        self._bad: dict[tuple[str, str], str] = {}
         self._migrate_flat_layout()
         self.index: Index = index(self) if index is not None else SessionIndex(
             root, check_same_thread=False, on_damaged=self._quarantine_stored)
         self.index.sync()
+        self._load_bad()
         self._load_incoming()
 
     # --- paths: built only from validated ids -------------------------------------------
@@ -164,6 +168,10 @@ class CollectorStore:
             if self.has(device_id, session_id):
                 self.duplicates += 1
                 return
+            if (device_id, session_id) in self._bad and \
+                    (device_id, session_id) not in self._incoming:
+                raise Refused(f"part {n} of {device_id}/{session_id}: this session was "
+                              "quarantined in rejected/ (its bytes do not match its manifest)")
             entry = self._entry(device_id, session_id)
             if entry.manifest is not None and n >= entry.manifest.parts:
                 raise Refused(f"part {n} of {device_id}/{session_id}: its manifest has only "
@@ -203,6 +211,14 @@ class CollectorStore:
                           device_id, session_id)
                 return Receipt.for_manifest(self.stored_manifest(device_id, session_id),
                                             duplicate=True)
+            if self._bad.get((device_id, session_id)) == manifest.sha256:
+                entry = self._incoming.pop((device_id, session_id), None)
+                if entry is not None:
+                    _remove_tree(entry.folder)
+                raise Refused(f"manifest of {device_id}/{session_id}: this session (sha256 "
+                              f"{manifest.sha256[:12]}…) was quarantined in rejected/ because "
+                              "its bytes do not match it; the same delivery cannot either")
+            self._bad.pop((device_id, session_id), None)  # a different file: try it
             entry = self._entry(device_id, session_id)
             if entry.manifest is not None and entry.manifest != manifest:
                 log.warning("session %s/%s: a different manifest replaces the one received "
@@ -338,7 +354,7 @@ class CollectorStore:
                 device_id, session_id,
                 f"the {manifest.parts} parts hold {size} bytes, the manifest says "
                 f"{manifest.bytes}: the file on the device does not match its manifest "
-                "(truncated?)")
+                "(truncated?)", mismatch_sha256=manifest.sha256)
             return None
         tmp = entry.folder / f"assembled-{self.member}.mcap"
         digest = hashlib.sha256()
@@ -357,7 +373,8 @@ class CollectorStore:
                 self._quarantine_incoming(
                     device_id, session_id,
                     f"sha256 {digest.hexdigest()} does not match the manifest's "
-                    f"{manifest.sha256} after {entry.attempts} attempts")
+                    f"{manifest.sha256} after {entry.attempts} attempts",
+                    mismatch_sha256=manifest.sha256)
                 return None
             log.error("session %s/%s: reassembled file does not match its manifest (sha256 "
                       "%s…, expected %s…); parts discarded, asking for a resend (attempt %d "
@@ -499,18 +516,26 @@ class CollectorStore:
             target = folder / f"{name}~{n}"
         return target
 
-    def _record_reason(self, target: Path, device_id: str, session_id: str, reason: str) -> None:
-        write_json_atomic(target / "reason.json", {
-            "device_id": device_id, "session_id": session_id, "reason": reason,
-            "rejected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+    def _record_reason(self, target: Path, device_id: str, session_id: str, reason: str,
+                       mismatch_sha256: str | None = None) -> None:
+        doc = {"device_id": device_id, "session_id": session_id, "reason": reason,
+               "rejected_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if mismatch_sha256 is not None:
+            doc["mismatch_sha256"] = mismatch_sha256
+        write_json_atomic(target / "reason.json", doc)
         fsync_dir(target.parent)
         self.quarantined += 1
 
-    def _quarantine_incoming(self, device_id: str, session_id: str, reason: str) -> None:
+    def _quarantine_incoming(self, device_id: str, session_id: str, reason: str,
+                             mismatch_sha256: str | None = None) -> None:
+        """Move an arriving session to ``rejected/``. ``mismatch_sha256``: its bytes cannot
+        match the manifest with this sha256, so the same delivery again is refused."""
         entry = self._incoming.pop((device_id, session_id))
         target = self._quarantine_dir(device_id, session_id)
         move_durable(entry.folder, target)
-        self._record_reason(target, device_id, session_id, reason)
+        self._record_reason(target, device_id, session_id, reason, mismatch_sha256)
+        if mismatch_sha256 is not None:
+            self._bad[(device_id, session_id)] = mismatch_sha256
         log.error("session %s from %s quarantined in %s: %s", session_id, device_id, target,
                   reason)
 
@@ -528,6 +553,16 @@ class CollectorStore:
         log.error("stored session %s quarantined in %s: %s", manifest_path, target, reason)
 
     # --- start-up ---------------------------------------------------------------------------
+    def _load_bad(self) -> None:
+        for reason_file in self.rejected_dir.glob("*/*/reason.json"):
+            try:
+                doc = json.loads(reason_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("mismatch_sha256"), str) and \
+                    valid_id(doc.get("device_id")) and valid_id(doc.get("session_id")):
+                self._bad[(doc["device_id"], doc["session_id"])] = doc["mismatch_sha256"]
+
     def _load_incoming(self) -> None:
         """Rebuild the in-memory bookkeeping from ``incoming/``; assemble what is complete."""
         for device_dir in sorted(self.incoming.iterdir()):
