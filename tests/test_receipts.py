@@ -373,3 +373,28 @@ def test_a_wedged_publisher_stops_its_heartbeat(tmp_path, broker):
     finally:
         release.set()
         device.close()
+
+
+@pytest.mark.broker
+def test_two_hundred_resend_requests_make_one_retransmission(tmp_path, broker, desk):
+    store = DeviceStore(tmp_path / "store", 1 << 30, part_bytes=PART)
+    sid = put_session(store, "20261127T000000000Z-many")["session_id"]
+    desk.silent = True
+    link = MqttLink(MqttConfig(host="127.0.0.1", port=broker.port), "dev1-resends")
+    link.start()
+    try:
+        assert link.connected.wait(10)
+        publisher = Publisher(store, link, ROOT, part_bytes=PART)  # not started: we drive it
+        publisher.drain()
+        assert store.find(sid) == "published"
+        for i in range(200):  # the collector (or an attacker) asks again and again
+            assert publisher.resend(sid, [i % 3]) is None
+        for evil in ("..", "../../etc/passwd", "20261127T000000000Z-none"):
+            assert "not on this device" in str(publisher.resend(evil, None))
+        publisher._do_resends()
+        wait_until(lambda: desk.manifests(sid) == 2, 10, "the one retransmission")
+        time.sleep(0.5)
+        assert desk.manifests(sid) == 2 and len(desk.parts(sid)) == 3 + 3
+        assert publisher.resent == 1
+    finally:
+        link.close()
