@@ -156,9 +156,17 @@ def test_a_device_restart_while_sessions_await_receipts(tmp_path, broker, client
     wait_until(lambda: all(list((store_dir / "sessions").rglob(f"{s}.json")) for s in sids),
                20, "the queued sessions stored (their receipts reach no one)")
     assert all(_state(tmp_path, s) == "published" for s in sids)
+    # and an outbox session damaged meanwhile (a bad manifest): quarantined, blocks nothing
+    outbox = tmp_path / "device-store" / "outbox"
+    (outbox / "20261127T000000000Z-dmgd.mcap").write_bytes(b"\0" * 100)
+    (outbox / "20261127T000000000Z-dmgd.json").write_text('{"session_id": ')
     daemon = spawn("run", "-c", str(cfg), name="daemon-again")  # restart 2/2
     wait_until(lambda: all(_state(tmp_path, s) == "stored" for s in sids), 30,
                "stored after the restart, through duplicate receipts")
+    assert _state(tmp_path, "20261127T000000000Z-dmgd") == "failed"
+    status = _send(client, {"cmd": "status"})["status"]
+    assert status["storage"]["failed"] == 1 and status["delivery"]["awaiting_receipt"] == 0
+    assert status["delivery"]["stored"] == 2
     for sid in sids:
         _stored_once_intact(store_dir, sid)
     assert daemon.stop() == 0 and collector.stop() == 0

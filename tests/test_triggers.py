@@ -106,6 +106,15 @@ def test_status_led_is_on_while_recording_and_blinks_on_error(factory):
         states.add(bool(pin.state))
         time.sleep(0.05)
     assert states == {True, False}
+    # a receipt overdue: a 0.1 s flash every 2 s (recording and faults still take precedence)
+    led.show(recording=False, error=False, waiting=True)
+    lit = []
+    for _ in range(50):  # 2.5 s
+        lit.append(bool(pin.state))
+        time.sleep(0.05)
+    assert 1 <= sum(lit) <= 6 and not all(lit[i] and lit[i + 3] for i in range(len(lit) - 3))
+    led.show(recording=True, error=False, waiting=True)
+    assert pin.state
     led.close()
 
 
