@@ -49,6 +49,9 @@ RESUME_NOTE_EVERY_S = 1.0  # how often a long publish records how far it got
 RECEIPT_BACKOFF_MAX_S = 900.0  # the wait for a receipt doubles up to this (or the timeout)
 RECEIPT_CHECK_EVERY_S = 1.0
 RESEND_HOLDOFF_S = 5.0  # one session is retransmitted at most once this often; requests wait
+# At most this many overdue sessions are queued again per check, and none while earlier
+# ones are still queued: a collector offline for days must not turn into a resend flood.
+RECEIPT_RESEND_BATCH = 4
 MAX_PUBLISH_ERRORS = 3  # a session whose file cannot be read this often in a row is quarantined
 
 
@@ -160,7 +163,8 @@ class Publisher:
             self.on_change(r.session_id)
 
     def _check_receipts_due(self) -> None:
-        """Publish again every session whose receipt is overdue; back off each time."""
+        """Publish again every session whose receipt is overdue (oldest first, a few at a
+        time); back off each time."""
         now = self.clock()
         if not self.require_receipt or now < self._next_receipt_check:
             return
@@ -168,11 +172,13 @@ class Publisher:
         published = self.store.ids(PUBLISHED)
         for sid in set(self._due) - set(published):
             del self._due[sid]
+        batch = 0 if self._resends else RECEIPT_RESEND_BATCH
         for sid in published:
             due = self._due.get(sid)
             if due is None:  # just published, or published before this run started
                 self._due[sid] = (now + self.receipt_timeout_s, 0)
-            elif now >= due[0]:
+            elif now >= due[0] and batch > 0:
+                batch -= 1
                 attempts = due[1] + 1
                 log.warning("session %s: no receipt from the collector; publishing it again "
                             "(attempt %d)", sid, attempts)

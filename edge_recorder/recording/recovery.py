@@ -31,7 +31,7 @@ def recover(store: DeviceStore) -> list[dict[str, Any]]:
                 continue
             if store.path(OUTBOX, sid).exists():  # moved, manifest not yet written
                 manifest = dict(read_manifest(store.path(OUTBOX, sid)))
-                store.path(OUTBOX, sid).rename(store.path(RECORDING, sid))
+                store.reopen(sid)
                 recovered.append(store.complete(sid, manifest))
                 continue
             header = json.loads(header_path.read_text())

@@ -259,6 +259,11 @@ class DeviceStore:
         except OSError:
             return ""
 
+    def reopen(self, session_id: str) -> None:
+        """Recovery: a session whose file reached the outbox without its manifest goes back
+        to ``recording/`` to be completed again."""
+        move_durable(self.path(OUTBOX, session_id), self.path(RECORDING, session_id))
+
     def discard_recording(self, session_id: str) -> None:
         """Forget a session that could not even start (its files in ``recording/``)."""
         for suffix in (".mcap", ".json"):
