@@ -23,6 +23,7 @@ from edge_recorder.clock import Clock, emulated_clock
 from edge_recorder.config import Config, SensorConfig, load_config
 from edge_recorder.delivery.mqtt import Credentials, MqttLink, read_credentials
 from edge_recorder.delivery.publisher import Publisher
+from edge_recorder.documents import MAX_MESSAGE_CHARS, StatusDocument
 from edge_recorder.errors import ConfigError, SensorError
 from edge_recorder.log import describe
 from edge_recorder.recording.events import UNSET, ResendRequested, SettingsChanged, error, ok
@@ -210,9 +211,12 @@ class Daemon:
         return any(s["session_id"] == session_id for s in self.recorder.snapshot()["recording"])
 
     # --- status -------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusDocument:
+        """The status document (``P/status``, the ``status`` reply), checked as it is built."""
         snap = self.recorder.snapshot()
-        return {
+        config_error = self.config_error if len(self.config_error) <= MAX_MESSAGE_CHARS else \
+            f"{self.config_error[:MAX_MESSAGE_CHARS - 40]}... (the rest is in the journal)"
+        return StatusDocument.from_dict({
             "online": True,
             "version": __version__,
             "device_id": self.config.device_id,
@@ -227,11 +231,11 @@ class Daemon:
             "delivery": self.delivery_status(),
             "mqtt": {"connected": self.link.connected.is_set(), "last_error": self.link.last_error},
             "warnings": list(self.recorder.warnings),
-            "config_error": self.config_error,
+            "config_error": config_error,
             "clock": self.clock.status(),
             "watchdog": {"ok": not self.watchdog_problem, "problem": self.watchdog_problem},
             "updated_at": iso_utc(self.clock.wall_ns()),
-        }
+        })
 
     def delivery_status(self) -> dict[str, Any]:
         """Sessions awaiting the collector's receipt (and the oldest one's age, s), stored."""
@@ -243,7 +247,7 @@ class Daemon:
 
     def publish_status(self) -> None:
         if self.link.connected.is_set():
-            self.link.publish(self.status_topic, json.dumps(self.status()).encode(),
+            self.link.publish(self.status_topic, self.status().to_json(),
                               qos=1, retain=True)
 
     # --- run ------------------------------------------------------------------------------
@@ -499,8 +503,8 @@ class Daemon:
         self.publisher.close()
         if self.link.connected.is_set():
             try:
-                offline = dict(self.status(), online=False, recording=[])
-                self.link.publish(self.status_topic, json.dumps(offline).encode(), qos=1,
+                offline = self.status().replace(online=False, recording=())
+                self.link.publish(self.status_topic, offline.to_json(), qos=1,
                                   retain=True).wait(1.0)
             except Exception:
                 log.exception("shutdown: could not publish the offline status")

@@ -14,6 +14,7 @@ most 128 characters. No dots and no slashes, so no id is ever ``.``, ``..`` or a
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import math
 import re
@@ -476,3 +477,331 @@ class Receipt:
 def receipt_topic(topic_prefix: str, device_id: str, session_id: str) -> str:
     return f"{topic_prefix}/{device_id}/sessions/{session_id}/stored"
 
+
+
+# --- the daemon's status (retained on P/status) and its command replies (P/cmd/reply) ------
+MAX_STATUS_BYTES = 256 * 1024  # a status document, serialised; the daemon keeps it far below
+MAX_REPLY_BYTES = MAX_STATUS_BYTES + 4096  # a reply may carry a status
+MAX_MESSAGE_CHARS = 4096  # an error message, a config_error, a last_error
+MAX_OPEN_SESSIONS = 64  # session.max_concurrent's upper bound
+MAX_STATUS_KEYS = 64  # keys of one status section (a sensor's counters, storage, delivery)
+ERROR_CODES = frozenset({
+    "payload_too_large", "invalid_json", "invalid_command", "unknown_field", "invalid_field",
+    "invalid_labels", "label_not_allowed", "too_many_sessions", "pre_trigger_too_long",
+    "duration_too_long", "invalid_journey", "no_such_session", "store_full", "internal_error",
+})
+
+
+def _message(value: object, what: str, max_chars: int = MAX_MESSAGE_CHARS) -> str:
+    """Free text a program wrote (an exception's message may hold any character)."""
+    if not isinstance(value, str):
+        raise DocumentError(f"{what}: {_show(value)} is not a string")
+    if len(value) > max_chars:
+        raise DocumentError(f"{what}: {len(value)} characters; at most {max_chars}")
+    return value
+
+
+def _bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise DocumentError(f"{what}: {_show(value)} is not true or false")
+    return value
+
+
+def _scalars(value: object, what: str) -> dict[str, Any]:
+    """A flat section of counters: names to JSON scalars (finite numbers, text, flags)."""
+    d = _object(value, what)
+    if len(d) > MAX_STATUS_KEYS:
+        raise DocumentError(f"{what}: {len(d)} keys; at most {MAX_STATUS_KEYS}")
+    out: dict[str, Any] = {}
+    for key, v in d.items():
+        where = f"{what}.{key}"
+        _text(key, f"{what} key", 64, min_chars=1)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise DocumentError(f"{where}: {v} is not a finite number")
+        if v is not None and not isinstance(v, str | int | float | bool):
+            raise DocumentError(f"{where}: {_show(v)} is not a number, text or flag")
+        out[key] = _message(v, where) if isinstance(v, str) else v
+    return out
+
+
+def _json_object(value: object, what: str, max_bytes: int) -> dict[str, Any]:
+    """A nested object kept as it is (the clock's status), bounded in size."""
+    d = dict(_object(value, what))
+    try:
+        size = len(json.dumps(d, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise DocumentError(f"{what}: not JSON ({type(exc).__name__}: {exc})") from None
+    if size > max_bytes:
+        raise DocumentError(f"{what}: {size} bytes; at most {max_bytes}")
+    return d
+
+
+@dataclass(frozen=True)
+class OpenSessionStatus:
+    """A session recording now, as ``status.recording`` lists it."""
+
+    session_id: str
+    labels: tuple[str, ...]
+    journey_id: str | None
+    started_at: str
+    trigger_source: str
+    trigger_detail: str
+    stopping: bool
+
+    @classmethod
+    def from_dict(cls, doc: object, what: str) -> OpenSessionStatus:
+        d = _object(doc, what)
+        trigger = _object(d.get("trigger", {}), f"{what}.trigger")
+        journey = d.get("journey_id")
+        return cls(
+            session_id=check_id(_required(d, "session_id", what), f"{what}.session_id"),
+            labels=tuple(_text(x, f"{what}.labels[{i}]", MAX_LABEL_CHARS, min_chars=1)
+                         for i, x in enumerate(_list(d.get("labels", []), f"{what}.labels",
+                                                     MAX_LABELS))),
+            journey_id=None if journey is None else
+            _text(journey, f"{what}.journey_id", MAX_JOURNEY_ID_CHARS, min_chars=1),
+            started_at=_time(_required(d, "started_at", what), f"{what}.started_at"),
+            trigger_source=_text(trigger.get("source", ""), f"{what}.trigger.source", 64),
+            trigger_detail=_text(trigger.get("detail", ""), f"{what}.trigger.detail"),
+            stopping=_bool(d.get("stopping", False), f"{what}.stopping"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "labels": list(self.labels),
+                "journey_id": self.journey_id, "started_at": self.started_at,
+                "trigger": {"source": self.trigger_source, "detail": self.trigger_detail},
+                "stopping": self.stopping}
+
+
+@dataclass(frozen=True)
+class StatusDocument:
+    """The daemon's status, retained on ``P/status`` and carried by the ``status`` reply.
+
+    The will publishes ``{"online": false}``, so every field but ``online`` has a default.
+    ``from_json`` bounds the payload (:data:`MAX_STATUS_BYTES`) before parsing it and checks
+    every field; ``to_json`` checks the size of what it writes."""
+
+    online: bool
+    version: str = ""
+    device_id: str = ""
+    journey_id: str | None = None
+    recording: tuple[OpenSessionStatus, ...] = ()
+    sessions_completed: int = 0
+    sessions_published: int = 0
+    sensors: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # name → counters
+    storage: Mapping[str, Any] = field(default_factory=dict)
+    delivery: Mapping[str, Any] = field(default_factory=dict)
+    mqtt_connected: bool = False
+    mqtt_last_error: str = ""
+    warnings: tuple[str, ...] = ()
+    config_error: str = ""
+    clock: Mapping[str, Any] = field(default_factory=dict)
+    watchdog_ok: bool = True
+    watchdog_problem: str = ""
+    updated_at: str | None = None
+
+    def __post_init__(self) -> None:
+        StatusDocument._check(self.to_dict())
+
+    @classmethod
+    def from_json(cls, payload: builtins.bytes | str) -> StatusDocument:
+        return cls.from_dict(parse_json_bounded(payload, MAX_STATUS_BYTES, "status"))
+
+    @classmethod
+    def from_dict(cls, doc: object) -> StatusDocument:
+        return cls(**cls._check(doc))
+
+    @classmethod
+    def _check(cls, doc: object) -> dict[str, Any]:
+        d = _object(doc, "status")
+        sensors = _object(d.get("sensors", {}), "sensors")
+        if len(sensors) > MAX_SENSORS:
+            raise DocumentError(f"sensors: {len(sensors)}; at most {MAX_SENSORS}")
+        mqtt = _object(d.get("mqtt", {}), "mqtt")
+        watchdog = _object(d.get("watchdog", {}), "watchdog")
+        journey = d.get("journey_id")
+        updated = d.get("updated_at")
+        return {
+            "online": _bool(_required(d, "online", ""), "online"),
+            "version": _text(d.get("version", ""), "version", 64),
+            "device_id": _text(d.get("device_id", ""), "device_id", ID_MAX_CHARS),
+            "journey_id": None if journey is None else
+            _text(journey, "journey_id", MAX_JOURNEY_ID_CHARS, min_chars=1),
+            "recording": tuple(
+                s if isinstance(s, OpenSessionStatus) else
+                OpenSessionStatus.from_dict(s, f"recording[{i}]")
+                for i, s in enumerate(_list(d.get("recording", []), "recording",
+                                            MAX_OPEN_SESSIONS))),
+            "sessions_completed": _int(d.get("sessions_completed", 0), "sessions_completed",
+                                       0, 2**53),
+            "sessions_published": _int(d.get("sessions_published", 0), "sessions_published",
+                                       0, 2**53),
+            "sensors": {_text(name, "sensors key", 64, min_chars=1):
+                        _scalars(counters, f"sensors.{name}")
+                        for name, counters in sensors.items()},
+            "storage": _scalars(d.get("storage", {}), "storage"),
+            "delivery": _scalars(d.get("delivery", {}), "delivery"),
+            "mqtt_connected": _bool(mqtt.get("connected", False), "mqtt.connected"),
+            "mqtt_last_error": _message(mqtt.get("last_error", ""), "mqtt.last_error"),
+            "warnings": tuple(_message(w, f"warnings[{i}]") for i, w in
+                              enumerate(_list(d.get("warnings", []), "warnings",
+                                              MAX_WARNINGS))),
+            "config_error": _message(d.get("config_error", ""), "config_error"),
+            "clock": _json_object(d.get("clock", {}), "clock", MAX_EXTRA_BYTES),
+            "watchdog_ok": _bool(watchdog.get("ok", True), "watchdog.ok"),
+            "watchdog_problem": _message(watchdog.get("problem", ""), "watchdog.problem"),
+            "updated_at": None if updated is None else _time(updated, "updated_at"),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "online": self.online, "version": self.version, "device_id": self.device_id,
+            "journey_id": self.journey_id,
+            "recording": [s.to_dict() for s in self.recording],
+            "sessions_completed": self.sessions_completed,
+            "sessions_published": self.sessions_published,
+            "sensors": {k: dict(v) for k, v in self.sensors.items()},
+            "storage": dict(self.storage), "delivery": dict(self.delivery),
+            "mqtt": {"connected": self.mqtt_connected, "last_error": self.mqtt_last_error},
+            "warnings": list(self.warnings), "config_error": self.config_error,
+            "clock": dict(self.clock),
+            "watchdog": {"ok": self.watchdog_ok, "problem": self.watchdog_problem},
+        }
+        if self.updated_at is not None:
+            doc["updated_at"] = self.updated_at
+        return doc
+
+    def to_json(self) -> builtins.bytes:
+        data = json.dumps(self.to_dict(), allow_nan=False).encode()
+        if len(data) > MAX_STATUS_BYTES:
+            raise DocumentError(f"status: {len(data)} bytes; at most {MAX_STATUS_BYTES}")
+        return data
+
+    def replace(self, **changes: Any) -> StatusDocument:
+        return dataclasses.replace(self, **changes)
+
+
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+"""A reply field this reply does not carry (``journey_id: null`` is a value: no journey)."""
+
+
+@dataclass(frozen=True)
+class ReplyError:
+    code: str  # one of ERROR_CODES
+    message: str
+
+
+@dataclass(frozen=True)
+class CommandReply:
+    """The one reply to a command: ``{"request_id", "ok": true, ...}`` or ``{"request_id",
+    "ok": false, "error": {"code", "message"}}``. Which result fields an ``ok`` reply carries
+    depends on the command (start: session_id, journey_id, labels, warnings; stop: stopped;
+    status: status; journey: journey_id, previous_journey_id; resend: session_id)."""
+
+    ok: bool
+    error: ReplyError | None = None
+    request_id: str | int | None = None  # echoed when the command had a usable one
+    session_id: Any = ABSENT  # str
+    journey_id: Any = ABSENT  # str | None
+    previous_journey_id: Any = ABSENT  # str | None
+    labels: Any = ABSENT  # tuple[str, ...]
+    warnings: Any = ABSENT  # tuple[str, ...]
+    stopped: Any = ABSENT  # tuple[str, ...]: session ids
+    status: Any = ABSENT  # StatusDocument, or the recorder's own snapshot (a dict) in a rig
+
+    def __post_init__(self) -> None:
+        CommandReply._check(self.to_dict())
+
+    @classmethod
+    def failure(cls, code: str, message: str) -> CommandReply:
+        return cls(ok=False, error=ReplyError(code, message))
+
+    @classmethod
+    def from_json(cls, payload: builtins.bytes | str) -> CommandReply:
+        return cls.from_dict(parse_json_bounded(payload, MAX_REPLY_BYTES, "reply"))
+
+    @classmethod
+    def from_dict(cls, doc: object) -> CommandReply:
+        fields = cls._check(doc)
+        if isinstance(fields.get("status"), Mapping) and "online" in fields["status"]:
+            fields["status"] = StatusDocument.from_dict(fields["status"])
+        return cls(**fields)
+
+    @classmethod
+    def _check(cls, doc: object) -> dict[str, Any]:
+        d = _object(doc, "reply")
+        known = {"ok", "error", "request_id", "session_id", "journey_id",
+                 "previous_journey_id", "labels", "warnings", "stopped", "status"}
+        unknown = set(d) - known
+        if unknown:
+            raise DocumentError(f"reply: unknown fields {sorted(unknown)}")
+        ok = _bool(_required(d, "ok", ""), "ok")
+        out: dict[str, Any] = {"ok": ok}
+        error = d.get("error")
+        if ok == (error is not None):
+            raise DocumentError("reply: an error goes with ok: false, and only with it")
+        if error is not None:
+            e = _object(error, "error")
+            code = _required(e, "code", "error")
+            if code not in ERROR_CODES:
+                raise DocumentError(f"error.code: {_show(code)} is not a documented code")
+            out["error"] = ReplyError(code, _message(_required(e, "message", "error"),
+                                                     "error.message"))
+        rid = d.get("request_id")
+        if rid is not None:
+            if not ((isinstance(rid, str) and len(rid) <= 128) or
+                    (isinstance(rid, int) and not isinstance(rid, bool) and abs(rid) < 2**53)):
+                raise DocumentError(f"request_id: {_show(rid)} is not a string of at most 128 "
+                                    "characters or an integer")
+            out["request_id"] = rid
+        if "session_id" in d:
+            out["session_id"] = check_id(d["session_id"], "session_id")
+        for key in ("journey_id", "previous_journey_id"):
+            if key in d:
+                out[key] = None if d[key] is None else \
+                    _text(d[key], key, MAX_JOURNEY_ID_CHARS, min_chars=1)
+        if "labels" in d:
+            out["labels"] = tuple(_text(x, f"labels[{i}]", MAX_LABEL_CHARS, min_chars=1)
+                                  for i, x in enumerate(_list(d["labels"], "labels",
+                                                              MAX_LABELS)))
+        if "warnings" in d:
+            out["warnings"] = tuple(_message(w, f"warnings[{i}]") for i, w in
+                                    enumerate(_list(d["warnings"], "warnings", MAX_WARNINGS)))
+        if "stopped" in d:
+            out["stopped"] = tuple(check_id(s, f"stopped[{i}]") for i, s in
+                                   enumerate(_list(d["stopped"], "stopped", MAX_OPEN_SESSIONS)))
+        if "status" in d:
+            status = d["status"]
+            out["status"] = status if isinstance(status, StatusDocument) else \
+                _json_object(status, "status", MAX_STATUS_BYTES)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {}
+        if self.request_id is not None:
+            doc["request_id"] = self.request_id
+        doc["ok"] = self.ok
+        if self.error is not None:
+            doc["error"] = {"code": self.error.code, "message": self.error.message}
+        for key in ("session_id", "journey_id", "previous_journey_id"):
+            value = getattr(self, key)
+            if value is not ABSENT:
+                doc[key] = value
+        for key in ("labels", "warnings", "stopped"):
+            value = getattr(self, key)
+            if value is not ABSENT:
+                doc[key] = list(value)
+        if self.status is not ABSENT:
+            doc["status"] = self.status.to_dict() if isinstance(self.status, StatusDocument) \
+                else dict(self.status)
+        return doc
+
+    def to_json(self) -> builtins.bytes:
+        return json.dumps(self.to_dict(), allow_nan=False).encode()
+
+    def replace(self, **changes: Any) -> CommandReply:
+        return dataclasses.replace(self, **changes)

@@ -116,7 +116,7 @@ class Rig:
         event: Event = event_factory(reply=replies.append, **kw)
         self.recorder.handle(event)
         assert len(replies) == 1
-        return replies[0]
+        return replies[0].to_dict()  # as a client reads it
 
     def finish(self, seconds: float = 1.5) -> None:
         """Let stopping sessions reach their stop time and finalise."""

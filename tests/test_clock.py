@@ -396,7 +396,7 @@ def test_daemon_session_across_an_emulated_ntp_step(tmp_path, step_s):
         stepped_now = time.time_ns() + step_s * 10**9
     finally:
         daemon.shutdown()
-    sid = replies[0]["session_id"]
+    sid = replies[0].session_id
     manifest = json.loads((tmp_path / "store" / "outbox" / f"{sid}.json").read_text())
     t: list[int] = []
     with open(tmp_path / "store" / "outbox" / f"{sid}.mcap", "rb") as f:
@@ -414,7 +414,7 @@ def test_daemon_session_across_an_emulated_ntp_step(tmp_path, step_s):
     assert step["step_ns"] == pytest.approx(step_s * 10**9, abs=1e6)
     assert manifest["clock"]["synced"] is True  # the emulated world syncs with its first step
     assert iso_ns(manifest["started_at"]) <= t[0]
-    assert daemon.status()["clock"]["steps"] == [step]
+    assert daemon.status().clock["steps"] == [step]
 
 
 def test_the_unit_never_waits_for_a_sync_and_may_read_the_sync_state() -> None:
@@ -518,7 +518,7 @@ def test_through_the_broker_unsynced_is_said_and_synced_is_restamped(tmp_path, b
         replies: list[dict[str, Any]] = []
         daemon.submit(StartRequested(Trigger("mqtt"), reply=replies.append))
         wait_until(lambda: replies, 5, "start reply")
-        return str(replies[0]["session_id"])
+        return str(replies[0].session_id)
 
     def collected_manifest(sid: str) -> dict[str, Any]:
         path = collected / "sessions" / "clock-pi" / f"{sid}.json"

@@ -48,6 +48,19 @@ def a_normal_session_reaches_the_collector(client: Client, store: Path, tag: str
     return sid
 
 
+def every_document_parses(client: Client) -> None:
+    """Every reply and every status the daemon sent is a valid typed document, and parsing it
+    loses nothing."""
+    from edge_recorder.documents import CommandReply, StatusDocument
+
+    replies, statuses = client.received(REPLY), client.received(STATUS)
+    assert replies and statuses
+    for m in replies:
+        assert CommandReply.from_json(m.payload).to_dict() == json.loads(m.payload)
+    for m in statuses:
+        assert StatusDocument.from_json(m.payload).to_dict() == json.loads(m.payload)
+
+
 def latest_status(client: Client) -> dict:
     return client.json_on(STATUS)[-1]
 
@@ -101,6 +114,7 @@ def test_a_refused_reload_changes_nothing_and_a_later_good_one_applies(tmp_path,
     wait_until(lambda: latest_status(client).get("config_error") == "", 10,
                "config_error cleared")
     a_normal_session_reaches_the_collector(client, store, "reload")
+    every_document_parses(client)
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.log()
 
@@ -290,6 +304,7 @@ def test_hostile_commands_get_clear_replies_and_change_nothing(tmp_path, broker,
     assert reply["error"]["code"] == "invalid_field"
 
     a_normal_session_reaches_the_collector(client, store, "commands")
+    every_document_parses(client)
     assert daemon.alive() and daemon.stop() == 0
     assert "Traceback" not in daemon.log()
 

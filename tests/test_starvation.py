@@ -52,7 +52,7 @@ def test_starved_sampler_counts_every_lost_sample_once_and_recovers(
     rng = random.Random(3)
     replies: list[dict] = []
     rig.recorder.handle(StartRequested(Trigger("mqtt"), duration_s=None, reply=replies.append))
-    session_id = replies[0]["session_id"]
+    session_id = replies[0].session_id
     rig.run(0.5)
     fill_s = rig.chip.fifo_capacity_bytes / rig.chip.frame_size() / rate_hz
     for _ in range(25):  # a few polls, then a stall longer than the FIFO lasts, again

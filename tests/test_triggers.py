@@ -174,7 +174,7 @@ def test_journey_command_sets_clears_and_renews_the_journey(tmp_path):
                                      reply=replies.append))
         except Rejected as exc:
             return {"ok": False, "error": {"code": exc.code}}
-        return replies[0]
+        return replies[0].to_dict()
 
     assert ask({"cmd": "journey", "journey_id": "visit-7"})["journey_id"] == "visit-7"
     assert ask({"cmd": "start"})["journey_id"] == "visit-7"

@@ -1,7 +1,8 @@
 """What triggers ask of the recorder. The recorder knows no trigger, only these events.
 
 Each event may carry a ``reply`` callback: the recorder calls it exactly once with a
-JSON-able dict, ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code", "message"}}``.
+:class:`~edge_recorder.documents.CommandReply` (``{"ok": true, ...}`` or ``{"ok": false,
+"error": {"code", "message"}}`` on the wire).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edge_recorder.documents import CommandReply
+
 if TYPE_CHECKING:
     from edge_recorder.config import SessionConfig
 
-Reply = dict[str, Any]
+Reply = CommandReply
 ReplyFn = Callable[[Reply], None]
 
 
@@ -100,8 +103,8 @@ class Rejected(Exception):
 
 
 def ok(**fields: Any) -> Reply:
-    return {"ok": True, **fields}
+    return CommandReply(ok=True, **fields)
 
 
 def error(code: str, message: str) -> Reply:
-    return {"ok": False, "error": {"code": code, "message": message}}
+    return CommandReply.failure(code, message)

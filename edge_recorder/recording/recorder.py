@@ -108,7 +108,7 @@ class Recorder:
         journey_id: str | None,
         clock: Clock | None = None,
         on_complete: Callable[[dict[str, Any]], None] = lambda manifest: None,
-        status: Callable[[], dict[str, Any]] | None = None,
+        status: Callable[[], Any] | None = None,  # the daemon's StatusDocument
     ) -> None:
         self.settings = settings
         self.device_id = device_id
@@ -238,10 +238,10 @@ class Recorder:
         log.info("session %s started by %s%s, labels [%s], journey %s", session_id,
                  ev.trigger.source, f" ({ev.trigger.detail})" if ev.trigger.detail else "",
                  ", ".join(labels), journey)
-        reply = ok(session_id=session_id, journey_id=journey, labels=list(labels))
         if warnings:
-            reply["warnings"] = warnings
-        return reply
+            return ok(session_id=session_id, journey_id=journey, labels=labels,
+                      warnings=tuple(warnings))
+        return ok(session_id=session_id, journey_id=journey, labels=labels)
 
     def _set_journey(self, ev: JourneyRequested) -> Reply:
         journey = new_journey_id(self.device_id, self.clock.wall_ns()) if ev.new_auto \
@@ -273,7 +273,7 @@ class Recorder:
             targets = [s for s in self.sessions.values() if s.stop_ns is None]
         for s in targets:
             self._mark_stop(s, at, ev.reason)
-        return ok(stopped=[s.session_id for s in targets])
+        return ok(stopped=tuple(s.session_id for s in targets))
 
     def _mark_stop(self, s: OpenSession, at_ns: int, reason: str) -> None:
         s.stop_ns = max(s.window_start_ns, at_ns)

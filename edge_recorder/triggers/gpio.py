@@ -69,10 +69,10 @@ class GpioButton:
     def _start(self) -> None:
         def remember(reply: Reply) -> None:
             with self._lock:
-                self._session = reply.get("session_id") if reply.get("ok") else None
-            if not reply.get("ok"):
+                self._session = reply.session_id if reply.ok else None
+            if not reply.ok:
                 log.warning("button %s: session not started: %s", self.settings.pin,
-                            reply.get("error", {}).get("message"))
+                            reply.error.message if reply.error else "")
 
         s = self.settings
         self.submit(StartRequested(

@@ -78,11 +78,11 @@ class IntervalTrigger:
             return
 
         def remember(reply: Reply) -> None:
-            if reply.get("ok"):
-                self._last_session = reply.get("session_id")
+            if reply.ok:
+                self._last_session = reply.session_id
             else:
                 log.warning("interval trigger: session not started: %s",
-                            reply.get("error", {}).get("message"))
+                            reply.error.message if reply.error else "")
 
         s = self.settings
         self.submit(StartRequested(Trigger("interval", f"every {s.every_s:g} s"),

@@ -10,7 +10,6 @@ The request's ``request_id`` is echoed in the reply.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -55,8 +54,8 @@ class MqttCommands:
 
         def reply(body: Reply) -> None:
             if request_id is not None:
-                body = {"request_id": request_id, **body}
-            self.link.reply(message, self.reply_topic, json.dumps(body).encode())
+                body = body.replace(request_id=request_id)
+            self.link.reply(message, self.reply_topic, body.to_json())
 
         try:
             doc = decode_command(message.payload)  # the size is checked before parsing
