@@ -264,3 +264,14 @@ def test_an_id_two_devices_used_needs_device_and_a_name_never_reaches_a_path(tmp
     (tmp_path / "outside.mcap").write_bytes(b"\x89MCAP0\r\n")
     r = cli("export", "../outside", "--store", str(tmp_path), "-o", "-")
     assert r.returncode == 2 and "no session ../outside" in r.stderr and r.stdout == ""
+
+
+def test_the_daemon_never_imports_the_data_extras():
+    import subprocess
+    import sys
+
+    code = ("import sys, edge_recorder, edge_recorder.app, edge_recorder.cli; "
+            "print(sorted(m for m in ('pandas', 'numpy', 'pyarrow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

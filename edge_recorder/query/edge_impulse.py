@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from edge_recorder.errors import UsageError
+from edge_recorder.errors import SessionFileError, UsageError
 from edge_recorder.query.export import Progress, SampleCounter
 from edge_recorder.sessionfile import SessionFile
 
@@ -136,8 +136,11 @@ def _pieces(session: SessionFile, sensor: str, nominal_ns: float | None,
         t = batch["t_ns"]
         if not t:
             continue
-        nan = [float("nan")] * len(t)
-        cols = [batch.get(key, nan) for key, _n, _u in axes]
+        missing = [key for key, _n, _u in axes if key not in batch]
+        if missing:  # JSON has no NaN, and a file's columns cannot change midway
+            raise SessionFileError(f"{session.path}: sensor {sensor} has messages without "
+                                   f"{', '.join(missing)}; cannot export it as one table")
+        cols = [batch[key] for key, _n, _u in axes]
         start = 0
         if limit is not None:
             for i in range(len(t)):
