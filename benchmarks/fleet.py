@@ -167,77 +167,77 @@ def _cpu_s(pid: int) -> float:
 
 def bench_ingest(tmp: Path, broker: Broker, row: Callable[..., None], *, devices: int,
                  sessions_each: int, session_s: float) -> None:
-    """Queue a fleet's sessions at the broker while the collectors are away, then time how
-    fast they drain it: 1 collector against mosquitto_sub writing the same messages to one
-    file, then groups of 2 and 3 ``--share`` members on one store."""
+    """A fleet's sessions, recorded on the devices first, then published all at once: how
+    fast 1 collector stores and indexes them, against ``mosquitto_sub`` writing the same
+    messages to one file, and how a ``--share`` group of 2 and 3 scales."""
     from edge_recorder.fleet import Fleet
 
     tool = shutil.which("mosquitto_sub")
     print(f"\n[fleet] collector ingest: {devices} devices × {sessions_each} sessions of "
-          f"{session_s:g} s at 2 × 1 kHz, queued while the collectors are away", flush=True)
+          f"{session_s:g} s at 2 × 1 kHz, published at once", flush=True)
     logs = tmp / "ingest-logs"
     logs.mkdir(exist_ok=True)
-    results: dict[str, float] = {}
+    count = devices * sessions_each
+    walls: dict[int, float] = {}
     for members in (1, 2, 3):
         store = tmp / f"ingest-{members}"
         group = f"bench{members}" if members > 1 else None
         names = [f"ingest-{members}-{k}" for k in range(members)]
-        # register the persistent subscriptions, then leave
         procs = [_collector(store, broker.port, n, logs, share=group) for n in names]
-        wait_until(lambda names=names: all("connected" in (logs / f"{n}.log").read_text()
-                                           for n in names), 30, "collectors connected")
-        time.sleep(1.0)
-        _stop(procs)
-        fleet = Fleet(tmp / f"fleet-{members}", broker.port, devices=devices,
-                      require_receipt=False)
+        fleet = Fleet(tmp / f"fleet-{members}", broker.port, devices=devices, prefix=f"m{members}",
+                      require_receipt=False, start=False)
         try:
-            total_bytes = fleet.record_and_publish(sessions_each, session_s)
+            wait_until(lambda names=names: all("connected" in (logs / f"{n}.log").read_text()
+                                               for n in names), 30, "collectors connected")
+            nbytes = fleet.record(sessions_each, session_s)
+            cpu0 = sum(_cpu_s(p.pid) for p in procs)
+            t0 = time.perf_counter()
+            fleet.start()
+            wait_until(lambda store=store: _stored(store) >= count, 600,
+                       "all sessions stored", poll_s=0.05)
+            wall = walls[members] = time.perf_counter() - t0
+            cpu = sum(_cpu_s(p.pid) for p in procs) - cpu0
         finally:
             fleet.close()
-        count = devices * sessions_each
-        t0 = time.perf_counter()
-        procs = [_collector(store, broker.port, n, logs, share=group) for n in names]
-        try:
-            wait_until(lambda store=store, count=count: _stored(store) >= count, 600,
-                       "all sessions stored",
-                       poll_s=0.1)
-            wall = time.perf_counter() - t0
-            cpu = sum(_cpu_s(p.pid) for p in procs)
-        finally:
             _stop(procs)
-        results[str(members)] = wall
-        print(f"  {members} collector(s): {count} sessions, {total_bytes / 1e6:.1f} MB in "
-              f"{wall:.2f} s ({cpu:.2f} s CPU)", flush=True)
-        if members == 1 and tool is not None:
-            messages = count * (1 + fleet.parts_per_session)
-            sub_id = "ingest-baseline"
-            base = subprocess.Popen([tool, "-p", str(broker.port), "-q", "1", "-c", "-i",
-                                     sub_id, "-t", "edge-recorder/+/sessions/#", "-C", "1"],
-                                    stdout=subprocess.DEVNULL)
-            time.sleep(1.0)  # subscribed; the first message ends it
-            base.kill()
-            base.wait()
-            fleet = Fleet(tmp / "fleet-baseline", broker.port, devices=devices,
-                          require_receipt=False)
+        print(f"  {members} collector(s): {count} sessions, {nbytes / 1e6:.1f} MB stored and "
+              f"indexed in {wall:.2f} s; {cpu / count * 1e3:.1f} ms CPU per session", flush=True)
+        if members == 1:
+            row("fleet", f"collector CPU per {session_s:g} s 2 × 1 kHz session stored + indexed",
+                cpu / count * 1e3, "ms", session_s * 1e3, "the session's own duration", True)
+            if tool is None:
+                print("  mosquitto_sub not found (apt-get install mosquitto-clients): no "
+                      "baseline")
+                continue
+            fleet = Fleet(tmp / "fleet-baseline", broker.port, devices=devices, prefix="base",
+                          require_receipt=False, start=False)
             try:
-                fleet.record_and_publish(sessions_each, session_s)
+                fleet.record(sessions_each, session_s)
+                out = tmp / "baseline.bin"
+                with open(out, "wb") as f:
+                    sub = subprocess.Popen([tool, "-p", str(broker.port), "-q", "1", "-t",
+                                            "edge-recorder/+/sessions/#", "-N", "-C",
+                                            str(fleet.messages)], stdout=f)
+                    time.sleep(0.5)  # subscribed
+                    t0 = time.perf_counter()
+                    fleet.start()
+                    sub.wait(600)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    theirs = time.perf_counter() - t0
             finally:
                 fleet.close()
-            out = tmp / "baseline.bin"
-            t0 = time.perf_counter()
-            with open(out, "wb") as f:
-                subprocess.run([tool, "-p", str(broker.port), "-q", "1", "-c", "-i", sub_id,
-                                "-t", "edge-recorder/+/sessions/#", "-C", str(messages),
-                                "-N", "-W", "600"], stdout=f, check=True)
-                f.flush()
-                os.fsync(f.fileno())
-            theirs = time.perf_counter() - t0
-            row("fleet", f"collector ingest, {count} sessions, stored + indexed",
-                count / wall, "sessions/s", count / theirs,
-                "mosquitto_sub -C → one file", False)
-            row("fleet", "collector ingest volume", total_bytes / 1e6 / wall, "MB/s",
-                total_bytes / 1e6 / theirs, "mosquitto_sub -C → one file", False)
+            row("fleet", "collector ingest (stored, verified, indexed)", count / wall,
+                "sessions/s", count / theirs, "mosquitto_sub → one file", False)
+            row("fleet", "collector ingest volume", nbytes / 1e6 / wall, "MB/s",
+                nbytes / 1e6 / theirs, "mosquitto_sub → one file", False)
     for members in (2, 3):
         row("fleet", f"{members} collectors in a --share group on one store",
-            devices * sessions_each / results[str(members)], "sessions/s",
-            devices * sessions_each / results["1"], "1 collector", False)
+            count / walls[members], "sessions/s", count / walls[1], "1 collector", False)
+
+
+def run(tmp: Path, broker: Broker, row: Callable[..., None], quick: bool) -> None:
+    """The fleet section: ``--only fleet`` (``--quick``: 10⁴ and 10⁵ sessions indexed)."""
+    bench_index(tmp, row, (10_000, 100_000) if quick else (10_000, 1_000_000))
+    bench_ingest(tmp, broker, row, devices=10, sessions_each=3 if quick else 6,
+                 session_s=5.0)

@@ -35,6 +35,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import yaml
 
+from benchmarks import fleet
 from edge_recorder.config import MqttConfig, SessionConfig
 from edge_recorder.delivery.mqtt import MqttLink
 from edge_recorder.delivery.publisher import Publisher
@@ -858,7 +859,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="shorter runs (under a minute)")
     p.add_argument("--minutes", type=float, default=0, help="also run the soak this long")
     p.add_argument("--table", type=Path, help="write the markdown table here")
-    p.add_argument("--only", choices=("pipeline", "timestamps", "cpu-budget", "clock", "collect"),
+    p.add_argument("--only", choices=("pipeline", "timestamps", "cpu-budget", "clock", "collect",
+                                      "fleet"),
                    help="run only this section")
     p.add_argument("--chaos", type=int, metavar="N",
                    help="only the chaos run: N random broker kills and N/6 collector kills "
@@ -897,6 +899,9 @@ def main() -> int:
             if args.only == "collect":
                 bench_collect(tmp, 100 if quick else 150)
                 return 0
+            if args.only == "fleet":
+                fleet.run(tmp, broker, row, quick)
+                return 0
             bench_pipeline(tmp, 20.0 if quick else 60.0, broker)
             NAIVE_US.append(next(r.baseline for r in ROWS if r.section == "pipeline"))
             bench_timestamps(tmp, 60.0 if quick else 600.0)
@@ -906,6 +911,7 @@ def main() -> int:
             bench_cpu_budget(tmp, broker, 5.0 if quick else 10.0)
             bench_clock_step(tmp, 20.0 if quick else 60.0)
             bench_collect(tmp, 100 if quick else 150)
+            fleet.run(tmp, broker, row, quick)
             if args.minutes:
                 bench_soak(tmp, broker, args.minutes)
         finally:
