@@ -190,7 +190,7 @@ class PostgresIndex:
         sql += " ORDER BY started_at, session_id"
         with self._lock:
             rows = self.conn.execute(sql, args).fetchall()
-        return [Entry(Manifest.from_json(m), (self.store / p).with_suffix(".mcap"), pub)
+        return [Entry(m, (self.store / p).with_suffix(".mcap"), pub)
                 for m, p, pub in rows]
 
     def find(self, session_id: str, device: str | None = None) -> Entry:
@@ -203,7 +203,7 @@ class PostgresIndex:
             args.append(device)
         with self._lock:
             rows = self.conn.execute(sql, args).fetchall()
-        return the_one([Entry(Manifest.from_json(m), (self.store / p).with_suffix(".mcap"), pub)
+        return the_one([Entry(m, (self.store / p).with_suffix(".mcap"), pub)
                         for m, p, pub in rows], session_id, device, self.store)
 
     def journeys(self) -> list[dict[str, Any]]:
