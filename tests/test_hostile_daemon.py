@@ -335,5 +335,16 @@ def test_200_resends_of_one_session_are_coalesced(tmp_path, broker, client, spaw
                "the merged retransmission")
     time.sleep(RESEND_HOLDOFF_S + 1.0)
     assert len(client.received(manifests)) == 2
+    # part numbers the session does not have are dropped as they arrive (nothing is held for
+    # them, nothing is sent): 1500 absurd ones (as many as 16 KiB holds), 50 times
+    absurd = list(range(900_000, 901_500))
+    for i in range(50):
+        client.publish(CMD, json.dumps({"cmd": "resend", "session_id": sid, "parts": absurd,
+                                        "request_id": f"absurd{i}"}))
+    wait_until(lambda: len([r for r in client.json_on(REPLY)
+                            if str(r.get("request_id", "")).startswith("absurd")]) >= 50,
+               20, "a reply to every absurd resend")
+    time.sleep(RESEND_HOLDOFF_S + 1.0)
+    assert len(client.received(manifests)) == 2
     a_normal_session_reaches_the_collector(client, store, "after-resends")
     assert daemon.stop() == 0

@@ -213,8 +213,17 @@ class Publisher:
     def resend(self, session_id: str, parts: list[int] | None) -> str | None:
         """A collector is missing parts of a session (a broker lost them after acknowledging
         them): queue them again. Returns why not, or None."""
-        if self.store.find(session_id) not in (OUTBOX, PUBLISHED, STORED):
+        state = self.store.find(session_id)
+        if state not in (OUTBOX, PUBLISHED, STORED):
             return f"session {session_id!r} is not on this device (or no longer)"
+        if parts is not None:  # only the session's own part numbers are kept (memory)
+            try:
+                total = int(self.store.manifest(session_id, state)["parts"])
+            except (OSError, ValueError, KeyError):
+                total = 0
+            parts = [n for n in parts if 0 <= n < total]
+            if not parts:
+                return None  # none of them is a part of this session: nothing to send
         self._queue_resend(session_id, parts)
         self.wake()
         return None
