@@ -348,3 +348,66 @@ def test_200_resends_of_one_session_are_coalesced(tmp_path, broker, client, spaw
     assert len(client.received(manifests)) == 2
     a_normal_session_reaches_the_collector(client, store, "after-resends")
     assert daemon.stop() == 0
+
+
+@pytest.mark.parametrize("bad_pin", ["NOPE", 7])
+def test_a_trigger_that_cannot_be_built_rolls_the_reload_back(tmp_path, bad_pin):
+    """The new triggers are built before the reload counts as applied; one that fails (a pin
+    gpiozero refuses, or one already taken) puts the old ones back and changes nothing."""
+    import threading
+
+    import yaml
+    from gpiozero import Button, Device
+    from gpiozero.pins.mock import MockFactory
+
+    from edge_recorder.app import Daemon
+    from edge_recorder.config import load_config
+
+    factory = MockFactory()
+    doc = {"device_id": "gpio-pi",
+           "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated"}],
+           "session": {"duration_s": 0.3, "labels": ["v1"]},
+           "triggers": {"mqtt": False, "gpio": [{"pin": 5, "action": "start"}]},
+           "mqtt": {"host": "127.0.0.1", "port": 1},
+           "storage": {"dir": str(tmp_path / "store")}}
+    path = tmp_path / "device.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    daemon = Daemon(load_config(path), pin_factory=factory, config_path=path)
+    stop, reload = threading.Event(), threading.Event()
+    runner = threading.Thread(target=daemon.run, args=(stop, reload))
+    runner.start()
+
+    def press(pin: int) -> list[str]:
+        before = set(daemon.store.pending())
+        factory.pin(pin).drive_low()
+        factory.pin(pin).drive_high()
+        new = wait_until(lambda: set(daemon.store.pending()) - before, 10, f"a session ({pin})")
+        return daemon.store.manifest(new.pop())["labels"]
+
+    try:
+        wait_until(lambda: daemon.channels[0].counters.state == "up", 10, "sensor up")
+        assert press(5) == ["v1"]
+        bad = {**doc, "session": {"duration_s": 0.3, "labels": ["v2"]},
+               "triggers": {"mqtt": False, "gpio": [{"pin": 6, "action": "start"},
+                                                    {"pin": bad_pin, "action": "start"}]}}
+        if bad_pin == 7:  # valid, but another program holds it
+            held = Button(7, pin_factory=factory)
+        path.write_text(yaml.safe_dump(bad))
+        reload.set()
+        wait_until(lambda: daemon.config_error, 10, "the refusal")
+        assert "a trigger could not be set up" in daemon.config_error
+        assert press(5) == ["v1"]  # the old button, the old session settings
+        if bad_pin == 7:
+            held.close()
+        path.write_text(yaml.safe_dump({**bad, "triggers": {
+            "mqtt": False, "gpio": [{"pin": 6, "action": "start"}]}}))
+        reload.set()
+        wait_until(lambda: not daemon.config_error and daemon.config.session.labels == ("v2",),
+                   10, "the good reload")
+        assert press(6) == ["v2"]
+    finally:
+        stop.set()
+        runner.join(20)
+        factory.reset()
+        Device.pin_factory = None
+    assert not runner.is_alive()
