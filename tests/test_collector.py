@@ -445,3 +445,24 @@ def test_a_quarantined_mismatch_delivered_again_is_refused_not_stored_again(tmp_
     send(again, good, good_parts)  # ...so the resend it asks for is stored
     assert stored_ok(tmp_path / "store", "trel", good)
     again.store.index.close()
+
+
+def test_a_bug_on_one_message_is_logged_and_does_not_block_the_rest(tmp_path, offline,
+                                                                    monkeypatch, caplog):
+    manifest, parts = session()
+    calls = []
+
+    def broken_add(*a: Any, **k: Any) -> None:
+        calls.append(a)
+        raise RuntimeError("index exploded")
+
+    monkeypatch.setattr(offline.store.index, "add", broken_add)
+    send(offline, manifest, parts)  # no NotTaken: acknowledged, never redelivered forever
+    assert calls and offline.handler_errors == 1
+    assert "failed (RuntimeError: index exploded); acknowledged" in caplog.text
+    assert offline.store.stored == 1 and offline.store.incomplete(quiet_for_s=-1) == []
+    assert list((tmp_path / "store" / "incoming").rglob("part-*")) == []
+    # the session's file and manifest were durable before the index failed: a re-sync lists it
+    monkeypatch.undo()
+    offline.store.resync()
+    assert [m["session_id"] for m in listed(tmp_path / "store")] == [manifest["session_id"]]

@@ -390,12 +390,12 @@ class CollectorStore:
         fsync_dir(self.sessions)
         move_durable(tmp, target)
         manifest_path = self.session_path(device_id, session_id, ".json")
-        write_atomic(manifest_path, manifest.to_json())
-        self.index.add(manifest_path, None, manifest)
+        write_atomic(manifest_path, manifest.to_json())  # stored: the commit point
         self._forget(device_id, session_id)
         self.stored += 1
         log.info("stored session %s from %s (%d bytes, labels [%s], journey %s)", session_id,
                  device_id, size, ", ".join(manifest.labels), manifest.journey_id)
+        self.index.add(manifest_path, None, manifest)  # derived: a re-sync mends a failure
         return Receipt.for_manifest(manifest, duplicate=False)
 
     def _forget(self, device_id: str, session_id: str) -> None:
@@ -682,6 +682,7 @@ class Collector:
                                  on_damaged=s._quarantine_stored)))
         self.topic_prefix = topic_prefix
         self.store_errors = 0  # messages not acknowledged because they could not be stored
+        self.handler_errors = 0  # messages a bug failed on (acknowledged, logged)
         # Alone, the collector keeps a persistent session: the broker queues what arrives
         # while it is down. In a --share group a member that dies must not keep a queue the
         # others never see, so members start clean: the broker routes only to live members,
@@ -704,7 +705,11 @@ class Collector:
         self._refusals_logged = self._refusals_unlogged = 0
 
     def on_message(self, message: Message) -> None:
-        """Handle one message; raise NotTaken when it could not be stored (not acked)."""
+        """Handle one message; raise NotTaken when it could not be stored (not acked).
+
+        Refused content and bugs are acknowledged (sending the message again would not
+        change the outcome, and an endless redelivery would hold up everything behind it);
+        only a failure to write (OSError: a full disk, a read-only mount) is not."""
         try:
             receipt = self.handle(message.topic, message.payload)
         except Refused as exc:
@@ -714,6 +719,13 @@ class Collector:
         except OSError as exc:
             self.store_errors += 1
             raise NotTaken(f"cannot store it: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # a bug: redelivering the message would only repeat it
+            self.handler_errors += 1
+            log.error("collector: %s failed (%s: %s); acknowledged so it cannot block the "
+                      "others — its device publishes the session again while no receipt "
+                      "comes", message.topic[:200], type(exc).__name__, exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+            return
         if receipt is not None:
             self.publish_receipt(receipt)
 
@@ -745,7 +757,7 @@ class Collector:
 
     def status(self) -> dict[str, Any]:
         return {**self.store.status(), "store_errors": self.store_errors,
-                "not_acknowledged": self.link.not_acked}
+                "handler_errors": self.handler_errors, "not_acknowledged": self.link.not_acked}
 
     def _log_refusal(self, topic: str, exc: Refused) -> None:
         """Each refusal is logged, up to MAX_REFUSALS_LOGGED a minute (a flood of them
