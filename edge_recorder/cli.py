@@ -201,6 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
     session_arg(q)
     q.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
                    help="image to write: .png, .pdf or .svg (e.g. -o session.png)")
+    q = sub.add_parser("serve", parents=[common], help="read-only web console over a store",
+                       epilog="example: serve --store /srv/sessions (then open "
+                              "http://127.0.0.1:8080/)")
+    q.add_argument("--store", type=Path, required=True, metavar="DIR",
+                   help="the collector's store (e.g. --store /srv/sessions)")
+    q.add_argument("--index", metavar="URL",
+                   help="the index (default: the store's own SQLite; e.g. --index "
+                        "postgresql://edge@db/edge)")
+    q.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
+                   help="address to listen on (default 127.0.0.1; any other needs a token)")
+    q.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    q.add_argument("--token", help="required on every request (visible in ps: prefer "
+                                   "--token-file)")
+    q.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="file whose first line is the token (e.g. --token-file "
+                        "/etc/edge-recorder/console.token)")
     return p
 
 
@@ -563,6 +579,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from edge_recorder.console.serve import serve
+
+    return serve(args.store, index_url=args.index, bind=args.bind, port=args.port,
+                 token=args.token, token_file=args.token_file)
+
+
 COMMANDS = {
     ("run", None): cmd_run,
     ("check-config", None): cmd_check_config,
@@ -574,6 +597,7 @@ COMMANDS = {
     ("journeys", "list"): cmd_journeys_list,
     ("export", None): cmd_export,
     ("plot", None): cmd_plot,
+    ("serve", None): cmd_serve,
 }
 
 

@@ -35,3 +35,9 @@ need_postgres() {
     [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || command -v initdb >/dev/null || \
         apt_install postgresql || echo "setup: could not install PostgreSQL; its tests will skip" >&2
 }
+
+need_chromium() {  # the console's browser tests: Debian's Chromium and its driver
+    { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
+        apt_install chromium chromium-driver || \
+        echo "setup: could not install chromium; the console's browser tests will skip" >&2
+}

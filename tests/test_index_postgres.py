@@ -37,8 +37,18 @@ QUERIES = [
 ]
 
 
+PAGES = [  # the console's paged, sorted queries
+    {"sort": "device_id", "limit": 2}, {"sort": "started_at", "descending": True, "limit": 2,
+                                        "offset": 1},
+    {"labels": ["login"], "sort": "stop_reason", "limit": 10}, {"sort": "journey_id"},
+]
+
+
 def answers(index) -> list:
-    return ([[e.as_json() for e in index.select(**q)] for q in QUERIES], index.journeys())
+    return ([[e.as_json() for e in index.select(**q)] for q in QUERIES + PAGES],
+            [index.count(**q) for q in QUERIES], index.journeys(),
+            index.distinct("labels"), index.distinct("devices"),
+            index.find("s2", "d2").as_json(), index.version()[0])
 
 
 def test_same_answers_as_sqlite(tmp_path: Path, postgres: str) -> None:
@@ -48,6 +58,10 @@ def test_same_answers_as_sqlite(tmp_path: Path, postgres: str) -> None:
         pg.sync()
         assert answers(pg) == answers(lite)
         assert [e.manifest.session_id for e in pg.select(labels=["login"])] == ["s1", "s2"]
+        before = pg.version()
+        collector_store(tmp_path, [manifest("s9", "2026-11-24T10:00:00.000000Z", [], None)])
+        pg.sync()
+        assert pg.version() != before and pg.count() == len(SESSIONS) + 1
 
 
 def test_cli_lists_the_same_with_index_url(tmp_path: Path, postgres: str) -> None:

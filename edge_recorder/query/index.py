@@ -142,7 +142,7 @@ DamagedHandler = Callable[[Path, str], None]
 
 
 class Index(Protocol):
-    """What the collector and the CLI need from an index of stored sessions."""
+    """What the collector, the CLI and the console need from an index of stored sessions."""
 
     damaged: list[tuple[Path, str]]
 
@@ -155,7 +155,26 @@ class Index(Protocol):
 
     def select(self, *, labels: Iterable[str] = (), journey: str | None = None,
                device: str | None = None, since: str | None = None,
-               until: str | None = None) -> list[Entry]: ...
+               until: str | None = None, sort: str = "started_at", descending: bool = False,
+               limit: int | None = None, offset: int = 0) -> list[Entry]:
+        """Sessions having every label, the journey and device given, starting in [since,
+        until); ordered by ``sort`` (one of :data:`SORT_KEYS`, ties by session id and device,
+        byte order, no value lowest), then ``limit`` rows from ``offset``."""
+        ...
+
+    def count(self, *, labels: Iterable[str] = (), journey: str | None = None,
+              device: str | None = None, since: str | None = None,
+              until: str | None = None) -> int:
+        """How many sessions :meth:`select` returns for these filters when given no limit."""
+        ...
+
+    def distinct(self, what: str) -> list[str]:
+        """Every value in use of ``"labels"`` or ``"devices"``, sorted."""
+        ...
+
+    def version(self) -> tuple[int, int]:
+        """A value that changes whenever a session is added, re-indexed or dropped."""
+        ...
 
     def find(self, session_id: str, device: str | None = None) -> Entry:
         """The one session with this id (and device); :class:`UsageError` if none or
@@ -268,11 +287,37 @@ class SessionIndex:
         device: str | None = None,
         since: str | None = None,
         until: str | None = None,
+        sort: str = "started_at",
+        descending: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[Entry]:
-        """Sessions having every label, the journey and device given, starting in [since, until)."""
+        """Sessions having every label, the journey and device given, starting in [since, until).
+
+        Ordered by ``sort`` (one of :data:`SORT_KEYS`; ties by session id and device), then
+        ``limit`` rows from ``offset``: a page of a large store without reading the rest.
+        """
+        if sort not in SORT_KEYS:
+            raise UsageError(f"cannot sort by {sort!r}: choose from {', '.join(SORT_KEYS)}")
+        where, args = self._where(labels, journey, device, since, until)
+        direction = "DESC" if descending else "ASC"
+        sql = f"SELECT manifest, manifest_path, published FROM sessions{where} ORDER BY " \
+              f"{sort} {direction}, session_id {direction}, device_id {direction}"
+        if limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            args += [limit, offset]
+        return [Entry(m, Path(p).with_suffix(".mcap"),
+                      None if pub is None else bool(pub))
+                for m, p, pub in self.db.execute(sql, args)]
+
+    def _where(self, labels: Iterable[str], journey: str | None, device: str | None,
+               since: str | None, until: str | None) -> tuple[str, list[Any]]:
+        """The WHERE clause (with its leading space, or empty) and its arguments.
+
+        The rarest label drives (its sessions found through by_label); the others are
+        primary-key probes per candidate, so --label a --label b costs what the rarer costs.
+        """
         where, args = [], []
-        # the rarest label drives (its sessions found through by_label); the others are
-        # primary-key probes per candidate, so --label a --label b costs what the rarer costs
         for k, label in enumerate(self._rarest_first(labels)):
             where.append("rowid IN (SELECT session FROM labels WHERE label = ?)" if k == 0 else
                          "EXISTS (SELECT 1 FROM labels WHERE session = sessions.rowid AND "
@@ -283,13 +328,32 @@ class SessionIndex:
             if value is not None:
                 where.append(f"{column} {op} ?")
                 args.append(value)
-        sql = "SELECT manifest, manifest_path, published FROM sessions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at, session_id"
-        return [Entry(m, Path(p).with_suffix(".mcap"),
-                      None if pub is None else bool(pub))
-                for m, p, pub in self.db.execute(sql, args)]
+        return (" WHERE " + " AND ".join(where) if where else ""), args
+
+    def count(
+        self,
+        *,
+        labels: Iterable[str] = (),
+        journey: str | None = None,
+        device: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> int:
+        """How many sessions :meth:`select` returns for these filters when given no limit."""
+        where, args = self._where(labels, journey, device, since, until)
+        (n,) = self.db.execute(f"SELECT COUNT(*) FROM sessions{where}", args).fetchone()
+        return int(n)
+
+    def distinct(self, what: str) -> list[str]:
+        """Every value in use of ``"labels"`` or ``"devices"``, sorted."""
+        sql = {"labels": "SELECT DISTINCT label FROM labels ORDER BY label",
+               "devices": "SELECT DISTINCT device_id FROM sessions ORDER BY device_id"}[what]
+        return [row[0] for row in self.db.execute(sql)]
+
+    def version(self) -> tuple[int, int]:
+        """Changes whenever a session is added, re-indexed or dropped (cheap to poll)."""
+        n, last = self.db.execute("SELECT COUNT(*), MAX(rowid) FROM sessions").fetchone()
+        return int(n), int(last or 0)
 
     def find(self, session_id: str, device: str | None = None) -> Entry:
         """The one session with this id (and device, where ids repeat across devices)."""
@@ -312,6 +376,9 @@ class SessionIndex:
         return [{"journey_id": j, "sessions": n, "devices": sorted(d.split(",")) if d else [],
                  "first_started_at": first, "last_stopped_at": last}
                 for j, n, d, first, last in rows]
+
+
+SORT_KEYS = ("started_at", "stopped_at", "device_id", "journey_id", "stop_reason", "session_id")
 
 
 def the_one(entries: list[Entry], session_id: str, device: str | None, store: Path) -> Entry:

@@ -28,6 +28,7 @@ from typing import Any
 from edge_recorder.documents import Manifest
 from edge_recorder.errors import UsageError
 from edge_recorder.query.index import (
+    SORT_KEYS,
     DamagedHandler,
     Entry,
     index_new,
@@ -171,27 +172,53 @@ class PostgresIndex:
     # --- queries --------------------------------------------------------------------------
     def select(self, *, labels: Iterable[str] = (), journey: str | None = None,
                device: str | None = None, since: str | None = None,
-               until: str | None = None) -> list[Entry]:
-        """Sessions having every label, the journey and device given, starting in [since, until)."""
-        where: list[str] = []
-        args: list[object] = []
-        wanted = list(dict.fromkeys(labels))
-        if wanted:
-            where.append("labels @> %s::text[]")
-            args.append(wanted)
-        for column, value, op in (("journey_id", journey, "="), ("device_id", device, "="),
-                                  ("started_at", since, ">="), ("started_at", until, "<")):
-            if value is not None:
-                where.append(f"{column} {op} %s")
-                args.append(value)
-        sql = "SELECT manifest, manifest_path, published FROM edge_sessions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at, session_id"
+               until: str | None = None, sort: str = "started_at", descending: bool = False,
+               limit: int | None = None, offset: int = 0) -> list[Entry]:
+        """Sessions having every label, the journey and device given, starting in [since, until),
+        ordered by ``sort`` (ties by session id and device), ``limit`` rows from ``offset``."""
+        if sort not in SORT_KEYS:
+            raise UsageError(f"cannot sort by {sort!r}: choose from {', '.join(SORT_KEYS)}")
+        where, args = _where(labels, journey, device, since, until)
+        # byte order with NULLs lowest, as SQLite compares, so both indexes list in one order
+        direction = "DESC NULLS LAST" if descending else "ASC NULLS FIRST"
+        sql = f"SELECT manifest, manifest_path, published FROM edge_sessions{where} ORDER BY " \
+              f'{sort} COLLATE "C" {direction}, session_id COLLATE "C" {direction}, ' \
+              f'device_id COLLATE "C" {direction}'
+        if limit is not None:
+            sql += " LIMIT %s OFFSET %s"
+            args += [limit, offset]
         with self._lock:
             rows = self.conn.execute(sql, args).fetchall()
         return [Entry(m, (self.store / p).with_suffix(".mcap"), pub)
                 for m, p, pub in rows]
+
+    def count(self, *, labels: Iterable[str] = (), journey: str | None = None,
+              device: str | None = None, since: str | None = None,
+              until: str | None = None) -> int:
+        """How many sessions :meth:`select` returns for these filters when given no limit."""
+        where, args = _where(labels, journey, device, since, until)
+        with self._lock:
+            (n,) = self.conn.execute(f"SELECT count(*) FROM edge_sessions{where}",
+                                     args).fetchone()
+        return int(n)
+
+    def distinct(self, what: str) -> list[str]:
+        """Every value in use of ``"labels"`` or ``"devices"``, sorted."""
+        sql = {"labels": "SELECT v FROM (SELECT DISTINCT unnest(labels) AS v FROM edge_sessions) "
+                         'AS t ORDER BY v COLLATE "C"',
+               "devices": 'SELECT device_id FROM edge_sessions GROUP BY device_id ORDER BY '
+                          'device_id COLLATE "C"'}[what]
+        with self._lock:
+            return [row[0] for row in self.conn.execute(sql).fetchall()]
+
+    def version(self) -> tuple[int, int]:
+        """Changes whenever a session is added, re-indexed or dropped (cheap to poll): the
+        row count and the newest row version's transaction id."""
+        with self._lock:
+            n, last = self.conn.execute(
+                "SELECT count(*), coalesce(max(xmin::text::bigint), 0) FROM edge_sessions"
+            ).fetchone()
+        return int(n), int(last)
 
     def find(self, session_id: str, device: str | None = None) -> Entry:
         """The one session with this id (and device, where ids repeat across devices)."""
@@ -215,3 +242,20 @@ class PostgresIndex:
                 "GROUP BY journey_id ORDER BY min(started_at), journey_id").fetchall()
         return [{"journey_id": j, "sessions": n, "devices": sorted(d), "first_started_at": first,
                  "last_stopped_at": last} for j, n, d, first, last in rows]
+
+
+def _where(labels: Iterable[str], journey: str | None, device: str | None, since: str | None,
+           until: str | None) -> tuple[str, list[object]]:
+    """The WHERE clause (with its leading space, or empty) and its arguments for the filters."""
+    where: list[str] = []
+    args: list[object] = []
+    wanted = list(dict.fromkeys(labels))
+    if wanted:
+        where.append("labels @> %s::text[]")
+        args.append(wanted)
+    for column, value, op in (("journey_id", journey, "="), ("device_id", device, "="),
+                              ("started_at", since, ">="), ("started_at", until, "<")):
+        if value is not None:
+            where.append(f"{column} {op} %s")
+            args.append(value)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
