@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ from starlette.testclient import TestClient  # noqa: E402
 from edge_recorder.collector.collector import CollectorStore  # noqa: E402
 from edge_recorder.console.series import envelope  # noqa: E402
 from edge_recorder.console.web import Catalog, build_app, iso_ns  # noqa: E402
-from edge_recorder.query.export import load_samples  # noqa: E402
+from edge_recorder.query.arrays import decode_session  # noqa: E402
 from edge_recorder.query.index import SessionIndex  # noqa: E402
+from edge_recorder.sessionfile import SessionFile  # noqa: E402
 from edge_recorder.storefill import SensorSpec, fill, write_session  # noqa: E402
 from tests.conftest import cli  # noqa: E402
 
@@ -162,6 +164,8 @@ def test_pages_and_files_have_their_content_types(app_client: TestClient, store:
         f"/sessions/{key}/series?points=100": "application/json",
         f"/sessions/{key}/download/mcap": "application/octet-stream",
         f"/sessions/{key}/download/csv": "text/csv; charset=utf-8",
+        f"/sessions/{key}/download/edge-impulse": "application/zip",
+        f"/sessions/{key}/download/ros2-imu": "application/octet-stream",
         "/static/uPlot.iife.min.js": "text/javascript; charset=utf-8",
         "/static/console.css": "text/css; charset=utf-8",
     }
@@ -176,16 +180,26 @@ def test_pages_and_files_have_their_content_types(app_client: TestClient, store:
     assert app_client.get("/sessions/pi-01/20261120T000000000Z-0000000000").status_code == 404
 
 
-def test_downloads_are_the_file_and_the_cli_export(app_client: TestClient, store: Path,
-                                                   tmp_path: Path) -> None:
+def test_downloads_are_the_file_and_the_cli_exports(app_client: TestClient, store: Path,
+                                                    tmp_path: Path) -> None:
     key = cli_keys(store, "--label", "walk")[0]
     device, sid = key.split("/")
     session_file = store / "sessions" / device / f"{sid}.mcap"
     assert app_client.get(f"/sessions/{key}/download/mcap").content == session_file.read_bytes()
-    out = cli("export", str(session_file), "--format", "csv", "-o", str(tmp_path / "x.csv"))
-    assert out.returncode == 0, out.stderr
-    assert app_client.get(f"/sessions/{key}/download/csv").text == \
-        (tmp_path / "x.csv").read_text()
+    for fmt, out in (("csv", tmp_path / "x.csv"), ("ros2-imu", tmp_path / "x.mcap"),
+                     ("edge-impulse", tmp_path / "ei")):
+        done = cli("export", str(session_file), "--format", fmt, "-o", str(out))
+        assert done.returncode == 0, done.stderr
+        got = app_client.get(f"/sessions/{key}/download/{fmt}")
+        assert got.status_code == 200, got.text
+        if fmt == "edge-impulse":  # the folder the command writes, as one ZIP
+            with zipfile.ZipFile(io.BytesIO(got.content)) as z:
+                assert sorted(z.namelist()) == sorted(p.name for p in out.iterdir())
+                for p in out.iterdir():
+                    assert z.read(p.name) == p.read_bytes()
+        else:
+            assert got.content == out.read_bytes(), fmt
+    assert f'download/edge-impulse"' in app_client.get(f"/sessions/{key}").text
 
 
 def test_a_file_outside_the_store_is_never_served(tmp_path: Path) -> None:
@@ -273,7 +287,7 @@ def spiky(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_the_envelope_holds_every_sample_between_its_min_and_max(spiky) -> None:
     path, m = spiky
     t0 = iso_ns(m["started_at"])
-    samples = load_samples(path)  # the reference decoder (sessionfile)
+    samples = decode_session(SessionFile(path))  # the export's decoder: every sample
     out = envelope(path, t0, t0 + 60 * 10**9, 300, t0)
     assert sorted(out) == ["imu0", "imu1"] and "temp_c" in out["imu0"]
     assert "temp_c" not in out["imu1"]
@@ -305,7 +319,7 @@ def test_the_envelope_holds_every_sample_between_its_min_and_max(spiky) -> None:
 def test_a_small_window_is_sent_sample_for_sample(spiky) -> None:
     path, m = spiky
     t0 = iso_ns(m["started_at"])
-    samples = load_samples(path)["imu1"]
+    samples = decode_session(SessionFile(path))["imu1"]
     out = envelope(path, t0 + 10 * 10**9, t0 + 12 * 10**9, 1000, t0)["imu1"]
     t = np.asarray(samples["t_ns"])
     keep = (t >= t0 + 10 * 10**9) & (t < t0 + 12 * 10**9)
@@ -318,7 +332,10 @@ def test_a_damaged_chunk_is_an_error_not_a_wrong_plot(spiky, tmp_path: Path) -> 
     path, m = spiky
     bad = tmp_path / "bad.mcap"
     data = bytearray(path.read_bytes())
-    data[len(data) // 3] ^= 0x40
+    from edge_recorder.console.series import _summary
+
+    _, chunks = _summary(memoryview(bytes(data)), path)
+    data[chunks[len(chunks) // 2][2] + 120] ^= 0x40  # a byte of samples inside a chunk
     bad.write_bytes(bytes(data))
     from edge_recorder.errors import SessionFileError
 

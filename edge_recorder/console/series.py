@@ -36,7 +36,7 @@ import numpy.typing as npt
 import zstandard
 
 from edge_recorder.errors import SessionFileError
-from edge_recorder.sessionfile import CDR_LE_HEADER, FLOAT_FIELDS
+from edge_recorder.sessionfile import CDR_LE_HEADER, FLOAT_FIELDS, sensor_of
 
 # MCAP records (mcap.dev/spec): opcode u8, length u64, then the fields
 MCAP_MAGIC = b"\x89MCAP0\r\n"
@@ -47,7 +47,6 @@ _CHUNK_INDEX_HEAD = struct.Struct("<QQQ")  # first log time, last log time, chun
 _MESSAGE_HEAD_BYTES = 22  # channel id u16, sequence u32, log time u64, publish time u64
 _OP_FOOTER, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x02, 0x04, 0x05, 0x06
 _OP_CHUNK_INDEX, _OP_SUMMARY_OFFSET = 0x08, 0x0E
-TOPIC_PREFIXES = ("/imu/", "imu/")  # ros2-profile topics, and files written before them
 BATCH_BYTES = 4 << 20  # decompressed chunk data folded into the buckets at once
 MAX_BUCKETS = 4000  # a plot is never wider than this many pixels
 LOG_TIME_SLACK_NS = 10**9  # a message's log time is its first sample: later ones follow it
@@ -65,14 +64,6 @@ class _Sensor:
     raw_t: list[npt.NDArray[np.int64]] | None = field(default_factory=list)
     raw: dict[str, list[npt.NDArray[np.float32]]] = field(default_factory=lambda: defaultdict(list))
     samples: int = 0
-
-
-def sensor_of(topic: str) -> str | None:
-    """The sensor name of a session channel's topic, else None."""
-    for prefix in TOPIC_PREFIXES:
-        if topic.startswith(prefix):
-            return topic[len(prefix):]
-    return None
 
 
 def envelope(path: Path, start_ns: int, end_ns: int, buckets: int, origin_ns: int

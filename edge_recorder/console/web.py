@@ -20,10 +20,12 @@ must carry it (header ``Authorization: Bearer …``, or the cookie set by ``?tok
 from __future__ import annotations
 
 import hmac
+import importlib.util
 import logging
 import tempfile
 import threading
 import time
+import zipfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -477,15 +479,46 @@ class Exporter:
 
 def _write_csv(session_file: Path, out: Path) -> None:
     from edge_recorder.query.export import write_csv
+    from edge_recorder.sessionfile import SessionFile
 
     with open(out, "w", newline="") as f:
-        write_csv(session_file, f)
+        write_csv(SessionFile(session_file), f)
+
+
+def _write_parquet(session_file: Path, out: Path) -> None:
+    from edge_recorder.query.export import write_parquet
+    from edge_recorder.sessionfile import SessionFile
+
+    with open(out, "wb") as f:
+        write_parquet(SessionFile(session_file), f)
+
+
+def _write_edge_impulse(session_file: Path, out: Path) -> None:
+    """The data acquisition files (one per sensor and gap-free run) in one ZIP."""
+    from edge_recorder.query.edge_impulse import write_edge_impulse
+    from edge_recorder.sessionfile import SessionFile
+
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        write_edge_impulse(SessionFile(session_file), lambda name: z.open(name, "w"))
+
+
+def _write_ros2_imu(session_file: Path, out: Path) -> None:
+    from edge_recorder.query.ros2_imu import write_ros2_imu
+    from edge_recorder.sessionfile import SessionFile
+
+    with open(out, "wb") as f:
+        write_ros2_imu(SessionFile(session_file), f)
 
 
 EXPORTERS: dict[str, Exporter] = {
     "mcap": Exporter("application/octet-stream", ".mcap"),
     "csv": Exporter("text/csv; charset=utf-8", ".csv", _write_csv),
+    "edge-impulse": Exporter("application/zip", ".edge-impulse.zip", _write_edge_impulse),
+    "ros2-imu": Exporter("application/octet-stream", ".ros2-imu.mcap", _write_ros2_imu),
 }
+if importlib.util.find_spec("pyarrow") is not None:  # the [data] extra
+    EXPORTERS["parquet"] = Exporter("application/vnd.apache.parquet", ".parquet",
+                                    _write_parquet)
 
 
 def _lane(journey: dict[str, Any], rows: list[Row]) -> dict[str, Any]:
