@@ -210,10 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the index (default: the store's own SQLite; e.g. --index "
                         "postgresql://edge@db/edge)")
     q.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
-                   help="address to listen on (default 127.0.0.1; any other needs a token)")
-    q.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
-    q.add_argument("--token", help="required on every request (visible in ps: prefer "
-                                   "--token-file)")
+                   help="address to listen on (default 127.0.0.1; any other needs a token; "
+                        "e.g. --bind 0.0.0.0 --token-file F)")
+    q.add_argument("--port", type=int, default=8080,
+                   help="TCP port (default 8080; e.g. --port 8090)")
+    q.add_argument("--token", help="required on every request, 16-256 characters (visible in "
+                                   "ps: prefer --token-file; e.g. --token $(openssl rand -hex "
+                                   "24))")
     q.add_argument("--token-file", type=Path, metavar="FILE",
                    help="file whose first line is the token (e.g. --token-file "
                         "/etc/edge-recorder/console.token)")
