@@ -199,7 +199,7 @@ def test_downloads_are_the_file_and_the_cli_exports(app_client: TestClient, stor
                     assert z.read(p.name) == p.read_bytes()
         else:
             assert got.content == out.read_bytes(), fmt
-    assert f'download/edge-impulse"' in app_client.get(f"/sessions/{key}").text
+    assert 'download/edge-impulse"' in app_client.get(f"/sessions/{key}").text
 
 
 def test_a_file_outside_the_store_is_never_served(tmp_path: Path) -> None:
