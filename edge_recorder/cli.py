@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_recorder import __version__
-from edge_recorder.config import DEFAULT_CONFIG_PATH, MqttConfig, load_config
+from edge_recorder.config import DEFAULT_CONFIG_PATH, MqttConfig
 from edge_recorder.errors import ConfigError, EdgeRecorderError, UsageError
 from edge_recorder.log import setup_logging
 from edge_recorder.termio import atomic_output, progress_bar
