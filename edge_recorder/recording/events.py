@@ -42,7 +42,7 @@ class StartRequested:
     journey_id: Any = UNSET  # str, None (no journey) or UNSET (the current journey)
     duration_s: Any = UNSET  # float, None (until stopped) or UNSET (session.duration_s)
     pre_trigger_s: float | None = None  # None = session.pre_trigger_s
-    at_ns: int | None = None  # when the trigger fired; None = when handled
+    at_ns: int | None = None  # when the trigger fired (monotonic clock); None = when handled
     reply: ReplyFn | None = field(default=None, compare=False)
 
 
@@ -51,7 +51,7 @@ class StopRequested:
     trigger: Trigger
     session_id: str | None = None  # None = every open session
     reason: str = "command"  # stop_reason: command | button
-    at_ns: int | None = None
+    at_ns: int | None = None  # monotonic clock; None = when handled
     reply: ReplyFn | None = field(default=None, compare=False)
 
 
