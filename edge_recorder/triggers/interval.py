@@ -1,12 +1,15 @@
 """Record ``duration_s`` every ``every_s``, aligned to the clock (condition monitoring).
 
 Starts fall on multiples of ``every_s`` since the UNIX epoch on the wall clock (every
-300 s = on the five minutes). The waiting is on the monotonic clock and re-planned at least
-every :data:`REPLAN_S`, so a wall-clock step moves the next start to the new clock's
-multiple: the first one at least half an interval (monotonic) after the previous one. So a
-step back does not fire the same multiple twice, and a step forward skips no start (a
-multiple the step jumped over is started at once, late rather than never). A start is
-skipped, with a log line, while the previous interval session is still open.
+300 s = on the five minutes). The waiting is on the monotonic clock and re-planned whenever
+the wall clock steps (checked at least every :data:`REPLAN_S`). After a start at multiple
+``M`` the next is ``M + every_s`` on the clock as it is then, so a step neither fires a
+multiple twice nor skips one: a step back delays it (by at most one interval), a step forward
+brings it nearer, or starts it at once if the step jumped just past it. A step too large for
+that (back by more than an interval, forward by more than half of one) cannot keep both the
+wall times and the cadence: the trigger keeps the cadence and starts at the next multiple of
+the new clock. A start is skipped, with a log line, while the previous interval session is
+still open.
 """
 
 from __future__ import annotations
@@ -47,30 +50,37 @@ class IntervalTrigger:
         self.skipped = 0
         self.fired = 0
         self.last_fired_mono_ns: int | None = None
-        self._planned: int | None = None  # monotonic instant of the next start
+        self.last_label_ns: int | None = None  # the wall-clock multiple of the last start
+        self._planned: tuple[int, int] | None = None  # the next start: (mono, multiple)
         self._planned_offset = 0
         self._last_session: str | None = None
         self.last_loop_s = time.monotonic()  # heartbeat for the watchdog
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def due_mono_ns(self) -> int:
-        """The monotonic instant of the next start: the first wall-clock multiple of
-        ``every_s`` at least half an interval after the previous start (the first after now
-        before any start). After a forward step it may already have passed: start at once."""
+    def due(self) -> tuple[int, int]:
+        """The next start: ``(monotonic instant, wall-clock multiple)``. The multiple after the
+        last one, where it is no further than half an interval in the past and two intervals
+        after the last start; else (a large step, or no start yet) the first multiple after
+        now on the current clock."""
         every_ns = int(self.settings.every_s * 1e9)
         offset = self.clock.offset_ns()
-        if self.last_fired_mono_ns is None:
-            due_wall = next_aligned_ns(self.clock.mono_ns() + offset, self.settings.every_s)
-        else:
-            earliest_wall = self.last_fired_mono_ns + every_ns // 2 + offset
-            due_wall = next_aligned_ns(earliest_wall - 1, self.settings.every_s)
-        return due_wall - offset
+        now = self.clock.mono_ns()
+        if self.last_label_ns is not None and self.last_fired_mono_ns is not None:
+            label = self.last_label_ns + every_ns
+            at = label - offset
+            if now - every_ns // 2 <= at <= self.last_fired_mono_ns + 2 * every_ns:
+                return at, label
+        label = next_aligned_ns(now + offset, self.settings.every_s)
+        return label - offset, label
 
-    def fire(self, at_ns: int, slot_ns: int | None = None) -> None:
+    def fire(self, at_ns: int, slot_ns: int | None = None, label_ns: int | None = None) -> None:
         """Start a session at monotonic instant ``at_ns`` (unless the last is still open);
-        ``slot_ns``, the multiple's own instant, when it starts late."""
+        ``slot_ns`` is the multiple's own instant when it starts late, ``label_ns`` the
+        multiple on the wall clock."""
         self.last_fired_mono_ns = at_ns if slot_ns is None else slot_ns
+        self.last_label_ns = label_ns if label_ns is not None else \
+            self.clock.to_wall(self.last_fired_mono_ns)
         self.fired += 1
         if self._last_session is not None and self.is_open(self._last_session):
             self.skipped += 1
@@ -98,11 +108,12 @@ class IntervalTrigger:
         Re-plans whenever the wall clock stepped since the plan was made."""
         offset = self.clock.offset_ns()
         if self._planned is None or offset != self._planned_offset:
-            self._planned, self._planned_offset = self.due_mono_ns(), offset
+            self._planned, self._planned_offset = self.due(), offset
+        at, label = self._planned
         now = self.clock.mono_ns()
-        if now < self._planned:
-            return min((self._planned - now) / 1e9, REPLAN_S)
-        self.fire(max(self._planned, now - int(REPLAN_S * 1e9)), self._planned)
+        if now < at:
+            return min((at - now) / 1e9, REPLAN_S)
+        self.fire(max(at, now - int(REPLAN_S * 1e9)), at, label)
         self._planned = None
         return 0.0
 
