@@ -91,7 +91,8 @@ class _Proc:
             self.proc = None
 
 
-def _daemon_config(work: Path, port: int, interval: bool, receipt_timeout_s: float) -> Path:
+def _daemon_config(work: Path, port: int, interval: bool, receipt_timeout_s: float,
+                   require_receipt: bool = True) -> Path:
     config: dict[str, Any] = {
         "device_id": DEVICE,
         "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated", "rate_hz": 200}],
@@ -99,7 +100,8 @@ def _daemon_config(work: Path, port: int, interval: bool, receipt_timeout_s: flo
         "triggers": {"mqtt": True},  # the collector's part-level resend requests
         "mqtt": {"host": "127.0.0.1", "port": port, "max_payload_bytes": 2048},
         "storage": {"dir": str(work / "device-store"), "max_bytes": 1 << 30},
-        "delivery": {"receipt_timeout_s": receipt_timeout_s},
+        "delivery": {"receipt_timeout_s": receipt_timeout_s,
+                     "require_receipt": require_receipt},
     }
     if interval:  # a 0.6 s session every second: ~3 parts of 2 KiB each
         config["triggers"]["interval"] = {"every_s": 1, "duration_s": 0.6, "labels": ["chaos"]}
@@ -121,16 +123,17 @@ def _device_sessions(store: Path) -> dict[str, tuple[str, dict[str, Any] | None]
     return out
 
 
-def _unsettled(store: Path) -> int:
-    return sum(1 for state, _ in _device_sessions(store).values()
-               if state in ("recording", "outbox", "published"))
+def _unsettled(store: Path, require_receipt: bool = True) -> int:
+    waiting = ("recording", "outbox", "published") if require_receipt else ("recording", "outbox")
+    return sum(1 for state, _ in _device_sessions(store).values() if state in waiting)
 
 
 def run_chaos(work: Path, *, broker_kills: int, collector_kills: int | None = None,
               daemon_kills: int = 0, seconds: float | None = None, persistence: bool = True,
               seed: int = 1, receipt_timeout_s: float = 10.0, settle_s: float = 90.0,
-              say: Any = print) -> ChaosResult:
-    """Run the chaos scenario in ``work``; ``seconds`` defaults to 6 s per broker kill."""
+              require_receipt: bool = True, say: Any = print) -> ChaosResult:
+    """Run the chaos scenario in ``work``; ``seconds`` defaults to 6 s per broker kill.
+    ``require_receipt=False`` is the baseline: delivery as it was before receipts."""
     rng = random.Random(seed)
     collector_kills = broker_kills // 6 if collector_kills is None else collector_kills
     seconds = seconds if seconds is not None else max(20.0, 6.0 * broker_kills)
@@ -139,7 +142,7 @@ def run_chaos(work: Path, *, broker_kills: int, collector_kills: int | None = No
     broker.start()
     collector = _Proc(["collect", "--host", "127.0.0.1", "--port", str(broker.port),
                        "--store", str(work / "collected")], work / "collector.log")
-    noisy = _daemon_config(work, broker.port, True, receipt_timeout_s)
+    noisy = _daemon_config(work, broker.port, True, receipt_timeout_s, require_receipt)
     daemon = _Proc(["run", "-c", str(noisy)], work / "daemon.log")
     result = ChaosResult(seconds, broker_kills, collector_kills, daemon_kills, persistence)
     events: list[tuple[float, str]] = []
@@ -176,11 +179,12 @@ def run_chaos(work: Path, *, broker_kills: int, collector_kills: int | None = No
         # the device restarted once, recording nothing new from here on
         daemon.kill(signal.SIGTERM)
         daemon.args = ["run", "-c", str(_daemon_config(work, broker.port, False,
-                                                       receipt_timeout_s))]
+                                                       receipt_timeout_s, require_receipt))]
         daemon.start()
         settle_from = time.monotonic()
         store = work / "device-store"
-        while _unsettled(store) and time.monotonic() - settle_from < settle_s:
+        while _unsettled(store, require_receipt) and \
+                time.monotonic() - settle_from < settle_s:
             time.sleep(1.0)
         result.settle_s = time.monotonic() - settle_from
         time.sleep(1.0)  # the last receipts' stored copies are durable; let files settle
@@ -189,7 +193,8 @@ def run_chaos(work: Path, *, broker_kills: int, collector_kills: int | None = No
         collector.kill(signal.SIGTERM)
         broker.stop()
     _count(work, result)
-    say(f"  chaos ({'persistence on' if persistence else 'persistence off'}, seed {seed}, "
+    say(f"  chaos ({'persistence on' if persistence else 'persistence off'}, "
+        f"{'receipts' if require_receipt else 'NO receipts (baseline)'}, seed {seed}, "
         f"{seconds:.0f} s, {broker_kills} broker / {collector_kills} collector / "
         f"{daemon_kills} daemon kills): {result.line()}")
     return result
@@ -217,7 +222,7 @@ def _count(work: Path, result: ChaosResult) -> None:
         if not ok:
             result.lost += 1
             result.lost_ids.append(f"{sid} ({state})")
-        result.awaiting += state in ("recording", "outbox", "published")
+        result.awaiting += state in ("recording", "outbox", "published") and not ok
         result.failed += state == "failed"
     for manifest in collected.values():
         if manifest.get("stop_reason") == "recovered":

@@ -871,6 +871,9 @@ def main() -> int:
     p.add_argument("--daemon-kills", type=int, default=0, metavar="K",
                    help="chaos: also SIGKILL (and restart) the daemon K times")
     p.add_argument("--seed", type=int, default=1, help="chaos: random seed")
+    p.add_argument("--no-receipts", action="store_true",
+                   help="chaos baseline: delivery.require_receipt false (delivery as it was "
+                        "before receipts: the broker's acknowledgement ends it)")
     p.add_argument("--seconds", type=float, help="chaos: run this long (default 6 s per "
                                                   "broker kill, at least 20 s)")
     args = p.parse_args()
@@ -930,7 +933,7 @@ def run_chaos_section(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="er-chaos-") as d:
         result = run_chaos(Path(d), broker_kills=args.chaos, daemon_kills=args.daemon_kills,
                            persistence=args.broker_persistence == "on", seed=args.seed,
-                           seconds=args.seconds)
+                           seconds=args.seconds, require_receipt=not args.no_receipts)
     for sid in result.lost_ids:
         print(f"  lost: {sid}")
     if result.daemon_kills:
