@@ -398,3 +398,13 @@ def test_two_hundred_resend_requests_make_one_retransmission(tmp_path, broker, d
         assert publisher.resent == 1
     finally:
         link.close()
+
+
+def test_a_new_part_size_recuts_queued_sessions_instead_of_quarantining_them(tmp_path):
+    old = DeviceStore(tmp_path / "s", 1 << 30, part_bytes=PART)
+    sid = put_session(old, "20261127T000000000Z-cut1", size=3000)["session_id"]
+    assert old.checked_manifest(sid)["parts"] == 3
+    new = DeviceStore(tmp_path / "s", 1 << 30, part_bytes=2048)  # mqtt.max_payload_bytes
+    assert new.checked_manifest(sid)["parts"] == 2
+    assert json.loads(new.path("outbox", sid, ".json").read_text())["parts"] == 2
+    assert new.find(sid) == "outbox"

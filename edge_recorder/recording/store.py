@@ -191,10 +191,14 @@ class DeviceStore:
         if size != manifest["bytes"]:
             raise DamagedSession(f"its session file has {size} bytes, the manifest says "
                                  f"{manifest['bytes']} (truncated or overwritten)")
-        if manifest["parts"] != max(1, math.ceil(size / self.part_bytes)):
-            raise DamagedSession(f"its manifest says {manifest['parts']} parts, but "
-                                 f"{size} bytes make {max(1, math.ceil(size / self.part_bytes))}"
-                                 f" parts of mqtt.max_payload_bytes {self.part_bytes}")
+        parts = max(1, math.ceil(size / self.part_bytes))
+        if manifest["parts"] != parts:  # mqtt.max_payload_bytes changed since it was queued
+            log.warning("store: session %s was cut into %d parts; with mqtt.max_payload_bytes "
+                        "%d it is %d parts now: manifest updated", session_id,
+                        manifest["parts"], self.part_bytes, parts)
+            manifest["parts"] = parts
+            write_json_atomic(self.path(state, session_id, ".json"), manifest)
+            self.path(state, session_id, ".sent").unlink(missing_ok=True)  # parts moved
         return manifest
 
     def note_parts_sent(self, session_id: str, parts: int) -> None:
