@@ -23,6 +23,11 @@ from edge_recorder.sensors.base import ImuDriver
 log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 3
+ASSUMED_BUS_HZ = 400_000  # where the bus does not say (config.ASSUMED_BUS_HZ)
+# The FIFO count a read returns is the chip's count when its first byte is clocked out:
+# after the start, address+W, register, repeated start and address+R (9 bit-times a byte),
+# ~70 µs after the read began at 400 kHz, ~280 µs at 100 kHz. Frames are stamped from then.
+COUNT_LATCH_BITS = 2 + 9 * 3
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 1.0  # a probe is one 1-byte read: cheap enough to try every second
 POLL_MIN_S = 0.005
@@ -66,6 +71,8 @@ class SensorChannel:
     def __post_init__(self) -> None:
         self.timebase = FrameTimebase(1e9 / self.driver.rate_hz)
         self.counters.rate_hz = self.driver.rate_hz
+        clock_hz = getattr(self.driver.bus, "clock_hz", None) or ASSUMED_BUS_HZ
+        self.count_latch_ns = round(COUNT_LATCH_BITS * 1e9 / clock_hz)
 
     @property
     def period_ns(self) -> float:
@@ -136,7 +143,7 @@ class BusSampler:
         if read.frames or read.lost_frames:
             # frames the driver dropped (unpaired, invalid) took a slot in the chip's
             # timeline; assume the earliest
-            stamps = s.timebase.stamp(read.frames + read.lost_frames, now)
+            stamps = s.timebase.stamp(read.frames + read.lost_frames, now + s.count_latch_ns)
             if read.lost_frames:
                 lost_at = stamps[:read.lost_frames]
                 self._add_gap(s, Gap(lost_at[0], lost_at[-1] + 1, read.lost_frames,

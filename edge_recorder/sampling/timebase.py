@@ -4,9 +4,16 @@ A chip's FIFO only tells us how many frames it holds, not when each was sampled.
 know that frame ``k`` (counted since the FIFO started) was the newest one when we read
 the count at time ``t``, so it was sampled within one period before ``t``. Fitting a
 straight line ``t(k) = a + P·k`` to those observations (least squares, exponentially
-forgetting old ones with time constant ``window_s``) gives both the chip's true period
-``P`` (its oscillator may be a few percent off nominal) and the phase, so timestamps
-follow the real sampling instants without drifting over hours.
+forgetting old ones with time constant ``window_s``) gives the chip's true period ``P``
+(its oscillator may be a few percent off nominal), so timestamps follow the real
+sampling instants without drifting over hours.
+
+The phase comes from bounds rather than the fit's average: each read says frame ``k``
+was present (``t(k) ≤ t``) and frame ``k + 1`` was not (``t(k) > t − P``). Carried
+forward with the period and intersected read after read, these bounds narrow to a few
+µs — the fit's intercept, extrapolated from tens of seconds back, scatters by tens of
+µs. The bounds are relaxed by ``BOUND_RELAX`` per unit of time elapsed (the period
+estimate is not exact); bounds carried so far that they contradict a read give way to it.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import math
 
 MIN_SPREAD_FRAMES = 50  # below this, the fit is phase-only with the last known period
 MAX_RATE_ERROR = 0.1  # an estimate outside ±10 % of nominal is rejected as nonsense
+BOUND_RELAX = 1e-6  # ns of slack per ns elapsed (1 µs a second) for the phase bounds
 
 
 class FrameTimebase:
@@ -35,6 +43,9 @@ class FrameTimebase:
         self._s0 = self._sx = self._sxx = self._sy = self._sxy = 0.0
         self._last_obs_ns: int | None = None
         self._intercept: float | None = None  # fitted t at k0, relative to t0
+        self._bound_k: int | None = None  # the frame the phase bounds below refer to
+        self._upper = self._lower = 0.0  # t(_bound_k) ≤ _upper and > _lower
+        self._bound_read_ns = 0
 
     def stamp(self, frames: int, read_ns: int) -> list[int]:
         """Timestamps for ``frames`` new frames whose newest was present at ``read_ns``."""
@@ -44,9 +55,8 @@ class FrameTimebase:
         newest = first + frames - 1
         self.next_frame += frames
         self._observe(newest, read_ns)
-        assert self._intercept is not None
         p = self.period_ns
-        start = int(self._t0 + self._intercept + (first - self._k0) * p)
+        start = int(self._bound(newest, read_ns, p) - (frames - 1) * p)
         # Within one read the period is taken to the whole ns (≤ 0.5 ns × frames of error,
         # far below a sample period); every read re-anchors on the fit, so nothing adds up.
         step = round(p)
@@ -59,6 +69,25 @@ class FrameTimebase:
         out = list(range(start, start + frames * step, step))
         self._last_ts = out[-1]
         return out
+
+    def _bound(self, newest: int, read_ns: int, p: float) -> float:
+        """Frame ``newest``'s instant: the middle of what every read so far allows."""
+        upper, lower = float(read_ns), read_ns - p
+        if self._bound_k is not None:
+            shift = (newest - self._bound_k) * p
+            relax = (read_ns - self._bound_read_ns) * BOUND_RELAX
+            carried_upper = self._upper + shift + relax
+            carried_lower = self._lower + shift - relax
+            width = carried_upper - carried_lower
+            if carried_upper <= lower:  # the carried bounds went stale (period error): they
+                upper = min(upper, lower + width)  # lag this read's; keep their width
+            elif carried_lower >= upper:
+                lower = max(lower, upper - width)
+            else:
+                upper, lower = min(upper, carried_upper), max(lower, carried_lower)
+        self._bound_k, self._upper, self._lower = newest, upper, lower
+        self._bound_read_ns = read_ns
+        return (upper + lower) / 2
 
     def skip(self, frames: int, *, resync: bool = True, until_ns: int | None = None) -> None:
         """``frames`` were lost (overflow, outage); with ``resync`` the phase is re-learnt.

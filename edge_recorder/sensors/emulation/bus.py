@@ -94,7 +94,8 @@ class EmulatedBus:
 
     def read(self, address: int, register: int, length: int) -> bytes:
         chip, start = self._begin(address)
-        data_at = start + self._bits_ns(BITS_PER_BYTE * ADDRESS_PHASE_BYTES)
+        # the data phase starts after START, address+W, register, repeated START, address+R
+        data_at = start + self._bits_ns(2 + BITS_PER_BYTE * ADDRESS_PHASE_BYTES)
         data = chip.read(register, length, data_at)
         self.data_bytes += length
         self._occupy(start, BITS_PER_BYTE * (ADDRESS_PHASE_BYTES + length) + START_STOP_BITS)
