@@ -181,6 +181,7 @@ def test_session_page_draws_zooms_and_downloads(browser, console, store: Path,
     assert driver.find_elements(By.CSS_SELECTOR, "#gaps tbody tr")
     counts = painted(driver)
     assert len(counts) == 5 and min(counts) > 300, counts
+    assert len(series_requests(driver)) == 1  # the preloaded request served the first view
     screenshot(driver, "session")
     # zoom: drag across the middle of the first plot; new data for that window is fetched
     before = len(series_requests(driver))
