@@ -98,7 +98,7 @@ DS3_FRAME = struct.Struct("<6h")  # gyro x y z, accel x y z
 
 
 class Lsm6ds(ImuDriver):
-    """The LSM6DS family. Rates are the chip's ODR codes (12.5 … 6660 Hz)."""
+    """The LSM6DS family. Rates are the chip's ODR codes (12.5 … 6667 Hz)."""
 
     name: ClassVar[str] = "lsm6dsox"
     default_address: ClassVar[int] = 0x6A
