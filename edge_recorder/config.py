@@ -745,6 +745,15 @@ def _cross_check(r: _Reader, sensors: list[SensorConfig], session: SessionConfig
             if bad:
                 r.fail(path, f"{', '.join(bad)} not in session.allowed_labels "
                        f"({', '.join(session.allowed_labels)})")
+    if triggers.gpio or status_led is not None:
+        from edge_recorder.triggers.gpio import pin_problem  # the one gpiozero module
+
+        for where, pin in [(f"triggers.gpio[{i}].pin", g.pin) for i, g in
+                           enumerate(triggers.gpio)] + \
+                ([("status_led.pin", status_led.pin)] if status_led is not None else []):
+            problem = pin_problem(pin)
+            if problem:
+                r.fail(where, problem)
     pins: dict[str, str] = {}
     for i, g in enumerate(triggers.gpio):
         where = f"triggers.gpio[{i}].pin"

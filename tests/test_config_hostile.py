@@ -77,6 +77,13 @@ CASES = {
     "duplicate sensor key": ("sensors:\n  - name: imu0\n    driver: mpu6050\n    bus: 1\n"
                              "    name: imu1\n",
                              ["sensors[0].name: duplicate key (lines 2 and 5)"]),
+    "pins gpiozero refuses": (
+        SENSOR + "triggers: {gpio: [{pin: NOPE}, {pin: 99}, {pin: BOARD1}]}\n"
+        "status_led: {pin: gpio27}\n",
+        ["triggers.gpio[0].pin: NOPE is not a valid pin name",
+         "triggers.gpio[1].pin: 99 is not a GPIO (GPIO0 to GPIO53)",
+         "triggers.gpio[2].pin: BOARD1 is not a GPIO pin",
+         "status_led.pin: gpio27 is not a valid pin name"]),
     "alias bomb": (alias_bomb(9), [f"expands to more than {MAX_CONFIG_NODES} YAML nodes"]),
     "recursive alias": ("a: &a [*a]\n" + SENSOR, ["configs cannot be recursive"]),
     "deep nesting": ("a: " + "[" * 5000 + "]" * 5000 + "\n" + SENSOR,

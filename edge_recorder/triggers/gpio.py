@@ -9,6 +9,7 @@ The pin factory comes from ``gpio_pin_factory`` ("mock" on a machine without GPI
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 
@@ -28,6 +29,30 @@ from edge_recorder.recording.events import (
 log = logging.getLogger(__name__)
 
 HOLD_TIME_S = 1.0
+MAX_GPIO = 53  # BCM283x and the Pi 5's RP1 have GPIO0-GPIO53
+HEADER_BOARD_REVISION = 0xA02082  # a 40-pin header (every Pi since the B+ has the same one)
+_NUMBERED = re.compile(r"^(?:GPIO|BCM|WPI)?(\d+)$")
+
+
+def pin_problem(pin: int | str) -> str | None:
+    """Why gpiozero would refuse ``pin`` as a GPIO (so check-config can say so), or None.
+
+    Numbers (``17``, ``"GPIO17"``, ``"BCM17"``, ``"WPI0"``) must be GPIO 0-53; header pins
+    (``"BOARD11"``, ``"J8:11"``) must be GPIO pins of the 40-pin header, as gpiozero's own
+    board table has them."""
+    number = pin if isinstance(pin, int) else None
+    if isinstance(pin, str) and (m := _NUMBERED.match(pin)):
+        number = int(m.group(1))
+    if number is not None:
+        return None if 0 <= number <= MAX_GPIO else \
+            f"{pin!r} is not a GPIO (GPIO0 to GPIO{MAX_GPIO})"
+    from gpiozero.pins.pi import PiBoardInfo
+
+    try:
+        PiBoardInfo.from_revision(HEADER_BOARD_REVISION).to_gpio(pin)
+    except ValueError as exc:  # PinInvalidPin
+        return f"{exc} (use a GPIO number such as 17, or \"GPIO17\", \"BOARD11\", \"J8:11\")"
+    return None
 
 
 def make_pin_factory(name: str | None) -> Factory | None:
