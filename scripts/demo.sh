@@ -4,6 +4,14 @@
 # published there, otherwise they wait on disk until one appears. Ctrl-C stops it.
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
-echo "demo: sessions go to $(pwd)/demo-data; list them with:" >&2
+echo "demo: a 5 s session every 20 s into $(pwd)/demo-data; list them with:" >&2
 echo "  .venv/bin/edge-recorder sessions list --store demo-data" >&2
+if .venv/bin/python -c 'import socket; socket.create_connection(("localhost", 1883), 1).close()' \
+        2>/dev/null; then
+    echo "demo: a broker listens on localhost:1883: sessions are published there; collect them" >&2
+    echo "  with: .venv/bin/edge-recorder collect --host localhost --store collected" >&2
+else
+    echo "demo: no broker on localhost:1883: sessions stay in demo-data/outbox/ until one" >&2
+    echo "  runs (e.g. mosquitto -p 1883 -d); the daemon keeps trying to connect" >&2
+fi
 exec .venv/bin/edge-recorder run -c config/demo.yaml "$@"
