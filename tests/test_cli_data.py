@@ -275,3 +275,15 @@ def test_the_daemon_never_imports_the_data_extras():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.broker
+def test_a_clean_sigterm_of_the_daemon_does_not_warn_about_reconnecting(tmp_path, broker,
+                                                                       client, spawn):
+    from tests.conftest import base_config, wait_online, write_config
+
+    cfg = write_config(tmp_path / "device.yaml", base_config(tmp_path, broker.port))
+    daemon = spawn("run", "-c", str(cfg), name="daemon")
+    wait_online(client)
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert "reconnecting" not in daemon.log(), daemon.log()
