@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge_recorder import __version__
 from edge_recorder.clock import Clock, emulated_clock
@@ -59,16 +59,25 @@ def load_checked(path: Path) -> tuple[Config, Credentials]:
     return config, read_credentials(config.mqtt)
 
 
+class Worker(Protocol):
+    """What the watchdog needs of a part that runs a thread."""
+
+    @property
+    def alive(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Watched:
-    """A long-lived thread the watchdog watches: dead, or silent longer than ``stall_s``, and
-    the pings stop."""
+    """A long-lived thread the watchdog watches: dead, or (with ``stall_s``) silent longer
+    than that — its ``last_loop_s`` heartbeat — and the pings stop."""
 
     what: str  # "the recorder"
-    thread_name: str
-    alive: Callable[[], bool]
-    last_loop_s: Callable[[], float] | None  # None: it has no heartbeat, only life
-    stall_s: float
+    thread_name: str  # its threading name, or the start of it
+    worker: Worker
+    stall_s: float | None  # None: it has no heartbeat, only life
+
+    def silent_s(self, now: float) -> float:
+        return now - float(getattr(self.worker, "last_loop_s", now))
 
 
 def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], int],
@@ -367,18 +376,12 @@ class Daemon:
     def watched(self) -> list[Watched]:
         """Every long-lived thread of ours. (The supervisor is the main thread: the pings
         themselves stop if it dies or wedges.)"""
-        out = [Watched(f"the sampler of bus {s.bus_name}", f"sampler-{s.bus_name}",
-                       lambda s=s: s.alive, lambda s=s: s.last_loop_s, WORKER_STALL_S)
-               for s in self.samplers]
-        out.append(Watched("the recorder", "recorder", lambda: self.recorder.alive,
-                           lambda: self.recorder.last_loop_s, WORKER_STALL_S))
-        out.append(Watched("the publisher", "publisher", lambda: self.publisher.alive,
-                           lambda: self.publisher.last_loop_s, PUBLISHER_STALL_S))
-        link = self.link
-        out.append(Watched("the MQTT network thread", "paho-mqtt-client-", lambda: link.alive,
-                           None, 0.0))
-        out += [Watched("the interval trigger", "interval-trigger", lambda t=t: t.alive,
-                        lambda t=t: t.last_loop_s, WORKER_STALL_S)
+        out = [Watched(f"the sampler of bus {s.bus_name}", f"sampler-{s.bus_name}", s,
+                       WORKER_STALL_S) for s in self.samplers]
+        out.append(Watched("the recorder", "recorder", self.recorder, WORKER_STALL_S))
+        out.append(Watched("the publisher", "publisher", self.publisher, PUBLISHER_STALL_S))
+        out.append(Watched("the MQTT network thread", "paho-mqtt-client-", self.link, None))
+        out += [Watched("the interval trigger", "interval-trigger", t, WORKER_STALL_S)
                 for t in self.triggers if hasattr(t, "last_loop_s")]
         return out
 
@@ -386,12 +389,12 @@ class Daemon:
         """The first watched thread that died or stopped making progress, and why; or ''."""
         now = time.monotonic()
         for w in self.watched():
-            if not w.alive():
+            if not w.worker.alive:
                 why = next((d for name, d in self._thread_deaths.items()
                             if name.startswith(w.thread_name)), "no exception recorded")
                 return f"{w.what} died ({why})"
-            if w.last_loop_s is not None and now - w.last_loop_s() > w.stall_s:
-                return (f"{w.what} made no progress for {now - w.last_loop_s():.1f} s "
+            if w.stall_s is not None and w.silent_s(now) > w.stall_s:
+                return (f"{w.what} made no progress for {w.silent_s(now):.1f} s "
                         f"(limit {w.stall_s:g} s)")
         return ""
 

@@ -29,9 +29,10 @@ class _Formatter(logging.Formatter):
         self.debug = debug
 
     def format(self, record: logging.LogRecord) -> str:
-        if not self.debug and record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not self.debug and exc is not None:
             record = logging.makeLogRecord(record.__dict__)
-            record.msg = f"{record.getMessage()}: {describe(record.exc_info[1])}"  # type: ignore[index]
+            record.msg = f"{record.getMessage()}: {describe(exc)}"
             record.args = None
             record.exc_info = record.exc_text = record.stack_info = None
         text = super().format(record)

@@ -73,10 +73,10 @@ def read_credentials(settings: MqttConfig) -> Credentials:
     context = None
     if settings.tls is not None:
         t = settings.tls
-        for key, path in (("ca_file", t.ca_file), ("cert_file", t.cert_file),
+        for key, file in (("ca_file", t.ca_file), ("cert_file", t.cert_file),
                           ("key_file", t.key_file)):
-            if path is not None and not Path(path).is_file():
-                raise ConfigError([f"mqtt.tls.{key}: {path} is not a readable file"])
+            if file is not None and not Path(file).is_file():
+                raise ConfigError([f"mqtt.tls.{key}: {file} is not a readable file"])
         try:  # as paho's tls_set: verify the broker against ca_file (or the system's CAs)
             context = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None)
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError

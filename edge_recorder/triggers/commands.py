@@ -95,7 +95,7 @@ def _session_id(value: Any) -> str | None:
     if value is not None and not valid_id(value):
         raise Rejected("invalid_field", f"session_id must be a session id: 1-{ID_MAX_CHARS} "
                        "ASCII letters, digits, '_' or '-', starting with a letter or digit")
-    return value
+    return None if value is None else str(value)
 
 
 def _journey(value: Any) -> str | None:
