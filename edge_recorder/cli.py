@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_recorder")
 
 EXPORT_FORMATS = ["csv", "parquet", "edge-impulse", "ros2-imu"]
+# An output named for one format never holds another (a CSV called session.mcap).
+FORMAT_SUFFIXES = {"csv": ".csv", "parquet": ".parquet", "ros2-imu": ".mcap"}
 SORT_KEYS: dict[str, Callable[[Any], Any]] = {
     "started": lambda e: e.manifest.started_at,
     "duration": lambda e: e.manifest.duration_s,
@@ -144,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "with --store, a session id (e.g. 20261126T100000000Z-3f2a)")
         store_arg(q, required=False)
 
-    sessions = sub.add_parser("sessions", parents=[common], help="stored sessions")
+    sessions = sub.add_parser("sessions", parents=[common],
+                              help="list, filter and show recorded sessions")
     ssub = sessions.add_subparsers(dest="action", required=True, parser_class=_Parser)
     q = ssub.add_parser("list", parents=[common], help="list and filter sessions")
     store_arg(q)
@@ -172,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the session id (e.g. 20261126T100000000Z-3f2a)")
     store_arg(q)
     json_arg(q)
-    journeys = sub.add_parser("journeys", parents=[common], help="journeys")
+    journeys = sub.add_parser("journeys", parents=[common],
+                              help="sessions grouped by journeyId")
     jsub = journeys.add_subparsers(dest="action", required=True, parser_class=_Parser)
     q = jsub.add_parser("list", parents=[common], help="one row per journeyId")
     store_arg(q)
@@ -312,8 +316,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(f"no supported IMU found on bus {bus_id}; check wiring, power and "
               f"`i2cdetect -y {bus_id}`")
         return 1
+    width = max(len(f.variant) for f in found)
     for f in found:
-        print(f"0x{f.address:02x}  {f.variant:<12} driver: {f.driver}")
+        print(f"0x{f.address:02x}  {f.variant:<{width}}  driver: {f.driver}")
     print("\n" + config_snippet(found, bus_id))
     return 0
 
@@ -392,20 +397,23 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
         print(json.dumps(entry.as_json()))
         return 0
     m = entry.manifest.to_dict()
-    print(f"session   {m['session_id']}")
-    print(f"file      {entry.path}")
-    for key in ("device_id", "labels", "journey_id", "started_at", "stopped_at", "duration_s",
-                "stop_reason", "trigger", "pre_trigger_s", "bytes", "sha256"):
+    keys = ("device_id", "labels", "journey_id", "started_at", "stopped_at", "duration_s",
+            "stop_reason", "trigger", "pre_trigger_s", "bytes", "sha256")
+    rows = [("session", m["session_id"]), ("file", str(entry.path))]
+    for key in keys:
         if key in m:
             value = m[key]
-            text = ", ".join(map(str, value)) if isinstance(value, list) else \
-                json.dumps(value) if isinstance(value, dict) else str(value)
-            print(f"{key:<9} {text}")
+            rows.append((key, ", ".join(map(str, value)) if isinstance(value, list) else
+                         json.dumps(value) if isinstance(value, dict) else str(value)))
     for sensor in entry.manifest.sensors:
-        print(f"sensor    {sensor.name}: {sensor.driver} at {sensor.rate_hz:g} Hz, "
-              f"{sensor.samples} samples, {sensor.dropped} dropped, {len(sensor.gaps)} gap(s)")
+        rows.append(("sensor", f"{sensor.name}: {sensor.driver} at {sensor.rate_hz:g} Hz, "
+                               f"{sensor.samples} samples, {sensor.dropped} dropped, "
+                               f"{len(sensor.gaps)} gap(s)"))
     if entry.published is not None:
-        print(f"state     {entry.state}")
+        rows.append(("state", str(entry.state)))
+    width = max(len(key) for key, _ in rows)
+    for key, text in rows:
+        print(f"{key:<{width}}  {text}")
     return 0
 
 
@@ -500,6 +508,16 @@ def _output_dir_exists(output: Path) -> None:
         raise UsageError(f"{parent}: no such folder for --output {output}")
 
 
+def _check_suffix(fmt: str, output: Path) -> None:
+    suffix = output.suffix.lower()
+    meant = next((f for f, s in FORMAT_SUFFIXES.items() if s == suffix), None)
+    if meant is not None and meant != fmt:
+        given = "--format csv (the default)" if fmt == "csv" else f"--format {fmt}"
+        raise UsageError(f"-o {output}: a {suffix} name, but {given} writes {fmt}; add "
+                         f"--format {meant}, or name it "
+                         f"{output.with_suffix(FORMAT_SUFFIXES[fmt]).name}")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from edge_recorder.sessionfile import SessionFile
 
@@ -514,6 +532,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     elif not to_stdout:
         if args.output.is_dir():
             raise UsageError(f"{args.output} is a folder; give a file name for -o")
+        _check_suffix(args.format, args.output)
         _output_dir_exists(args.output)
     if to_stdout and args.format == "parquet":
         raise UsageError("--format parquet needs a file for -o, not stdout")

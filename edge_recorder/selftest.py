@@ -39,6 +39,16 @@ FIX_BUS = ("the bus is too slow for this rate: raise its clock "
 FIX_AT_REST = "keep the sensor still and away from vibration (fans, motors) during the selftest"
 
 
+def _fix_at_rest(s: SensorConfig) -> str:
+    """What to do when an at-rest check fails; an emulated sensor told to move fails them
+    by design, and saying "damaged" would send its user looking for a fault. "" for a sensor
+    meant to be still."""
+    if s.emulation is not None and s.emulation.motion != "rest":
+        return (f"this emulated sensor moves (emulation.motion: {s.emulation.motion}), so the "
+                "at-rest checks fail by design; set emulation: {motion: rest} to test at rest")
+    return ""
+
+
 @dataclass(frozen=True)
 class Check:
     """One verdict: what was checked, what was seen, and the fix to try when it failed."""
@@ -159,6 +169,7 @@ def _test_bus(bus: I2CBus, bus_id: int | str, sensors: list[SensorConfig], secon
     bus_clock_hz: int | None = getattr(bus, "clock_hz", None)
     running: list[tuple[SensorReport, ImuDriver, _Recording]] = []
     reports = []
+    moving: dict[str, str] = {}
     for s in sensors:
         report = _report_for(s)
         reports.append(report)
@@ -181,6 +192,7 @@ def _test_bus(bus: I2CBus, bus_id: int | str, sensors: list[SensorConfig], secon
         report.chip = driver.variant
         report.checks.append(Check("identity", True, f"WHO_AM_I says {driver.variant}"))
         running.append((report, driver, _Recording()))
+        moving[s.name] = _fix_at_rest(s)
     if not running:
         return reports
     report_budget(bus_clock_hz, bus_id, running)
@@ -215,7 +227,7 @@ def _test_bus(bus: I2CBus, bus_id: int | str, sensors: list[SensorConfig], secon
             next_tick = clock()
     for report, driver, rec in running:
         report.poll_interval_ms = interval_s * 1e3
-        _judge(report, driver, rec, interval_s)
+        _judge(report, driver, rec, interval_s, moving[report.name])
     return reports
 
 
@@ -238,7 +250,10 @@ def report_budget(bus_clock_hz: int | None, bus_id: int | str,
             "" if ok else FIX_BUS))
 
 
-def _judge(report: SensorReport, driver: ImuDriver, rec: _Recording, interval_s: float) -> None:
+def _judge(report: SensorReport, driver: ImuDriver, rec: _Recording, interval_s: float,
+           moving: str = "") -> None:
+    """Every check's verdict; ``moving`` replaces the at-rest fixes for a sensor that is
+    not meant to be still (an emulated one with a motion)."""
     checks = report.checks
     report.samples = rec.n
     if report.polls:
@@ -291,8 +306,9 @@ def _judge(report: SensorReport, driver: ImuDriver, rec: _Recording, interval_s:
     report.accel_norm_g = rec.norm_sum / rec.n / STANDARD_GRAVITY_MPS2
     ok = abs(report.accel_norm_g - 1) <= GRAVITY_TOLERANCE_G
     checks.append(Check("gravity", ok, f"|a| = {report.accel_norm_g:.3f} g at rest",
-                        "" if ok else FIX_AT_REST + "; if it was still, check accel_range_g "
-                        "and the chip (a broken accelerometer reads far from 1 g)"))
+                        "" if ok else moving or FIX_AT_REST + "; if it was still, check "
+                        "accel_range_g and the chip (a broken accelerometer reads far from "
+                        "1 g)"))
     mean = [v / rec.n for v in rec.gyro_sum]
     var = [max(0.0, sq / rec.n - m * m) for sq, m in zip(rec.gyro_sq, mean, strict=True)]
     report.gyro_bias_dps = (mean[0] / DEG_TO_RAD, mean[1] / DEG_TO_RAD, mean[2] / DEG_TO_RAD)
@@ -301,10 +317,10 @@ def _judge(report: SensorReport, driver: ImuDriver, rec: _Recording, interval_s:
     ok = worst <= GYRO_BIAS_LIMIT_DPS
     checks.append(Check("gyro_bias", ok, "bias " + ", ".join(
         f"{v:+.2f}" for v in report.gyro_bias_dps) + " °/s (x, y, z)",
-        "" if ok else FIX_AT_REST + "; a still sensor with this bias is damaged"))
+        "" if ok else moving or FIX_AT_REST + "; a still sensor with this bias is damaged"))
     ok = report.gyro_noise_dps <= GYRO_NOISE_LIMIT_DPS
     checks.append(Check("gyro_noise", ok, f"noise {report.gyro_noise_dps:.3f} °/s rms",
-                        "" if ok else FIX_AT_REST))
+                        "" if ok else moving or FIX_AT_REST))
 
 
 def format_report(report: SensorReport) -> str:

@@ -109,6 +109,9 @@ def test_files_from_before_the_ros2_profile_still_read_and_their_sha256_guards_t
     (["export", "{manifest}", "-o", "{tmp}/x.csv"], "is a session's manifest"),
     (["export", "{tmp}/nope.mcap", "-o", "{tmp}/x.csv"], "no such session file"),
     (["export", "{session}", "--format", "edge-impulse", "-o", "-"], "give -o DIR"),
+    (["export", "{session}", "-o", "{tmp}/x.mcap"], "add --format ros2-imu, or name it x.csv"),
+    (["export", "{session}", "--format", "ros2-imu", "-o", "{tmp}/x.CSV"], "name it x.mcap"),
+    (["export", "{session}", "--format", "parquet", "-o", "{tmp}/x.csv"], "x.parquet"),
     (["sessions", "list", "--store", "{tmp}", "--limit", "0"], "give 1 or more"),
     (["sessions", "show", "nope", "--store", "{store}"], "no session nope"),
 ])
@@ -180,6 +183,12 @@ def test_sessions_list_sorts_and_limits_and_tables_stay_aligned(tmp_path):
     for line in lines[1:]:
         assert line[starts[-1]:].startswith("demo-pi"), lines
     assert r.stderr.strip() == "(2 journey(s))"
+    r = cli("sessions", "show", "s1", "--store", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert [line.split()[0] for line in lines][:4] == ["session", "file", "device_id", "labels"]
+    # every value starts in one column, after the longest key (pre_trigger_s)
+    assert len({len(line) - len(line.split(maxsplit=1)[1]) for line in lines}) == 1, lines
 
 
 @pytest.mark.broker

@@ -90,3 +90,16 @@ def test_selftest_names_a_missing_chip_and_a_bad_config(tmp_path):
     bad = selftest(tmp_path, "bad", [{"name": "x", "driver": "bmi160", "bus": 1}])
     code, out, err = finish(bad)
     assert code == 2 and "sensors[0].driver" in err and "Traceback" not in err
+
+
+def test_the_demo_config_s_turning_sensor_fails_at_rest_checks_without_calling_it_damaged():
+    """config/demo.yaml's emulated sensor rotates (emulation.motion: rotation, 90 °/s about x):
+    the gyro bias check fails, as it must, and the fix names the motion, not a damaged chip."""
+    proc = subprocess.Popen([sys.executable, "-m", "edge_recorder", "selftest", "-c",
+                             str(REPO / "config" / "demo.yaml"), "--seconds", "1"], cwd=REPO,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    code, out, err = finish(proc)
+    assert code == 1, out + err
+    assert re.search(r"FAIL gyro_bias: bias \+(89|90)\.\d\d", out), out
+    assert "emulation.motion: rotation" in out and "fail by design" in out
+    assert "damaged" not in out and "selftest failed: imu0" in out
