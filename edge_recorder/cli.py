@@ -538,6 +538,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError("--format parquet needs a file for -o, not stdout")
     if args.hmac_key_file is not None and args.format != "edge-impulse":
         raise UsageError("--hmac-key-file signs edge-impulse files only")
+    if args.label is not None and args.format != "edge-impulse":
+        raise UsageError("--label sets the class edge-impulse files train on; it is for "
+                         "--format edge-impulse only")
     key = None
     if args.hmac_key_file is not None:
         try:

@@ -12,6 +12,7 @@ if .venv/bin/python -c 'import socket; socket.create_connection(("localhost", 18
     echo "  with: .venv/bin/edge-recorder collect --host localhost --store collected" >&2
 else
     echo "demo: no broker on localhost:1883: sessions stay in demo-data/outbox/ until one" >&2
-    echo "  runs (e.g. mosquitto -p 1883 -d); the daemon keeps trying to connect" >&2
+    echo "  runs (e.g. mosquitto -p 1883 -d; Debian's package: mosquitto); the daemon keeps" >&2
+    echo "  trying to connect" >&2
 fi
 exec .venv/bin/edge-recorder run -c config/demo.yaml "$@"

@@ -112,6 +112,7 @@ def test_files_from_before_the_ros2_profile_still_read_and_their_sha256_guards_t
     (["export", "{session}", "-o", "{tmp}/x.mcap"], "add --format ros2-imu, or name it x.csv"),
     (["export", "{session}", "--format", "ros2-imu", "-o", "{tmp}/x.CSV"], "name it x.mcap"),
     (["export", "{session}", "--format", "parquet", "-o", "{tmp}/x.csv"], "x.parquet"),
+    (["export", "{session}", "--label", "walk", "-o", "{tmp}/x.csv"], "--format edge-impulse only"),
     (["sessions", "list", "--store", "{tmp}", "--limit", "0"], "give 1 or more"),
     (["sessions", "show", "nope", "--store", "{store}"], "no session nope"),
 ])
