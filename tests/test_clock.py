@@ -574,3 +574,33 @@ def test_through_the_broker_unsynced_is_said_and_synced_is_restamped(tmp_path, b
     assert abs(t[-1] - wall()) < 30e9  # on the synchronised clock, not an hour behind
     # the first one went out before the sync and stays as it was published
     assert collected_manifest(first) == published_unsynced
+
+
+@pytest.mark.slow
+def test_daemon_interval_sessions_keep_their_multiples_across_an_emulated_step(tmp_path):
+    config = parse_config({
+        "device_id": "clock-pi",
+        "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated",
+                     "rate_hz": RATE_HZ}],
+        "triggers": {"mqtt": False,
+                     "interval": {"every_s": 2, "duration_s": 0.5, "labels": ["periodic"]}},
+        "mqtt": {"host": "127.0.0.1", "port": 9},
+        "storage": {"dir": str(tmp_path / "store"), "max_bytes": 100 << 20},
+        "emulation": {"wall_clock_steps": [[3, -1.5]]},
+    })
+    daemon = Daemon(config)
+    daemon.start()
+    try:
+        time.sleep(9)
+    finally:
+        daemon.shutdown()
+    manifests = [json.loads(p.read_text())
+                 for p in sorted((tmp_path / "store" / "outbox").glob("*.json"))]
+    starts = sorted(iso_ns(m["started_at"]) for m in manifests if m["stop_reason"] == "duration")
+    assert len(starts) >= 3
+    multiples = [round(t / 2e9) for t in starts]
+    assert all(abs(t - k * 2e9) < 0.3e9 for t, k in zip(starts, multiples)), starts
+    # one multiple after another, on whichever clock each session was on: none twice, none
+    # skipped, although the wall clock went back 1.5 s in between
+    assert [b - a for a, b in zip(multiples, multiples[1:])] == [1] * (len(multiples) - 1)
+    assert any(m["clock"]["synced"] is False for m in manifests)  # before the emulated sync
