@@ -51,6 +51,7 @@ class ReceiptDesk(Client):
         super().__init__(port)
         self.lose: dict[str, int] = {}
         self.silent = False
+        self.manifest_at: dict[str, list[float]] = {}  # monotonic arrival of each manifest
         self.c.on_message = self._answer
         self.subscribe(f"{ROOT}/sessions/+/#")
 
@@ -61,6 +62,7 @@ class ReceiptDesk(Client):
             return
         m = json.loads(msg.payload)
         sid = m["session_id"]
+        self.manifest_at.setdefault(sid, []).append(time.monotonic())
         if self.silent or self.lose.get(sid, 0) > 0:
             self.lose[sid] = self.lose.get(sid, 0) - 1
             return
@@ -133,13 +135,19 @@ def test_the_wait_for_a_receipt_backs_off(tmp_path, broker, desk):
     store = DeviceStore(tmp_path / "store", 1 << 30, part_bytes=PART)
     sid = put_session(store, "20261127T000000000Z-back")["session_id"]
     desk.silent = True  # no collector is answering
-    device = Device(store, broker.port, receipt_timeout_s=1.0)
+    # 3 s: above the publisher's 5 s hold-off between retransmissions only from the 2nd on
+    device = Device(store, broker.port, receipt_timeout_s=3.0)
     try:
-        time.sleep(8.0)
-        # first publish at 0, again after 1, 2 and 4 s more: at most 4 in 8 s (not 8)
-        assert 3 <= desk.manifests(sid) <= 4, desk.manifests(sid)
+        wait_until(lambda: desk.manifests(sid) >= 4, 45, "three resends")
+        # published at 0, then again after ~3 (the hold-off makes it 5), ~6 and ~12 s more
+        at = desk.manifest_at[sid]
+        waits = [b - a for a, b in zip(at, at[1:])]
+        assert waits[0] < waits[1] < waits[2] and waits[2] > 1.6 * waits[1] > 8, waits
         assert state_of(store, sid) == "published"
-        desk.silent = False
+        m = store.manifest(sid, "published")  # a receipt at last: no more resends
+        desk.publish(f"{ROOT}/sessions/{sid}/stored", json.dumps(
+            {"session_id": sid, "device_id": "dev1", "sha256": m["sha256"], "bytes": m["bytes"],
+             "duplicate": True}))
         wait_until(lambda: state_of(store, sid) == "stored", 15, "stored once answered")
     finally:
         device.close()
