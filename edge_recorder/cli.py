@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from edge_recorder import __version__
 from edge_recorder.config import DEFAULT_CONFIG_PATH, MqttConfig
 from edge_recorder.errors import ConfigError, EdgeRecorderError, UsageError
+from edge_recorder.fsutil import owned_directory
 from edge_recorder.log import setup_logging
 from edge_recorder.termio import atomic_output, progress_bar
 
@@ -254,8 +255,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_recorder.app import Daemon, load_checked
 
     config, credentials = load_checked(args.config)
-    stop, reload = _stop_on_signals(), _reload_on_sighup()
-    Daemon(config, config_path=args.config, credentials=credentials).run(stop, reload)
+    # one daemon per storage.dir: a second one would "recover" the first's open sessions
+    with owned_directory(config.storage.dir, "storage.dir"):
+        stop, reload = _stop_on_signals(), _reload_on_sighup()
+        Daemon(config, config_path=args.config, credentials=credentials).run(stop, reload)
     return 0
 
 

@@ -1,12 +1,23 @@
-"""Durable file operations: write-then-rename and directory fsync."""
+"""Durable file operations: write-then-rename, directory fsync, one owner per directory."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from edge_recorder.errors import EdgeRecorderError
+
+LOCK_NAME = ".lock"
+
+
+class DirectoryInUse(EdgeRecorderError):
+    """Another process holds the directory (:func:`owned_directory`)."""
 
 
 def fsync_dir(path: Path) -> None:
@@ -41,3 +52,26 @@ def move_durable(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
     if src.parent != dst.parent:
         fsync_dir(src.parent)
+
+
+@contextmanager
+def owned_directory(path: Path, what: str) -> Iterator[None]:
+    """Own ``path`` while the block runs: an exclusive ``flock`` on ``path/.lock``, which
+    holds the owner's pid. A second owner is refused with :class:`DirectoryInUse` before it
+    touches anything. The kernel drops the lock when its process ends, however it ends, so a
+    crash leaves nothing to clean up. ``what`` names the directory in the error."""
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise DirectoryInUse(f"{what} {path} is in use by another edge-recorder (pid "
+                                 f"{owner}); stop it first (systemctl stop edge-recorder)"
+                                 ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
