@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from edge_recorder import __version__
 from edge_recorder.config import DEFAULT_CONFIG_PATH, MqttConfig
 from edge_recorder.errors import ConfigError, EdgeRecorderError, UsageError
-from edge_recorder.fsutil import owned_directory
+from edge_recorder.fsutil import DirectoryInUse, directory_owner, owned_directory
 from edge_recorder.log import setup_logging
 from edge_recorder.termio import atomic_output, progress_bar
 
@@ -278,6 +278,11 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     if not 0.5 <= args.seconds <= 600:
         raise UsageError(f"--seconds {args.seconds:g}: give 0.5 to 600 seconds")
     config = load_config(args.config)
+    owner = directory_owner(config.storage.dir)
+    if owner is not None:  # the selftest resets and reconfigures the chips under it
+        raise DirectoryInUse(f"the daemon runs on this config (pid {owner}, storage.dir "
+                             f"{config.storage.dir}); stop it first (systemctl stop "
+                             "edge-recorder): the selftest resets the sensors")
     reports = run_selftest(config, args.seconds)
     for report in reports:
         print(json.dumps(report.as_dict()) if args.json else format_report(report))

@@ -53,3 +53,19 @@ def test_a_second_daemon_on_the_same_storage_dir_exits_1_and_leaves_the_first_s_
     third = spawn("run", "-c", str(config), name="third")  # the lock went with the process
     wait_until(lambda: "running as" in third.log(), 30, "the third daemon to run")
     assert third.stop(signal.SIGTERM) == 0
+
+
+def test_selftest_refuses_to_reset_the_sensors_of_a_running_daemon(tmp_path):
+    config = write_config(tmp_path / "c.yaml", base_config(tmp_path, free_port()))
+    store = tmp_path / "device-store"
+    selftest = [sys.executable, "-m", "edge_recorder", "selftest", "-c", str(config),
+                "--seconds", "0.5"]
+    with owned_directory(store, "storage.dir"):  # as `run` holds it
+        r = subprocess.run(selftest, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 1 and r.stdout == "", r.stdout + r.stderr
+    assert r.stderr.strip() == (
+        f"edge-recorder: the daemon runs on this config (pid {os.getpid()}, storage.dir "
+        f"{store}); stop it first (systemctl stop edge-recorder): the selftest resets the "
+        "sensors")
+    r = subprocess.run(selftest, capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert "the daemon runs" not in r.stderr and "imu0: MPU-6050" in r.stdout, r.stderr
