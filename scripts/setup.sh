@@ -31,6 +31,11 @@ need_mosquitto() {
     command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || apt_install mosquitto
 }
 
+need_openssl() {  # the TLS delivery test makes its CA and certificates with it
+    command -v openssl >/dev/null || apt_install openssl || \
+        echo "setup: could not install openssl; the TLS delivery test will skip" >&2
+}
+
 need_postgres() {
     [ -n "$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null)" ] || command -v initdb >/dev/null || \
         apt_install postgresql || echo "setup: could not install PostgreSQL; its tests will skip" >&2

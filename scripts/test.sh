@@ -4,6 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 need_mosquitto
+need_openssl
 need_chromium
 need_postgres
 exec .venv/bin/python -m pytest "$@"
