@@ -127,6 +127,8 @@ class EmulatedChip:
         self.regs[:] = bytes(256)
         self.clear_fifo()
         self._start_ns = None
+        self._latched: tuple[int, float] | None = None  # newest sample, not yet in the regs
+        self._current: tuple[float, FrameTable] | None = None  # the table until a write
 
     def nominal_period_ns(self) -> float | None:
         """Sample period the registers select, or None while the chip does not sample."""
@@ -138,6 +140,10 @@ class EmulatedChip:
 
     def update_data_registers(self, accel: Vector, gyro: Vector, temp_c: float) -> None:
         """Latch a sample into the output data registers."""
+
+    data_registers: range = range(256)
+    """The output registers :meth:`update_data_registers` writes; they are brought up to
+    date only when a read touches them (the default, every register, is correct but slow)."""
 
     format_registers: tuple[int, ...] = tuple(range(256))
     """Registers whose values decide the frames' bytes; subclasses name theirs (the
@@ -197,6 +203,11 @@ class EmulatedChip:
         self.advance(now_ns)
         if register == self.fifo_port:
             return self.pop_fifo(length)
+        if self._latched is not None and register < self.data_registers.stop and \
+                register + length > self.data_registers.start:
+            pos, period = self._latched  # the output registers, written when read
+            self._latched = None
+            self.update_data_registers(*self._values(pos, period))
         out = bytearray()
         for _ in range(length):
             out.append(self.read_register(register))
@@ -210,6 +221,7 @@ class EmulatedChip:
             self.faults.lost_writes[register] = lost - 1
             return
         self.write_register(register, value & 0xFF)
+        self._current = None  # the configuration may have changed: look the table up again
 
     # --- FIFO and sampling ------------------------------------------------------------
     def clear_fifo(self) -> None:
@@ -256,16 +268,16 @@ class EmulatedChip:
         due = last_due - self._next_k + 1
         if due <= 0:
             return
-        frame = max(self.frame_size(), 1)
-        keep = self.fifo_capacity_bytes // frame + 1
+        frame = self.frame_size()
+        keep = self.fifo_capacity_bytes // max(frame, 1) + 1
         if due > keep:  # a stalled reader: only the newest FIFO-full can survive anyway
             skipped = due - keep
             self._next_k += skipped
             self.samples_generated += skipped
             due = keep  # the writes below overwrite the oldest data exactly as the chip does
-        self._generate(due, period)
+        self._generate(due, period, frame)
 
-    def _generate(self, count: int, period: float) -> None:
+    def _generate(self, count: int, period: float, frame: int) -> None:
         """Samples ``_next_k`` … ``_next_k + count - 1``: the data registers latch the newest,
         the FIFO gets their frames, sliced from the table for this configuration."""
         k0 = self._next_k
@@ -275,8 +287,7 @@ class EmulatedChip:
         assert start is not None
         length = self._table_length(period)
         self.sample_ns = start + int((k0 + count - 1) * period)
-        self.update_data_registers(*self._values((k0 + count - 1) % length, period))
-        frame = self.frame_size()
+        self._latched = ((k0 + count - 1) % length, period)  # see read()
         if not frame:
             return
         special = min(count, self.per_sample_frames(start + int(k0 * period), period))
@@ -328,6 +339,9 @@ class EmulatedChip:
                 (gyro[0] + n[3], gyro[1] + n[4], gyro[2] + n[5]), 25.0 + n[6])
 
     def _table(self, period: float, length: int, frame: int) -> FrameTable:
+        current = self._current
+        if current is not None and current[0] == period:
+            return current[1]  # no register written since it was looked up
         key = (self.format_key(), period)
         table = self._tables.get(key)
         if table is None:
@@ -336,6 +350,7 @@ class EmulatedChip:
             if len(self._tables) >= TABLES_KEPT:
                 del self._tables[next(iter(self._tables))]
             self._tables[key] = table
+        self._current = (period, table)
         return table
 
     def encode_table(self, values: list[tuple[Vector, Vector, float]]) -> bytes:

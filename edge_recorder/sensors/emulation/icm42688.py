@@ -38,6 +38,7 @@ class EmulatedIcm42688(EmulatedChip):
     fifo_port = reg.FIFO_DATA
     overflow_unit_bytes = reg.PACKET.size  # stream mode drops whole packets
     reset_ns = 1_000_000
+    data_registers = range(0x1D, 0x2B)  # TEMP_DATA1 … GYRO_DATA_Z0
     format_registers = (reg.GYRO_CONFIG0, reg.ACCEL_CONFIG0, reg.FIFO_CONFIG, reg.FIFO_CONFIG1,
                         reg.PWR_MGMT0)
 

@@ -35,6 +35,7 @@ class EmulatedLsm6dsox(EmulatedChip):
     overflow_unit_bytes = reg.TAGGED_WORD_BYTES  # one word at a time, not a gyro+accel pair
     reset_ns = 50_000  # SW_RESET
     bootstrap_samples = BOOTSTRAP_SAMPLES
+    data_registers = range(reg.OUT_TEMP_L, reg.OUTX_L_G + 12)  # temperature, gyro, accel
     format_registers = (reg.CTRL1_XL, reg.CTRL2_G, reg.DS3_FIFO_CTRL3, reg.FIFO_CTRL3,
                         reg.FIFO_CTRL4)  # FIFO_CTRL4 (DSOX) is FIFO_CTRL5 on the DS3
 

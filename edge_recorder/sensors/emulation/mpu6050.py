@@ -28,6 +28,7 @@ class EmulatedMpu6050(EmulatedChip):
     reset_ns = 50_000_000  # between the datasheet's 20 ms typical and 100 ms maximum
     temp_lsb_per_c = 340.0  # MPU-6050 register map §4.18: °C = raw / 340 + 36.53
     temp_offset_c = 36.53
+    data_registers = range(reg.ACCEL_XOUT_H, reg.ACCEL_XOUT_H + 14)  # accel, temp, gyro
     format_registers = (reg.SMPLRT_DIV, reg.CONFIG, reg.GYRO_CONFIG, reg.ACCEL_CONFIG,
                         reg.FIFO_EN, reg.USER_CTRL, reg.PWR_MGMT_1)
 
