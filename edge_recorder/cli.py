@@ -61,6 +61,10 @@ def _atomic_binary(path: Path) -> Any:
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # exit 2 with one line (the usage is in --help)
+        missing = message.partition("the following arguments are required: ")[2].split(", ")
+        for action in self._actions:  # a missing command: name the ones there are
+            if isinstance(action, argparse._SubParsersAction) and action.dest in missing:
+                message = f"missing {action.dest}: one of {', '.join(action.choices or ())}"
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

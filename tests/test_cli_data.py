@@ -137,6 +137,19 @@ def _options(parser: argparse.ArgumentParser, path: str = "edge-recorder"):
             yield path, action
 
 
+def test_a_missing_command_names_the_commands_there_are():
+    r = cli()
+    assert r.returncode == 2 and r.stderr.startswith(
+        "edge-recorder: error: missing command: one of run, check-config, selftest, probe, "), \
+        r.stderr
+    r = cli("sessions")
+    assert r.returncode == 2 and r.stderr == ("edge-recorder sessions: error: missing action: "
+                                              "one of list, show (see edge-recorder sessions "
+                                              "--help)\n"), r.stderr
+    r = cli("export", "x.mcap")  # other missing arguments keep argparse's words
+    assert r.returncode == 2 and "required: -o/--output" in r.stderr, r.stderr
+
+
 def test_every_option_has_help_with_an_example():
     missing = [f"{path} {action.option_strings[-1]}" for path, action in
                _options(build_parser()) if not action.help or "e.g." not in action.help]
