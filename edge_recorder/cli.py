@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the devices' mqtt.topic_prefix (default edge-recorder; e.g. "
                         "--topic-prefix plant-3)")
     q.add_argument("--client-id", default="edge-recorder-collector", metavar="ID",
-                   help="fixed, so the broker keeps this collector's session while it is "
-                        "down (e.g. --client-id collector-2)")
+                   help="default edge-recorder-collector; fixed, so the broker keeps this "
+                        "collector's session while it is down; two collectors on one broker "
+                        "need two (e.g. --client-id collector-2)")
     q.add_argument("--username", help="broker user name (e.g. --username collector)")
     q.add_argument("--password-file", type=Path, metavar="FILE",
                    help="file holding the broker password (e.g. --password-file "
