@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import threading
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +82,66 @@ class Watched:
         return now - float(getattr(self.worker, "last_loop_s", now))
 
 
+class SupervisorWatch:
+    """Says where the supervisor (the thread in :meth:`Daemon.run`) is stuck.
+
+    The supervisor itself pings the watchdog, so when it wedges the pings stop by
+    themselves; this thread notices its heartbeat going silent and reports the line it is
+    stuck at, since nobody else can."""
+
+    def __init__(self, on_stuck: Callable[[str], None], stall_s: float = WORKER_STALL_S) -> None:
+        self.on_stuck = on_stuck
+        self.stall_s = stall_s
+        self.last_loop_s = time.monotonic()  # the supervisor's heartbeat
+        self._ident = threading.get_ident()  # made by the supervisor's thread
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="supervisor-watch", daemon=True)
+
+    def beat(self) -> None:
+        self.last_loop_s = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        reported = False
+        while not self._stop.wait(1.0):
+            silent = time.monotonic() - self.last_loop_s
+            if silent <= self.stall_s:
+                reported = False
+            elif not reported:
+                frame = sys._current_frames().get(self._ident)
+                self.on_stuck(f"the supervisor made no progress for {silent:.1f} s "
+                              f"(limit {self.stall_s:g} s; stuck at {_where(frame)})")
+                reported = True
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+
+
+def _where(frame: Any) -> str:
+    """``threading.py:359 in wait(), from app.py:412 in run()``: the innermost line, and
+    the innermost of this package's."""
+    if frame is None:
+        return "an unknown line"
+    stack = traceback.extract_stack(frame)
+    ours = Path(__file__).parent
+
+    def show(f: traceback.FrameSummary) -> str:
+        return f"{Path(f.filename).name}:{f.lineno} in {f.name}()"
+
+    mine = next((f for f in reversed(stack) if Path(f.filename).is_relative_to(ours)), None)
+    if mine is None or mine is stack[-1]:
+        return show(stack[-1])
+    return f"{show(stack[-1])}, from {show(mine)}"
+
+
 def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], int],
              *, realtime: bool = True) -> I2CBus:
     """The bus the sensors sit on: ``/dev/i2c-N`` or an emulated bus with their chips
@@ -142,6 +204,7 @@ class Daemon:
         self.watchdog_problem = ""  # why the watchdog is not being pinged, or ""
         self._thread_deaths: dict[str, str] = {}  # thread name → the exception that ended it
         self._previous_excepthook = threading.excepthook
+        self._supervisor_watch: SupervisorWatch | None = None
         self.clock = clock
         journey = config.session.journey_id
         if journey == "auto":
@@ -318,8 +381,11 @@ class Daemon:
         self.start()
         self.notifier.ready(self.summary())
         next_status = next_ping = time.monotonic()
+        self._supervisor_watch = SupervisorWatch(self._supervisor_stuck)
+        self._supervisor_watch.start()
         try:
             while not stop.is_set():
+                self._supervisor_watch.beat()
                 now = time.monotonic()
                 try:
                     if reload.is_set():
@@ -344,6 +410,7 @@ class Daemon:
                                   waiting=self.receipt_overdue())
                 stop.wait(0.2)
         finally:
+            self._supervisor_watch.close()
             self.notifier.stopping()
             self.shutdown()
 
@@ -374,8 +441,8 @@ class Daemon:
         log.error("thread %s died: %s", name, self._thread_deaths[name])
 
     def watched(self) -> list[Watched]:
-        """Every long-lived thread of ours. (The supervisor is the main thread: the pings
-        themselves stop if it dies or wedges.)"""
+        """Every long-lived thread of ours. (The supervisor, the thread in :meth:`run`, pings
+        the watchdog itself: if it wedges the pings stop, and its watcher says where.)"""
         out = [Watched(f"the sampler of bus {s.bus_name}", f"sampler-{s.bus_name}", s,
                        WORKER_STALL_S) for s in self.samplers]
         out.append(Watched("the recorder", "recorder", self.recorder, WORKER_STALL_S))
@@ -383,7 +450,17 @@ class Daemon:
         out.append(Watched("the MQTT network thread", "paho-mqtt-client-", self.link, None))
         out += [Watched("the interval trigger", "interval-trigger", t, WORKER_STALL_S)
                 for t in self.triggers if hasattr(t, "last_loop_s")]
+        if self._supervisor_watch is not None:
+            out.append(Watched("the supervisor's watcher", "supervisor-watch",
+                               self._supervisor_watch, None))
         return out
+
+    def _supervisor_stuck(self, problem: str) -> None:
+        """From the supervisor's watcher: only what cannot block (the supervisor may be
+        stuck holding anything): the log and systemd's status line."""
+        log.error("watchdog: not pinging, %s", problem)
+        self.watchdog_problem = problem
+        self.notifier.status(f"WEDGED: {problem}")
 
     def stalled(self) -> str:
         """The first watched thread that died or stopped making progress, and why; or ''."""

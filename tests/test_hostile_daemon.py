@@ -412,3 +412,43 @@ def test_a_trigger_that_cannot_be_built_rolls_the_reload_back(tmp_path, bad_pin)
         factory.reset()
         Device.pin_factory = None
     assert not runner.is_alive()
+
+
+def test_a_wedged_supervisor_stops_the_pings_and_its_watcher_says_where(tmp_path, broker,
+                                                                        client):
+    import threading
+
+    ns = NotifySocket(tmp_path / "notify.sock")
+    threading.Thread(target=ns.collect, args=(60,), daemon=True).start()
+    daemon, stop, runner, _before = _in_process_daemon(tmp_path, broker.port, ns)
+    release = threading.Event()
+    try:
+        wait_online(client)
+        assert "supervisor-watch" in [w.thread_name for w in daemon.watched()]
+
+        def publish_status_wedged() -> None:
+            release.wait(60)
+
+        daemon.publish_status = publish_status_wedged  # type: ignore[method-assign]
+        daemon.status_changed.set()
+        wedged = wait_until(lambda: next((m for _, m in ns.messages
+                                          if m.startswith("STATUS=WEDGED: the supervisor")),
+                                         None), 15, "the watcher's report")
+        assert "made no progress for" in wedged
+        # the innermost line (the wait in threading.py), and the daemon's own line that
+        # called into it: the supervisor's call of publish_status
+        line = int(wedged.split("from app.py:")[1].split()[0])
+        import edge_recorder.app
+
+        source = Path(edge_recorder.app.__file__).read_text().splitlines()[line - 1]
+        assert "stuck at threading.py:" in wedged and "self.publish_status()" in source, wedged
+        time.sleep(1.0)
+        assert ns.pings_after(time.monotonic() - 1.0) == 0
+        release.set()
+        wait_until(lambda: ns.pings_after(time.monotonic() - 1.0) > 0, 10, "pings again")
+        assert daemon.watchdog_problem == ""
+    finally:
+        release.set()
+        stop.set()
+        runner.join(20)
+    assert not runner.is_alive()
