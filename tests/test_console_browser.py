@@ -253,3 +253,34 @@ def test_a_new_session_appears_without_a_reload(browser, console, store: Path) -
         ".classList.contains('new')", key)
     assert driver.find_element(By.ID, "total").get_attribute("data-total") == str(SESSIONS + 1)
     screenshot(driver, "sessions-live")
+
+
+def test_sessions_from_a_fleet_through_a_collector_appear_live(browser, console, store: Path,
+                                                               broker, spawn,
+                                                               tmp_path: Path) -> None:
+    """The whole receiving side: simulated devices publish real sessions through Mosquitto,
+    ``edge-recorder collect`` stores them in the console's store, the open page shows them."""
+    from edge_recorder.devtools import wait_until
+    from edge_recorder.fleet import Fleet
+
+    driver = browser
+    driver.get(console + "/sessions?label=fleet&sort=start&order=asc")
+    assert rows(driver) == []
+    collector = spawn("collect", "--host", "127.0.0.1", "--port", str(broker.port), "--store",
+                      str(store), name="collector")
+    wait_until(lambda: "connected" in collector.log(), 30, "collector up")
+    fleet = Fleet(tmp_path / "devices", broker.port, devices=3, part_bytes=4096)
+    try:
+        fleet.run(every_s=0.5, for_s=1.5, session_s=0.5)
+        fleet.wait_stored(timeout_s=60)
+    finally:
+        fleet.close()
+    recorded = sorted(f"{r.device_id}/{r.session_id}" for r in fleet.recorded)
+    WebDriverWait(driver, 20).until(lambda d: sorted(rows(d)) == recorded)
+    assert rows(driver) == listed(store, "--label", "fleet")  # same order as sessions list
+    screenshot(driver, "sessions-fleet")
+    assert collector.stop() == 0
+    driver.get(f"{console}/sessions/{recorded[0]}")
+    WebDriverWait(driver, 20).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-plots-ready"))
+    assert min(painted(driver)) > 100
