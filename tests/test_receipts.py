@@ -416,3 +416,30 @@ def test_a_new_part_size_recuts_queued_sessions_instead_of_quarantining_them(tmp
     assert new.checked_manifest(sid)["parts"] == 2
     assert json.loads(new.path("outbox", sid, ".json").read_text())["parts"] == 2
     assert new.find(sid) == "outbox"
+
+
+def test_overdue_receipts_are_resent_a_few_at_a_time(tmp_path):
+    """A collector offline for days leaves many sessions awaiting receipts: they go out
+    again a batch at a time, the next batch only once the last one went, oldest first."""
+    from edge_recorder.delivery.publisher import RECEIPT_RESEND_BATCH
+
+    store = DeviceStore(tmp_path / "s", 1 << 30, part_bytes=PART)
+    sids = [put_session(store, f"20261127T0000{i:02d}000Z-wait", seed=i)["session_id"]
+            for i in range(10)]
+    for sid in sids:
+        store.mark_published(sid)
+    now = [1000.0]
+    publisher = Publisher(store, link=None, topic_root=ROOT, part_bytes=PART,  # type: ignore
+                          receipt_timeout_s=60, clock=lambda: now[0])
+    publisher._check_receipts_due()  # published before this run: due a timeout from now
+    assert publisher._resends == {}
+    now[0] += 61
+    publisher._check_receipts_due()
+    assert list(publisher._resends) == sids[:RECEIPT_RESEND_BATCH]
+    now[0] += 1
+    publisher._check_receipts_due()  # the first batch has not gone yet: nothing more
+    assert list(publisher._resends) == sids[:RECEIPT_RESEND_BATCH]
+    publisher._resends.clear()  # (sent)
+    now[0] += 1
+    publisher._check_receipts_due()
+    assert list(publisher._resends) == sids[RECEIPT_RESEND_BATCH:2 * RECEIPT_RESEND_BATCH]
