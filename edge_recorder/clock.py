@@ -189,7 +189,7 @@ class Clock:
         self.boot_id = boot_id if boot_id is not None else read_boot_id()
         self._lock = threading.Lock()
         self._steps: deque[Step] = deque(maxlen=MAX_STEPS_KEPT)
-        self._offset_ns = self._read_offset()[0]
+        self._offset_ns, self._tracked_mono_ns = self._read_offset()
 
     def mono_ns(self) -> int:
         return self._mono()
@@ -212,7 +212,16 @@ class Clock:
     def offset_ns(self) -> int:
         """The current ``wall − mono``; a jump since the last reading is recorded as a step."""
         offset, mono = self._read_offset()
+        return self._track(offset, mono)
+
+    def _track(self, offset: int, mono: int) -> int:
+        """Compare one reading with the tracked mapping. Threads read concurrently: a reading
+        taken before the newest one already applied is stale (it could straddle a step the
+        other thread has recorded, and would look like a step back) and only answers."""
         with self._lock:
+            if mono < self._tracked_mono_ns:
+                return self._offset_ns
+            self._tracked_mono_ns = mono
             jump = offset - self._offset_ns
             if abs(jump) > STEP_MIN_NS:
                 step = Step(at_ns=mono + offset, step_ns=jump, mono_ns=mono)

@@ -65,6 +65,13 @@ def test_a_step_is_detected_once_and_read_noise_is_not_a_step() -> None:
     assert clock.steps_since(step.mono_ns + 1) == []
 
 
+def test_a_stale_reading_from_another_thread_is_not_a_step_back() -> None:
+    clock = Clock(mono=lambda: 0, wall=lambda: 0, synced=lambda: None, boot_id="b")
+    assert clock._track(HOUR_NS, 200) == HOUR_NS  # thread B: read after the step, applied
+    assert clock._track(0, 150) == HOUR_NS  # thread A: read before it, applied after
+    assert [s.step_ns for s in clock.steps_since(-1)] == [HOUR_NS]
+
+
 def test_the_monotonic_source_is_boottime() -> None:
     # Linux: CLOCK_BOOTTIME = CLOCK_MONOTONIC + time spent suspended, never stepped
     # (kernel Documentation/core-api/timekeeping.rst, ktime_get_boottime)
