@@ -1,4 +1,4 @@
-"""The ``edge-recorder`` command line (SPEC §2).
+"""The ``edge-recorder`` command line (docs/contract.md §1).
 
 Exit codes: 0 success, 2 bad usage/config/input, 1 anything else. Errors are one
 readable line (or one per config problem) on stderr; tracebacks only with ``--debug``.

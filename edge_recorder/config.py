@@ -177,7 +177,7 @@ class Config:
 
     @property
     def topic_root(self) -> str:
-        """``P`` in SPEC §4: ``{topic_prefix}/{device_id}``."""
+        """``P`` in docs/contract.md §3: ``{topic_prefix}/{device_id}``."""
         return f"{self.mqtt.topic_prefix}/{self.device_id}"
 
     @property

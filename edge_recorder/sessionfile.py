@@ -1,4 +1,4 @@
-"""The session file format (SPEC §5): one MCAP file per session, owned by this module.
+"""The session file format (docs/contract.md §5): one MCAP file per session, owned by this module.
 
 The file follows MCAP's ``ros2`` profile, so rosbag2, ``rosbags`` and Foxglove read it as
 it is: one channel per sensor (topic ``/imu/{name}``, ``offered_qos_profiles`` in its

@@ -23,6 +23,6 @@ def new_journey_id(device_id: str, t_ns: int) -> str:
 
 
 def iso_utc(t_ns: int) -> str:
-    """``2026-11-26T10:00:00.000000Z`` (SPEC §5)."""
+    """``2026-11-26T10:00:00.000000Z`` (docs/contract.md §5)."""
     seconds, rest = divmod(t_ns, 1_000_000_000)
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{rest // 1000:06d}Z"

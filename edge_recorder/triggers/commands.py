@@ -1,4 +1,4 @@
-"""The JSON command protocol (SPEC §4): parsing, validation, and the error codes.
+"""The JSON command protocol (docs/contract.md §3): parsing, validation, and the error codes.
 
 Every payload gets exactly one reply. Error codes (``error.code`` in a reply):
 
