@@ -443,3 +443,27 @@ def test_overdue_receipts_are_resent_a_few_at_a_time(tmp_path):
     now[0] += 1
     publisher._check_receipts_due()
     assert list(publisher._resends) == sids[RECEIPT_RESEND_BATCH:2 * RECEIPT_RESEND_BATCH]
+
+
+@pytest.mark.broker
+def test_a_session_that_keeps_failing_to_send_is_quarantined_after_three_tries(
+        tmp_path, broker, desk):
+    """Not visibly damaged, but preparing it fails every time (a re-stamp of an unreadable
+    file, say): three tries, then quarantine; the session after it goes out meanwhile."""
+    from edge_recorder.errors import SessionFileError
+
+    store = DeviceStore(tmp_path / "store", 1 << 30, part_bytes=PART)
+    bad = put_session(store, "20261127T000000000Z-prep")["session_id"]
+    good = put_session(store, "20261127T000001000Z-fine")["session_id"]
+
+    def prepare(session_id: str) -> None:
+        if session_id == bad:
+            raise SessionFileError(f"{session_id}.mcap: damaged session file (bad CRC)")
+
+    device = Device(store, broker.port, prepare=prepare)
+    try:
+        wait_until(lambda: state_of(store, good) == "stored", 10, "the next one stored")
+        wait_until(lambda: state_of(store, bad) == "failed", 15, "quarantined after 3 tries")
+        assert "could not be sent 3 times: SessionFileError" in store.failure_reason(bad)
+    finally:
+        device.close()

@@ -52,7 +52,7 @@ RESEND_HOLDOFF_S = 5.0  # one session is retransmitted at most once this often; 
 # At most this many overdue sessions are queued again per check, and none while earlier
 # ones are still queued: a collector offline for days must not turn into a resend flood.
 RECEIPT_RESEND_BATCH = 4
-MAX_PUBLISH_ERRORS = 3  # a session whose file cannot be read this often in a row is quarantined
+MAX_PUBLISH_ERRORS = 3  # a session that fails this often in a row is quarantined
 
 
 class Publisher:
@@ -325,13 +325,13 @@ class Publisher:
             except DamagedSession as exc:
                 self.store.quarantine(session_id, OUTBOX, str(exc))
                 self.on_change(session_id)
-            except OSError as exc:
+            except (OSError, ValueError) as exc:  # ValueError: SessionFileError, DocumentError
                 errors = self._errors[session_id] = self._errors.get(session_id, 0) + 1
                 log.error("publisher: cannot publish %s (%d time(s) in a row): %s: %s",
                           session_id, errors, type(exc).__name__, exc)
                 if errors >= MAX_PUBLISH_ERRORS:
                     self._errors.pop(session_id)
-                    self.store.quarantine(session_id, OUTBOX, f"its files could not be read "
+                    self.store.quarantine(session_id, OUTBOX, f"it could not be sent "
                                           f"{errors} times: {type(exc).__name__}: {exc}")
                     self.on_change(session_id)
 
