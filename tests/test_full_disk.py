@@ -12,17 +12,24 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from edge_recorder.config import MqttConfig, SessionConfig
+from edge_recorder.delivery.mqtt import MqttLink
+from edge_recorder.delivery.publisher import PUBLISH_BACKOFF_MAX_S, Publisher
 from edge_recorder.recording.events import StartRequested, Trigger
 from edge_recorder.recording.recorder import Recorder
+from edge_recorder.recording.restamp import restamp_if_synced
+from edge_recorder.recording.store import FAILED, OUTBOX, STORED, DeviceStore, file_digest
 from edge_recorder.sessionfile import SessionWriter, read_manifest
 from tests.conftest import base_config, wait_online, wait_until, write_config
 from tests.rig import Rig
+from tests.test_receipts import PART, ROOT, ReceiptDesk, put_session
 
 MQTT = Trigger("mqtt")
 
@@ -163,3 +170,91 @@ def test_a_pump_failing_every_round_is_logged_once_and_stops_the_heartbeat(tmp_p
     finally:
         recorder._stop.set()
         recorder._thread.join(2)
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("room_to_make", [True, False], ids=["room-made", "no-room"])
+def test_a_full_disk_never_quarantines_a_good_session_it_could_not_restamp(
+        tiny_disk, broker, caplog, room_to_make):
+    """Re-stamping a session recorded before clock sync writes a full copy of it; on a full
+    disk that fails with ENOSPC. That says nothing about the session: room is made and the
+    copy made after all, or, with nothing left to delete, the session goes out as it was
+    recorded (``clock.synced: false``). Never quarantined (review item 1)."""
+    rig = Rig(tiny_disk, settings=SessionConfig(duration_s=1))
+    rig.clock.synced = False  # booted on a stale clock
+    sid = rig.ask(StartRequested, trigger=MQTT)["session_id"]
+    rig.finish(1.5)
+    store = rig.store
+    size = store.manifest(sid)["bytes"]
+    rig.clock.step(3600)  # NTP's first sync
+    rig.clock.synced = True
+    if room_to_make:  # a session the collector confirmed, the first to go
+        old = "20261127T000000000Z-old0"
+        store.path(STORED, old).write_bytes(os.urandom(6 << 20))
+        store.path(STORED, old, ".json").write_text(json.dumps({"session_id": old}))
+    fill(tiny_disk / "filler", leave_bytes=size // 2)  # no room for the re-stamped copy
+    desk = ReceiptDesk(broker.port)
+    link = MqttLink(MqttConfig(host="127.0.0.1", port=broker.port), f"dev1-{time.time_ns()}")
+    publisher = Publisher(store, link, ROOT, part_bytes=store.part_bytes,
+                          prepare=lambda s: restamp_if_synced(store, rig.clock.clock, s))
+    caplog.set_level(logging.INFO)
+    publisher.start()
+    link.start()
+    try:
+        wait_until(lambda: store.find(sid) in (STORED, FAILED), 20, "stored or quarantined")
+        assert store.find(sid) == STORED and store.count(FAILED) == 0, \
+            store.failure_reason(sid)
+        manifest = store.manifest(sid, STORED)
+        (sent,) = desk.received(f"{ROOT}/sessions/{sid}/manifest")
+        assert json.loads(sent.payload) == manifest
+        assert manifest["clock"]["synced"] is room_to_make
+        assert (manifest["bytes"], manifest["sha256"]) == file_digest(store.path(STORED, sid))
+        assert not store.replacement_path(sid).exists()
+        if room_to_make:
+            assert store.ids(STORED) == [sid]  # the confirmed one made room
+            assert "deleted stored session 20261127T000000000Z-old0 to make room" in caplog.text
+        else:
+            assert f"session {sid}: cannot be re-stamped" in caplog.text
+            assert "ENOSPC" in caplog.text or "No space left" in caplog.text
+        assert "quarantined" not in caplog.text
+    finally:
+        publisher.close()
+        link.close()
+        desk.close()
+
+
+def test_only_unreadable_files_count_towards_quarantine(tmp_path, caplog):
+    """A full or read-only disk is tried again with a growing wait, never quarantined; an
+    unreadable file (EIO) is quarantined after three attempts in a row (contract §3)."""
+    store = DeviceStore(tmp_path / "s", 1 << 30, part_bytes=PART)
+    full = put_session(store, "20261127T000000000Z-full")["session_id"]
+    ro = put_session(store, "20261127T000001000Z-rofs")["session_id"]
+    bad = put_session(store, "20261127T000002000Z-eiox")["session_id"]
+    now = [100.0]
+    errors = {full: errno.ENOSPC, ro: errno.EROFS, bad: errno.EIO}
+    tries: dict[str, int] = {}
+
+    class Link:
+        connected = threading.Event()
+
+    Link.connected.set()
+    publisher = Publisher(store, Link(), ROOT, part_bytes=PART,  # type: ignore[arg-type]
+                          clock=lambda: now[0])
+
+    def failing(session_id: str) -> bool:
+        tries[session_id] = tries.get(session_id, 0) + 1
+        raise OSError(errors[session_id], os.strerror(errors[session_id]))
+
+    publisher.publish_session = failing  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO)
+    for _ in range(10):
+        publisher.drain()
+        now[0] += 1.0
+    assert store.find(bad) == FAILED and "Input/output error" in store.failure_reason(bad)
+    assert tries[bad] == 3
+    assert store.find(full) == OUTBOX and store.find(ro) == OUTBOX
+    # backing off 2 s, 4 s, 8 s: in 10 s three tries, not ten
+    assert tries[full] == tries[ro] == 3, tries
+    now[0] += PUBLISH_BACKOFF_MAX_S
+    publisher.drain()
+    assert tries[full] == tries[ro] == 4 and store.count(FAILED) == 1

@@ -17,7 +17,7 @@ time up to :data:`RECEIPT_BACKOFF_MAX_S`, until one does; then the store moves i
 ``stored/``. The collector's part-level ``resend`` command and these receipt timeouts go
 through the same routine, :meth:`Publisher._resend`.
 
-A session that can never be sent as it is (unreadable manifest, missing or truncated file)
+A session that can never be sent as it is (invalid manifest, missing, truncated or unreadable file)
 is quarantined by the store to ``failed/``; the sessions after it go out as usual.
 """
 
@@ -32,12 +32,16 @@ from collections.abc import Callable, Iterable
 
 from edge_recorder.delivery.mqtt import Delivery, Message, MqttLink
 from edge_recorder.documents import Receipt
+from edge_recorder.errors import StoreFull
 from edge_recorder.recording.store import (
     OUTBOX,
     PUBLISHED,
     STORED,
     DamagedSession,
     DeviceStore,
+    cannot_write,
+    is_disk_full,
+    is_unreadable,
 )
 
 log = logging.getLogger(__name__)
@@ -52,7 +56,10 @@ RESEND_HOLDOFF_S = 5.0  # one session is retransmitted at most once this often; 
 # At most this many overdue sessions are queued again per check, and none while earlier
 # ones are still queued: a collector offline for days must not turn into a resend flood.
 RECEIPT_RESEND_BATCH = 4
-MAX_PUBLISH_ERRORS = 3  # a session that fails this often in a row is quarantined
+MAX_PUBLISH_ERRORS = 3  # a session that cannot be read this often in a row is quarantined
+# Any other error (a full or read-only disk, ...) says nothing about the session: it is tried
+# again after a wait that doubles from IDLE_RESCAN_S up to this, and never quarantined.
+PUBLISH_BACKOFF_MAX_S = 300.0
 
 
 class Publisher:
@@ -90,7 +97,8 @@ class Publisher:
         self._resent_at: dict[str, float] = {}  # id → when its last retransmission began
         self._receipts: deque[Receipt] = deque()
         self._due: dict[str, tuple[float, int]] = {}  # published id → (resend at, attempts)
-        self._errors: dict[str, int] = {}
+        self._errors: dict[str, int] = {}  # id → its files could not be read, times in a row
+        self._retry_at: dict[str, tuple[float, int]] = {}  # id → (not before, failures)
         self._next_receipt_check = 0.0
         self._lock = threading.Lock()
         self.last_loop_s = time.monotonic()  # heartbeat for the watchdog
@@ -194,7 +202,7 @@ class Publisher:
         manifest = self.store.checked_manifest(session_id)
         done = self.store.parts_sent(session_id)
         if not done:
-            self.prepare(session_id)
+            self._prepare(session_id, int(manifest["bytes"]))
             manifest = self.store.checked_manifest(session_id)  # re-stamping rewrites it
         parts = manifest["parts"]
         if done:
@@ -209,6 +217,30 @@ class Publisher:
                  if self.require_receipt else "")
         self.on_change(session_id)
         return True
+
+    def _prepare(self, session_id: str, nbytes: int) -> None:
+        """Run ``prepare`` (re-stamping writes a full copy of the session). When the disk
+        has no room for the copy, room is made and it is tried once more; if it still
+        cannot be written the session goes out as recorded, its manifest still saying
+        ``clock.synced: false``, which is the truth about its times."""
+        for attempt in (1, 2):
+            try:
+                self.prepare(session_id)
+                return
+            except OSError as exc:
+                if not cannot_write(exc):
+                    raise
+                self.store.settle_replacement(session_id)  # drop a half-written copy
+                why, full_disk = f"{type(exc).__name__}: {exc}", is_disk_full(exc)
+            if attempt == 1 and full_disk:
+                try:
+                    self.store.make_room(nbytes, disk_full=True)
+                    continue
+                except (StoreFull, OSError) as full:
+                    why += f"; {type(full).__name__}: {full}"
+            log.warning("session %s: cannot be re-stamped onto the synchronised clock (%s); "
+                        "publishing it as recorded (clock.synced: false)", session_id, why)
+            return
 
     def resend(self, session_id: str, parts: list[int] | None) -> str | None:
         """A collector is missing parts of a session (a broker lost them after acknowledging
@@ -318,22 +350,47 @@ class Publisher:
             if self._stop.is_set() or not self.link.connected.is_set():
                 return
             self.last_loop_s = time.monotonic()
+            if session_id in self._retry_at and self.clock() < self._retry_at[session_id][0]:
+                continue  # backing off after an error that was not the session's fault
             try:
                 if not self.publish_session(session_id):
                     return  # the connection went: wait for it
                 self._errors.pop(session_id, None)
+                self._retry_at.pop(session_id, None)
             except DamagedSession as exc:
                 self.store.quarantine(session_id, OUTBOX, str(exc))
                 self.on_change(session_id)
             except (OSError, ValueError) as exc:  # ValueError: SessionFileError, DocumentError
-                errors = self._errors[session_id] = self._errors.get(session_id, 0) + 1
-                log.error("publisher: cannot publish %s (%d time(s) in a row): %s: %s",
-                          session_id, errors, type(exc).__name__, exc)
-                if errors >= MAX_PUBLISH_ERRORS:
-                    self._errors.pop(session_id)
-                    self.store.quarantine(session_id, OUTBOX, f"it could not be sent "
-                                          f"{errors} times: {type(exc).__name__}: {exc}")
-                    self.on_change(session_id)
+                self._publish_failed(session_id, exc)
+
+    def _publish_failed(self, session_id: str, exc: OSError | ValueError) -> None:
+        """Only a session that cannot be read (:func:`is_unreadable`) or whose file does not
+        parse or match its manifest (a ValueError) is quarantined, after
+        :data:`MAX_PUBLISH_ERRORS` in a row; any other error (a full or read-only disk) is
+        not the session's: room is made if the disk is full, and it is tried again after a
+        growing wait."""
+        why = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ValueError) or is_unreadable(exc):
+            errors = self._errors[session_id] = self._errors.get(session_id, 0) + 1
+            log.error("publisher: cannot send session %s (%d time(s) in a row): %s",
+                      session_id, errors, why)
+            if errors >= MAX_PUBLISH_ERRORS:
+                self._errors.pop(session_id)
+                self._retry_at.pop(session_id, None)
+                self.store.quarantine(session_id, OUTBOX,
+                                      f"it could not be sent {errors} times: {why}")
+                self.on_change(session_id)
+            return
+        failures = self._retry_at.get(session_id, (0.0, 0))[1] + 1
+        wait = min(IDLE_RESCAN_S * 2 ** (failures - 1), PUBLISH_BACKOFF_MAX_S)
+        self._retry_at[session_id] = (self.clock() + wait, failures)
+        if is_disk_full(exc):
+            try:
+                self.store.make_room(0, disk_full=True)
+            except (StoreFull, OSError) as full:
+                why += f"; {type(full).__name__}: {full}"
+        log.error("publisher: cannot publish %s now (%s); not the session's fault: trying "
+                  "again in %.0f s", session_id, why, wait)
 
     def start(self) -> None:
         self.use_link(self.link)

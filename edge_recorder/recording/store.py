@@ -63,6 +63,22 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def cannot_write(exc: BaseException) -> bool:
+    """An OSError that says nothing about a session's files, only that nothing can be
+    written now: the disk is full (ENOSPC, EDQUOT) or read-only (EROFS)."""
+    return is_disk_full(exc) or (isinstance(exc, OSError) and exc.errno == errno.EROFS)
+
+
+# a session's own files are unreadable: these (and DamagedSession) count towards quarantine
+UNREADABLE_ERRNOS = frozenset({errno.EIO, errno.ENOENT, errno.EISDIR, errno.ENOTDIR,
+                               errno.EBADMSG, errno.EUCLEAN})
+
+
+def is_unreadable(exc: BaseException) -> bool:
+    """An OSError that means a session's files cannot be read (damage, not a full disk)."""
+    return isinstance(exc, OSError) and exc.errno in UNREADABLE_ERRNOS
+
+
 class DamagedSession(ValueError):
     """A session in the outbox that can never be published as it is (the reason says why)."""
 
@@ -205,8 +221,11 @@ class DeviceStore:
         """Parts ``0 .. parts-1`` are acknowledged: a restarted publish can begin after them.
 
         Not fsync'd: losing it only means sending those parts again (same bytes, same
-        topics; the collector ignores what it already has)."""
-        self.path(OUTBOX, session_id, ".sent").write_text(f"{parts}\n")
+        topics; the collector ignores what it already has), so a full disk does not stop it."""
+        try:
+            self.path(OUTBOX, session_id, ".sent").write_text(f"{parts}\n")
+        except OSError as exc:
+            log.debug("store: resume point of %s not noted: %s", session_id, describe(exc))
 
     def parts_sent(self, session_id: str) -> int:
         try:
@@ -361,6 +380,7 @@ class DeviceStore:
                 "or free disk space)")
 
     def _delete(self, state: str, session_id: str) -> int:
+        reason = self.failure_reason(session_id) if state == FAILED else ""
         size = 0
         for p in (self.root / state).glob(f"{session_id}.*"):
             try:
@@ -378,6 +398,7 @@ class DeviceStore:
             log.warning("store: deleted session %s to make room although the collector has "
                         "not confirmed storing it (no receipt yet)", session_id)
         else:
-            log.warning("store: deleted quarantined session %s to make room", session_id)
+            log.error("store: deleted quarantined session %s to make room; it was damaged "
+                      "(%s) and is gone now", session_id, reason or "no reason recorded")
         return size
 
