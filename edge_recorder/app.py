@@ -311,7 +311,7 @@ class Daemon:
 
     def delivery_status(self) -> dict[str, Any]:
         """Sessions awaiting the collector's receipt (and the oldest one's age, s), stored."""
-        awaiting = self.store.awaiting_receipt()
+        awaiting = self.publisher.awaiting_receipt()
         return {"require_receipt": self.config.delivery.require_receipt,
                 "awaiting_receipt": int(awaiting["sessions"]),
                 "oldest_awaiting_s": awaiting["oldest_s"],
@@ -416,7 +416,7 @@ class Daemon:
 
     def summary(self) -> str:
         snap = self.recorder.snapshot()
-        awaiting = self.store.awaiting_receipt()
+        awaiting = self.publisher.awaiting_receipt()
         receipts = f", {awaiting['sessions']:.0f} awaiting receipt (oldest " \
             f"{awaiting['oldest_s']:.0f} s)" if awaiting["sessions"] else ""
         failed = self.store.count(FAILED)
@@ -429,7 +429,7 @@ class Daemon:
     def receipt_overdue(self) -> bool:
         """A published session has waited longer than its receipt timeout: the collector
         is not storing (or not hearing) this device."""
-        oldest_s = self.store.awaiting_receipt()["oldest_s"]
+        oldest_s = self.publisher.awaiting_receipt()["oldest_s"]
         return oldest_s > self.config.delivery.receipt_timeout_s
 
     # --- the watchdog ---------------------------------------------------------------------

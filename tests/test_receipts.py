@@ -204,13 +204,14 @@ def test_sessions_awaiting_receipts_survive_a_restart(tmp_path, broker, desk):
     device.close()  # the daemon stops (or dies) with three sessions awaiting receipts
     desk.silent = False
     restarted = DeviceStore(tmp_path / "store", 1 << 30, part_bytes=PART)
-    assert restarted.awaiting_receipt()["sessions"] == 3
+    idle = Publisher(restarted, None, ROOT, part_bytes=PART)  # type: ignore[arg-type]
+    assert idle.awaiting_receipt()["sessions"] == 3
     device = Device(restarted, broker.port, receipt_timeout_s=1.0)
     try:
         wait_until(lambda: all(state_of(restarted, s) == "stored" for s in sids), 15,
                    "all three stored after the restart")
         assert all(desk.manifests(s) == 2 for s in sids)
-        assert restarted.awaiting_receipt() == {"sessions": 0, "oldest_s": 0.0}
+        assert device.publisher.awaiting_receipt() == {"sessions": 0, "oldest_s": 0.0}
     finally:
         device.close()
 
@@ -224,7 +225,7 @@ def test_without_require_receipt_published_is_the_end(tmp_path, broker, desk):
         wait_until(lambda: state_of(store, sid) == "published", 10, "published")
         time.sleep(3.0)
         assert state_of(store, sid) == "published" and desk.manifests(sid) == 1
-        assert store.awaiting_receipt() == {"sessions": 0, "oldest_s": 0.0}
+        assert device.publisher.awaiting_receipt() == {"sessions": 0, "oldest_s": 0.0}
     finally:
         device.close()
 
@@ -467,3 +468,45 @@ def test_a_session_that_keeps_failing_to_send_is_quarantined_after_three_tries(
         assert "could not be sent 3 times: SessionFileError" in store.failure_reason(bad)
     finally:
         device.close()
+
+
+class AckingLink:
+    """A link whose broker acknowledges every message at once (no network)."""
+
+    class Acked:
+        error = None
+
+        def wait(self, timeout_s: float) -> bool:
+            return True
+
+    def __init__(self) -> None:
+        self.connected = threading.Event()
+        self.connected.set()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> AckingLink.Acked:
+        return AckingLink.Acked()
+
+
+def test_the_age_of_an_awaited_receipt_ignores_wall_clock_steps(tmp_path, monkeypatch):
+    """NTP stepping the wall clock by an hour must not make the collector look an hour late
+    (LED, systemd STATUS): ages are on the monotonic clock, and a session published before
+    this run counts from the run's start."""
+    store = DeviceStore(tmp_path / "s", 1 << 30, part_bytes=PART)
+    before = put_session(store, "20261127T000000000Z-befr")["session_id"]
+    store.mark_published(before)  # by the previous run
+    mono = [500.0]
+    publisher = Publisher(store, AckingLink(), ROOT, part_bytes=PART,  # type: ignore[arg-type]
+                          receipt_timeout_s=60, clock=lambda: mono[0])
+    mono[0] += 10
+    assert publisher.awaiting_receipt() == {"sessions": 1, "oldest_s": 10.0}
+    now = put_session(store, "20261127T000001000Z-now0", seed=1)["session_id"]
+    publisher.drain()
+    assert store.find(now) == "published"
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() + 3600)  # NTP's step
+    mono[0] += 5
+    assert publisher.awaiting_receipt() == {"sessions": 2, "oldest_s": 15.0}
+    store.mark_stored(before)
+    assert publisher.awaiting_receipt() == {"sessions": 1, "oldest_s": 5.0}
+    publisher.require_receipt = False
+    assert publisher.awaiting_receipt() == {"sessions": 0, "oldest_s": 0.0}

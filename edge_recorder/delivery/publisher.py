@@ -97,6 +97,8 @@ class Publisher:
         self._resent_at: dict[str, float] = {}  # id → when its last retransmission began
         self._receipts: deque[Receipt] = deque()
         self._due: dict[str, tuple[float, int]] = {}  # published id → (resend at, attempts)
+        self._published_at: dict[str, float] = {}  # published id → when (``clock``)
+        self._started_at = clock()  # sessions published before this run count from here
         self._errors: dict[str, int] = {}  # id → its files could not be read, times in a row
         self._retry_at: dict[str, tuple[float, int]] = {}  # id → (not before, failures)
         self._next_receipt_check = 0.0
@@ -195,6 +197,20 @@ class Publisher:
                            max(self.receipt_timeout_s, RECEIPT_BACKOFF_MAX_S))
                 self._due[sid] = (now + wait, attempts)
 
+    def awaiting_receipt(self) -> dict[str, float]:
+        """Published sessions still awaiting the collector's receipt: how many, and the age
+        in seconds of the oldest (0 when none, or when receipts are off). Ages are on
+        ``clock`` (monotonic: a step of the wall clock changes none); a session published
+        before this run started counts from its start."""
+        if not self.require_receipt:
+            return {"sessions": 0, "oldest_s": 0.0}
+        published = self.store.ids(PUBLISHED)
+        for sid in set(self._published_at) - set(published):
+            self._published_at.pop(sid, None)  # stored or deleted meanwhile
+        now = self.clock()
+        ages = [now - self._published_at.get(sid, self._started_at) for sid in published]
+        return {"sessions": len(ages), "oldest_s": round(max(ages, default=0.0), 1)}
+
     # --- publishing -----------------------------------------------------------------------
     def publish_session(self, session_id: str) -> bool:
         """Send one session from the outbox; True once the broker has acknowledged all of it,
@@ -210,6 +226,7 @@ class Publisher:
         if not self._send(session_id, OUTBOX, manifest, range(done, parts)):
             return False
         self.store.mark_published(session_id)
+        self._published_at[session_id] = self.clock()
         self._due[session_id] = (self.clock() + self.receipt_timeout_s, 0)
         self.published += 1
         log.info("session %s published (%d bytes in %d parts)%s", session_id,

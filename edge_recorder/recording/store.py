@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -332,19 +331,6 @@ class DeviceStore:
     def backlog(self) -> dict[str, int]:
         files = {p: n for p, n in self._sizes(OUTBOX).items() if p.suffix == ".mcap"}
         return {"sessions": len(files), "bytes": sum(files.values())}
-
-    def awaiting_receipt(self) -> dict[str, float]:
-        """Published sessions still awaiting the collector's receipt: how many, and the age
-        in seconds of the oldest (0 when none, or when receipts are off)."""
-        if not self.require_receipt:
-            return {"sessions": 0, "oldest_s": 0.0}
-        ages = []
-        for sid in self.ids(PUBLISHED):
-            try:
-                ages.append(time.time() - self.since(PUBLISHED, sid))
-            except FileNotFoundError:  # stored meanwhile
-                continue
-        return {"sessions": len(ages), "oldest_s": round(max(ages, default=0.0), 1)}
 
     def _disk_free(self) -> int:
         return shutil.disk_usage(self.root).free
