@@ -2,7 +2,9 @@
 
 All complete chunks of the torn file (flushed every half second while recording)
 are copied into a new, finished file with ``stop_reason: recovered``, which then joins
-the outbox like any other session. Half-done state changes are completed.
+the outbox like any other session. Half-done state changes are completed. A session that
+cannot be recovered (unreadable header or file) is quarantined to ``failed/``, counted,
+and never tried again. Every file change goes through the store, durably.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from edge_recorder import __version__
 from edge_recorder.recording.ids import iso_utc
-from edge_recorder.recording.store import OUTBOX, RECORDING, DeviceStore
+from edge_recorder.recording.store import OUTBOX, RECORDING, DeviceStore, cannot_write
 from edge_recorder.sessionfile import ChannelInfo, SessionWriter, read_manifest, salvage
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ def recover(store: DeviceStore) -> list[dict[str, Any]]:
         header_path = store.path(RECORDING, sid, ".json")
         try:
             if store.path(OUTBOX, sid, ".json").exists():
-                header_path.unlink()  # completed; only the clean-up was interrupted
+                store.discard_recording(sid)  # completed; only the clean-up was interrupted
                 continue
             if store.path(OUTBOX, sid).exists():  # moved, manifest not yet written
                 manifest = dict(read_manifest(store.path(OUTBOX, sid)))
@@ -37,8 +39,13 @@ def recover(store: DeviceStore) -> list[dict[str, Any]]:
             header = json.loads(header_path.read_text())
             salvaged = salvage_session(store, sid, header=header)
         except (OSError, ValueError, KeyError) as exc:
-            log.error("recovery: session %s cannot be recovered (%s: %s); its files stay in "
-                      "%s", sid, type(exc).__name__, exc, store.root / RECORDING)
+            why = f"{type(exc).__name__}: {exc}"
+            if cannot_write(exc):  # not the session's fault: the next start tries again
+                log.error("recovery: session %s cannot be recovered now (%s); its files stay "
+                          "in %s", sid, why, store.root / RECORDING)
+                continue
+            store.quarantine(sid, RECORDING, f"it could not be recovered after an unclean "
+                             f"stop: {why}")
             continue
         if salvaged is not None:
             recovered.append(salvaged)
@@ -56,7 +63,7 @@ def salvage_session(store: DeviceStore, sid: str, *, stop_reason: str = "recover
     src = store.path(RECORDING, sid)
     if not src.exists():
         log.warning("recovery: session %s never wrote a file; nothing to recover", sid)
-        store.path(RECORDING, sid, ".json").unlink()
+        store.discard_recording(sid)
         return None
     found = salvage(src)
     start_ns = int(header["window_start_ns"])
@@ -66,8 +73,7 @@ def salvage_session(store: DeviceStore, sid: str, *, stop_reason: str = "recover
     channels = [ChannelInfo(str(x["name"]), str(x["driver"]), float(x["rate_hz"]))
                 for x in header.get("sensors", [])] or found.channels
     channels += [c for c in found.channels if c.name not in {x.name for x in channels}]
-    tmp = store.path(RECORDING, sid, ".recovered.mcap")
-    tmp.unlink(missing_ok=True)
+    tmp = store.salvage_path(sid)
     writer = SessionWriter(tmp, channels)
     for sensor, t0, data in found.messages:
         writer.write(sensor, t0, data)
@@ -95,7 +101,7 @@ def salvage_session(store: DeviceStore, sid: str, *, stop_reason: str = "recover
     if "clock" in header:  # the file is on the time base the session opened with
         manifest["clock"] = dict(header["clock"], steps=[])
     writer.finish(manifest)
-    tmp.replace(src)
+    store.replace_salvaged(sid)
     manifest = store.complete(sid, manifest)
     log.warning("recovery: session %s closed after an unclean stop (%s): %s", sid, stop_reason,
                 ", ".join(f"{c['name']} {c['samples']} samples, ~{c['dropped']} lost in the "

@@ -44,6 +44,7 @@ RECORDING, OUTBOX, PUBLISHED, STORED, FAILED = (
     "recording", "outbox", "published", "stored", "failed")
 STATES = (RECORDING, OUTBOX, PUBLISHED, STORED, FAILED)
 DISK_MARGIN_BYTES = 4 << 20  # when the disk itself is full, free at least this much
+SALVAGE_SUFFIX = ".recovered.mcap"  # recovery's copy of a torn file, in recording/
 
 
 def file_digest(path: Path) -> tuple[int, str]:
@@ -287,9 +288,26 @@ class DeviceStore:
         move_durable(self.path(OUTBOX, session_id), self.path(RECORDING, session_id))
 
     def discard_recording(self, session_id: str) -> None:
-        """Forget a session that could not even start (its files in ``recording/``)."""
-        for suffix in (".mcap", ".json"):
+        """Forget a session's files in ``recording/``: one that could not even start, one
+        that never wrote a file, or the header left behind by a completed session whose
+        clean-up a crash cut short. Durable (directory fsync'd)."""
+        for suffix in (".mcap", ".json", SALVAGE_SUFFIX):
             self.path(RECORDING, session_id, suffix).unlink(missing_ok=True)
+        fsync_dir(self.root / RECORDING)
+
+    def salvage_path(self, session_id: str) -> Path:
+        """Where recovery writes a crashed session's salvaged copy (any leftover of an
+        earlier, interrupted attempt removed first) before :meth:`replace_salvaged`."""
+        tmp = self.path(RECORDING, session_id, SALVAGE_SUFFIX)
+        if tmp.exists():
+            tmp.unlink()
+            fsync_dir(self.root / RECORDING)
+        return tmp
+
+    def replace_salvaged(self, session_id: str) -> None:
+        """The salvaged copy, finished, takes the torn file's place, durably."""
+        move_durable(self.path(RECORDING, session_id, SALVAGE_SUFFIX),
+                     self.path(RECORDING, session_id))
 
     def note_alive(self, session_id: str, t_ns: int) -> None:
         """The recorder is alive and has handled this session up to ``t_ns`` (its clock):

@@ -1,0 +1,89 @@
+"""Start-up recovery (review items): an unrecoverable session is quarantined and counted,
+not left in ``recording/`` to fail again at every start; every file change recovery makes
+goes through the store and is durable (its directory fsync'd)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from edge_recorder.recording.events import StartRequested, Trigger
+from edge_recorder.recording.recovery import recover
+from edge_recorder.recording.store import FAILED, OUTBOX, RECORDING, DeviceStore
+from tests.rig import Rig
+
+
+def test_an_unrecoverable_session_is_quarantined_counted_and_not_tried_again(tmp_path, caplog):
+    store = DeviceStore(tmp_path / "s", 1 << 30)
+    torn = "20261127T000000000Z-torn"
+    store.path(RECORDING, torn, ".json").write_text('{"session_id": "2026')  # cut short
+    store.path(RECORDING, torn).write_bytes(b"\x89MCAP0\r\n half a chunk")
+    nokey = "20261127T000001000Z-nokey"
+    store.path(RECORDING, nokey, ".json").write_text(json.dumps({"session_id": nokey}))
+    store.path(RECORDING, nokey).write_bytes(b"\x89MCAP0\r\n")
+    caplog.set_level(logging.INFO)
+    assert recover(store) == []
+    assert store.ids(RECORDING) == [] and list((store.root / RECORDING).iterdir()) == []
+    assert store.ids(FAILED) == [torn, nokey] and store.quarantined == 2
+    assert "could not be recovered" in store.failure_reason(torn)
+    assert "JSONDecodeError" in store.failure_reason(torn)
+    assert "window_start_ns" in store.failure_reason(nokey)
+    assert store.path(FAILED, torn).read_bytes().startswith(b"\x89MCAP")  # kept for a human
+    # the next start has nothing left to try, and says nothing about them
+    caplog.clear()
+    restarted = DeviceStore(tmp_path / "s", 1 << 30)
+    assert recover(restarted) == [] and restarted.count(FAILED) == 2
+    assert torn not in caplog.text and nokey not in caplog.text
+
+
+@pytest.fixture
+def synced_dirs(monkeypatch) -> list[Path]:
+    """Every directory fsync'd, in order (fsutil's and the store's calls)."""
+    import edge_recorder.fsutil as fsutil
+    import edge_recorder.recording.store as store_mod
+
+    calls: list[Path] = []
+    real = fsutil.fsync_dir
+
+    def recording(path: Path) -> None:
+        calls.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(fsutil, "fsync_dir", recording)
+    monkeypatch.setattr(store_mod, "fsync_dir", recording)
+    return calls
+
+
+def test_recovery_makes_every_removal_and_replacement_durable(tmp_path, synced_dirs):
+    store = DeviceStore(tmp_path / "s", 1 << 30)
+    recording = store.root / RECORDING
+    # a session that never wrote a file: its header goes, durably
+    empty = "20261127T000000000Z-empty"
+    store.path(RECORDING, empty, ".json").write_text(json.dumps({"session_id": empty}))
+    assert recover(store) == []
+    assert not store.path(RECORDING, empty, ".json").exists() and recording in synced_dirs
+    # a completed session whose clean-up a crash cut short: the header goes, durably
+    synced_dirs.clear()
+    done = "20261127T000001000Z-done"
+    store.path(OUTBOX, done).write_bytes(b"x")
+    store.path(OUTBOX, done, ".json").write_text(json.dumps({"session_id": done}))
+    store.path(RECORDING, done, ".json").write_text(json.dumps({"session_id": done}))
+    assert recover(store) == []
+    assert not store.path(RECORDING, done, ".json").exists() and recording in synced_dirs
+    # a crashed session: its salvaged copy replaces the torn file, durably
+    rig = Rig(tmp_path / "rig")
+    rig.run(0.5)
+    sid = rig.ask(StartRequested, trigger=Trigger("mqtt"), duration_s=None)["session_id"]
+    rig.run(1.3)
+    rig.store.path(RECORDING, sid, ".recovered.mcap").write_bytes(b"an earlier attempt's")
+    synced_dirs.clear()
+    (manifest,) = recover(rig.store)
+    assert manifest["session_id"] == sid and rig.store.find(sid) == OUTBOX
+    assert list((rig.store.root / RECORDING).iterdir()) == []
+    rig_recording = rig.store.root / RECORDING
+    # the leftover removed, the copy renamed over the torn file: both fsync'd, before the
+    # move to the outbox
+    assert synced_dirs.count(rig_recording) >= 3, synced_dirs
