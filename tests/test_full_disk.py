@@ -86,9 +86,13 @@ def test_a_full_disk_closes_the_session_makes_room_and_refuses_cleanly(
     wait_online(client)
     sid = _send(client, {"cmd": "start", "duration_s": 20})["session_id"]
     # ~150 kB fill up within seconds at 1 kHz: the session is closed with what was written
-    manifest_path = wait_until(lambda: next(store.glob(f"*/{sid}.json"), None) if not
-                               (store / "recording" / f"{sid}.json").exists() else None, 30,
-                               "the session closed on the full disk")
+    wait_until(lambda: next(store.glob(f"*/{sid}.json"), None) if not
+               (store / "recording" / f"{sid}.json").exists() else None, 30,
+               "the session closed on the full disk")
+    # read it where it stays (the publisher moves it out of the outbox meanwhile: reading
+    # it there raced that move)
+    manifest_path = store / "published" / f"{sid}.json"
+    wait_until(manifest_path.exists, 20, "published")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["stop_reason"] == "store_full"
     (sensor,) = manifest["sensors"]
@@ -98,7 +102,6 @@ def test_a_full_disk_closes_the_session_makes_room_and_refuses_cleanly(
     log = daemon.log()
     assert "deleted stored session 20261127T000000000Z-old0 to make room" in log
     # now the disk is full with nothing left to delete but what awaits a receipt
-    wait_until(lambda: (store / "published" / f"{sid}.json").exists(), 20, "published")
     fill(tiny_disk / "filler-2", leave_bytes=0)
     reply = _send(client, {"cmd": "start", "duration_s": 1})
     assert reply["ok"] is False and reply["error"]["code"] == "store_full", reply
