@@ -32,7 +32,7 @@ from edge_recorder.recording.events import UNSET, ResendRequested, SettingsChang
 from edge_recorder.recording.ids import iso_utc, new_journey_id
 from edge_recorder.recording.recorder import Recorder, SensorSource
 from edge_recorder.recording.recovery import recover
-from edge_recorder.recording.restamp import restamp_if_synced
+from edge_recorder.recording.restamp import Restamper
 from edge_recorder.recording.store import FAILED, DeviceStore
 from edge_recorder.sampling.ring import SampleRing
 from edge_recorder.sampling.sampler import BusSampler, SensorChannel
@@ -235,12 +235,13 @@ class Daemon:
         topic_root = config.topic_root
         self.status_topic = f"{topic_root}/status"
         self.link = self._make_link(config, credentials)
+        restamper = Restamper(self.store, clock)
         self.publisher = Publisher(self.store, self.link, topic_root,
                                    part_bytes=config.mqtt.max_payload_bytes,
                                    require_receipt=config.delivery.require_receipt,
                                    receipt_timeout_s=config.delivery.receipt_timeout_s,
                                    on_change=lambda sid: self.status_changed.set(),
-                                   prepare=lambda sid: restamp_if_synced(self.store, clock, sid),
+                                   prepare=restamper.before_publish, idle=restamper.on_idle,
                                    clock=lambda: clock.mono_ns() / 1e9)  # receipt deadlines
         self.status_changed = threading.Event()
         self.recorder = Recorder(

@@ -603,9 +603,11 @@ def test_daemon_interval_sessions_keep_their_multiples_across_an_emulated_step(t
         daemon.shutdown()
     manifests = [json.loads(p.read_text())
                  for p in sorted((tmp_path / "store" / "outbox").glob("*.json"))]
-    # a session the step happened in is on the clock after the step as a whole, so its start
-    # is its multiple moved by the step; the others start on their multiples
+    # a session the step happened in is on the clock after the step as a whole, and one
+    # finished unsynced before it was re-stamped onto it once synced: their starts are their
+    # multiples moved by the step; the others start on their multiples
     starts = sorted(iso_ns(m["started_at"]) - sum(x["step_ns"] for x in m["clock"]["steps"])
+                    - m["clock"].get("restamped", {}).get("shift_ns", 0)
                     for m in manifests if m["stop_reason"] == "duration")
     assert len(starts) >= 3
     multiples = [round(t / 2e9) for t in starts]
@@ -613,4 +615,69 @@ def test_daemon_interval_sessions_keep_their_multiples_across_an_emulated_step(t
     # one multiple after another, on the clock of the moment each started: none twice, none
     # skipped, although the wall clock went back 1.5 s in between
     assert [b - a for a, b in zip(multiples, multiples[1:])] == [1] * (len(multiples) - 1)
-    assert any(m["clock"]["synced"] is False for m in manifests)  # before the emulated sync
+    # those finished before the emulated sync were re-stamped onto the synchronised clock
+    assert any("restamped" in m["clock"] for m in manifests)
+    assert all(m["clock"]["synced"] for m in manifests)
+
+
+@pytest.mark.slow
+def test_unsynced_sessions_are_restamped_when_sync_arrives_even_with_no_broker(tmp_path):
+    """Re-stamped at once, not only at publish time: a reboot while the broker is still
+    out of reach would otherwise leave them on a clock nobody can map any more."""
+    from tests.conftest import wait_until
+
+    config = parse_config({
+        "device_id": "clock-pi",
+        "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated",
+                     "rate_hz": RATE_HZ}],
+        "session": {"duration_s": 1},
+        "triggers": {"mqtt": False},
+        "mqtt": {"host": "127.0.0.1", "port": 9},  # never reachable
+        "storage": {"dir": str(tmp_path / "store"), "max_bytes": 100 << 20},
+        "emulation": {"wall_clock_steps": [[3, 60]]},
+    })
+    daemon = Daemon(config)
+    replies: list[Any] = []
+    daemon.start()
+    try:
+        daemon.submit(StartRequested(Trigger("mqtt"), reply=replies.append))
+        wait_until(lambda: replies and replies[0].session_id in daemon.store.pending(), 10,
+                   "the session in the outbox")
+        sid = replies[0].session_id
+        before = daemon.store.manifest(sid)
+        assert before["clock"]["synced"] is False  # finished before the emulated NTP step
+        after = wait_until(lambda: (m := daemon.store.manifest(sid))["clock"]["synced"] and m,
+                           10, "the re-stamp once synchronised")
+    finally:
+        daemon.shutdown()
+    assert after["clock"]["restamped"]["shift_ns"] == pytest.approx(60e9, abs=1e6)
+    assert iso_ns(after["started_at"]) - iso_ns(before["started_at"]) == \
+        pytest.approx(60e9, abs=1e6)
+    assert daemon.store.parts_sent(sid) == 0  # nothing was published: no broker
+
+
+def test_restamper_catches_every_unsynced_session_once_synchronised(tmp_path):
+    from edge_recorder.recording.restamp import Restamper
+
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=0.5))
+    restamper = Restamper(rig.store, rig.clock.clock)
+    rig.clock.synced = False
+    first = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.finish(1)
+    restamper.on_idle()  # not synchronised: nothing to do
+    assert rig.store.manifest(first)["clock"]["synced"] is False
+    rig.clock.step(30)
+    rig.clock.synced = True
+    restamper.on_idle()
+    assert rig.store.manifest(first)["clock"]["restamped"]["shift_ns"] == 30 * 10**9
+    # a session finished unsynced in the instant the clock synchronised (the recorder read the
+    # flag just before): it reaches the outbox after the pass and is caught at the next turn
+    rig.clock.synced = False
+    second = rig.ask(StartRequested, trigger=Trigger("mqtt"))["session_id"]
+    rig.finish(1)
+    rig.clock.synced = True
+    rig.clock.step(2)
+    restamper.on_idle()
+    assert rig.store.manifest(second)["clock"]["restamped"]["shift_ns"] == 2 * 10**9
+    assert "restamped" in rig.store.manifest(first)["clock"]  # and the first only once
+    assert rig.store.manifest(first)["clock"]["restamped"]["shift_ns"] == 30 * 10**9

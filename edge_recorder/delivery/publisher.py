@@ -74,11 +74,13 @@ class Publisher:
         receipt_timeout_s: float = 60.0,
         on_change: Callable[[str], None] = lambda session_id: None,
         prepare: Callable[[str], object] = lambda session_id: None,
+        idle: Callable[[], object] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``on_change(session_id)``: a session changed state (published, stored,
         quarantined). ``prepare(session_id)`` runs before a session's first part is sent
-        (re-stamping a session recorded before the clock was synchronised). ``clock``:
+        (re-stamping a session recorded before the clock was synchronised); ``idle()`` on
+        every turn of the loop, connected or not (re-stamping them all once synced). ``clock``:
         monotonic seconds, for the receipt deadlines."""
         self.store = store
         self.link = link
@@ -90,6 +92,7 @@ class Publisher:
         self.on_change = on_change
         self.clock = clock
         self.prepare = prepare
+        self.idle = idle
         self.published = 0
         self.resent = 0
         self.stored = 0
@@ -420,6 +423,7 @@ class Publisher:
             self._wake.wait(min(IDLE_RESCAN_S, RECEIPT_CHECK_EVERY_S))
             self._wake.clear()
             try:
+                self.idle()
                 self._take_receipts()
                 if self.link.connected.is_set():
                     self._check_receipts_due()

@@ -64,3 +64,43 @@ def restamp_if_synced(store: DeviceStore, clock: Clock, session_id: str) -> bool
     log.info("session %s was recorded before the clock was synchronised; re-stamped by "
              "%+.3f s", session_id, delta / 1e9)
     return True
+
+
+class Restamper:
+    """Both moments a session recorded unsynced is re-stamped: before its first publish
+    (:meth:`before_publish`), and as soon as the clock is synchronised (:meth:`on_idle`,
+    every pending session at once), so one still waiting for its broker when the device
+    reboots is not left on a clock that can no longer be mapped. Both run on the publisher's
+    thread, which alone sends outbox files, so a file is never rewritten while it is sent."""
+
+    def __init__(self, store: DeviceStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self._checked: set[str] = set()  # outbox sessions looked at while synchronised
+
+    def before_publish(self, session_id: str) -> bool:
+        return restamp_if_synced(self.store, self.clock, session_id)
+
+    def on_idle(self) -> None:
+        """While synchronised, every outbox session not looked at yet (one directory listing
+        a turn; a session's manifest is read once)."""
+        if self.clock.synced() is not True:
+            self._checked.clear()
+            return
+        pending = self.store.pending()
+        for sid in pending:
+            if sid in self._checked:
+                continue
+            self._checked.add(sid)
+            if self.store.parts_sent(sid):
+                continue  # its publish began: it goes out as it started
+            try:
+                restamp_if_synced(self.store, self.clock, sid)
+            except (OSError, ValueError) as exc:  # tried again before it is published
+                log.warning("session %s: cannot re-stamp it now (%s: %s); trying again "
+                            "before it is published", sid, type(exc).__name__, exc)
+                try:
+                    self.store.settle_replacement(sid)  # drop a half-written copy
+                except (OSError, ValueError):
+                    pass
+        self._checked.intersection_update(pending)
