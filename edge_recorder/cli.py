@@ -230,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--token-file", type=Path, metavar="FILE",
                    help="file whose first line is the token (e.g. --token-file "
                         "/etc/edge-recorder/console.token)")
+    q.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a name clients use to reach the console, accepted in the Host "
+                        "header besides localhost, 127.0.0.1, [::1] and --bind (repeatable; "
+                        "e.g. --bind 0.0.0.0 --allow-host collector.lan)")
     return p
 
 
@@ -621,7 +625,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from edge_recorder.console.serve import serve
 
     return serve(args.store, index_url=args.index, bind=args.bind, port=args.port,
-                 token=args.token, token_file=args.token_file)
+                 token=args.token, token_file=args.token_file, allow_host=args.allow_host)
 
 
 COMMANDS = {

@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -376,3 +377,184 @@ def test_live_answers_204_until_a_session_arrives(app_client: TestClient, store:
     assert r.status_code == 200
     assert page_keys(r.json()["rows"]) == [f"pi-09/{m['session_id']}"]
     assert r.json()["total"] == 1
+
+
+# --- the Host header (DNS rebinding) and the bound on exports --------------------------------
+@pytest.mark.parametrize("host", [
+    "attacker.example:8080", "attacker.example", "127.0.0.1.attacker.example",
+    "localhost.attacker.example:8080", "0.0.0.0:8080", "127.0.0.2", "[::2]:8080",
+    "127.0.0.1@attacker.example", "[::1", "", "localhost:8080:9",
+])
+def test_a_foreign_host_header_gets_a_400_on_every_route(app_client: TestClient, store: Path,
+                                                         host: str) -> None:
+    """A page from another site that rebinds its name to 127.0.0.1 sends its own name as
+    Host: the console must answer nothing but a 400, token or not (RFC 9110 §7.2: Host is the
+    name the client used)."""
+    key = cli_keys(store, "--label", "walk")[0]
+    for path in ("/sessions", "/sessions/live", "/journeys", f"/sessions/{key}",
+                 f"/sessions/{key}/series", f"/sessions/{key}/download/mcap",
+                 f"/sessions/{key}/download/csv", "/static/console.css", "/"):
+        r = app_client.get(path, headers={"Host": host})
+        assert r.status_code == 400, (host, path, r.status_code)
+        assert r.headers["content-type"].startswith("text/plain") and "Host" in r.text
+        assert "data-session" not in r.text and r.headers["x-frame-options"] == "DENY"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:8080", "localhost:1",
+                                  "LocalHost:8080", "[::1]:8080", "[::1]"])
+def test_the_loopback_names_are_accepted_with_any_port(app_client: TestClient,
+                                                       host: str) -> None:
+    assert app_client.get("/sessions", headers={"Host": host}).status_code == 200
+
+
+def test_allowed_hosts_and_the_token_both_apply(store: Path) -> None:
+    catalog = Catalog(SessionIndex(store, check_same_thread=False), store)
+    app = build_app(catalog, token=TOKEN, hosts=["Console.LAN", "192.168.1.20"])
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        for host in ("console.lan:8080", "192.168.1.20:8080", "127.0.0.1"):
+            assert c.get("/sessions", headers={**bearer, "Host": host}).status_code == 200
+            assert c.get("/sessions", headers={"Host": host}).status_code == 401
+        for host in ("other.lan:8080", "192.168.1.21"):  # the token does not excuse the Host
+            assert c.get("/sessions", headers={**bearer, "Host": host}).status_code == 400
+    catalog.close()
+    with pytest.raises(ValueError, match="not a host name"):
+        build_app(catalog, hosts=["console.lan:8080"])
+
+
+def test_a_request_without_a_host_header_gets_a_400(store: Path) -> None:
+    import asyncio
+
+    catalog = Catalog(SessionIndex(store, check_same_thread=False), store)
+    app = build_app(catalog)
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/sessions", "raw_path": b"/sessions",
+             "query_string": b"", "headers": [], "http_version": "1.0", "scheme": "http",
+             "root_path": "", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5000),
+             "asgi": {"version": "3.0", "spec_version": "2.4"}}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 400
+    catalog.close()
+
+
+def test_serve_checks_allow_host_and_answers_only_its_names(store: Path) -> None:
+    out = cli("serve", "--store", str(store), "--allow-host", "evil.example:80", "--port", "0")
+    assert out.returncode == 2 and "--allow-host" in out.stderr and "Traceback" not in out.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "edge_recorder", "serve", "--store",
+                             str(store), "--port", "0", "--allow-host", "console.lan"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", proc.stdout.readline()).group(1))
+        import http.client
+
+        for host, status in (("attacker.example:8080", 400), (f"127.0.0.1:{port}", 200),
+                             ("console.lan", 200), ("localhost", 200)):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/sessions", headers={"Host": host})
+            r = conn.getresponse()
+            body = r.read()
+            conn.close()
+            assert r.status == status, (host, body)
+            assert (b"data-session" in body) == (status == 200)
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) in (0, -signal.SIGTERM)
+
+
+def test_exports_are_bounded_and_a_busy_console_says_when_to_retry(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fifty downloads of a long session's CSV must not fill /tmp or take every worker:
+    while MAX_EXPORTS exports are being written, another is a 503 with Retry-After and no
+    temporary file; the stored file is still served; a slot frees when its file is sent."""
+    import threading
+
+    from edge_recorder.console.web import EXPORTERS, MAX_EXPORTS, Exporter
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the exports are written
+    gate, started = threading.Event(), threading.Semaphore(0)
+    real = EXPORTERS["csv"]
+
+    def held_write(session_file: Path, out: Path) -> None:
+        started.release()
+        gate.wait(timeout=20)
+        assert real.write is not None
+        real.write(session_file, out)
+
+    formats = dict(EXPORTERS, csv=Exporter(real.media_type, real.suffix, held_write))
+    key = cli_keys(store, "--label", "walk")[0]
+    catalog = Catalog(SessionIndex(store, check_same_thread=False), store)
+    with TestClient(build_app(catalog, exporters=formats), base_url="http://127.0.0.1") as c:
+        expected = c.get(f"/sessions/{key}/download/edge-impulse")  # warms the path
+        assert expected.status_code == 200
+        results: list = []
+        workers = [threading.Thread(target=lambda: results.append(
+            c.get(f"/sessions/{key}/download/csv"))) for _ in range(MAX_EXPORTS)]
+        for w in workers:
+            w.start()
+        for _ in range(MAX_EXPORTS):
+            assert started.acquire(timeout=20)
+        busy = c.get(f"/sessions/{key}/download/csv")
+        assert busy.status_code == 503 and busy.headers["retry-after"].isdigit()
+        assert "try again" in busy.text
+        assert len(list(tmp_path.glob("edge-recorder-console-*"))) == MAX_EXPORTS
+        assert c.get(f"/sessions/{key}/download/mcap").status_code == 200  # no export
+        gate.set()
+        for w in workers:
+            w.join(timeout=30)
+        assert [r.status_code for r in results] == [200] * MAX_EXPORTS
+        assert results[0].content == results[1].content != b""
+        again = c.get(f"/sessions/{key}/download/csv")
+        assert again.status_code == 200 and again.content == results[0].content
+    catalog.close()
+    assert list(tmp_path.glob("edge-recorder-console-*")) == []
+
+
+def test_an_export_abandoned_mid_send_is_deleted_and_frees_its_slot(
+        store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    key = cli_keys(store, "--label", "walk")[0]
+    catalog = Catalog(SessionIndex(store, check_same_thread=False), store)
+    app = build_app(catalog, max_exports=1)
+    path = f"/sessions/{key}/download/csv"
+
+    async def get(fail_on_body: bool) -> int:
+        status = 0
+
+        async def receive() -> dict:
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif fail_on_body:
+                raise OSError("the client went away")
+
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "headers": [(b"host", b"127.0.0.1:8080")],
+                 "http_version": "1.1", "scheme": "http", "root_path": "",
+                 "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5000),
+                 "asgi": {"version": "3.0", "spec_version": "2.4"}}
+        try:
+            await app(scope, receive, send)
+        except OSError:
+            pass
+        return status
+
+    async def scenario() -> list[int]:
+        return [await get(True), await get(True), await get(False)]
+
+    assert asyncio.run(scenario()) == [200, 200, 200]  # a leaked slot would make these 503
+    assert list(tmp_path.glob("edge-recorder-console-*")) == []
+    catalog.close()

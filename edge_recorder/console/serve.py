@@ -2,6 +2,8 @@
 
 Loopback by default. Listening on any other address needs a token (``--token`` or, better,
 ``--token-file``, which keeps it out of ``ps``); without one the command refuses to start.
+Requests must name the console in ``Host``: localhost, 127.0.0.1, [::1], the ``--bind``
+address, or a name given with ``--allow-host`` (DNS rebinding defence).
 """
 
 from __future__ import annotations
@@ -53,8 +55,28 @@ def check_bind(bind: str, token: str | None) -> None:
                          "--token-file (or --token), or bind to 127.0.0.1")
 
 
+def allowed_hosts(bind: str, allow_host: list[str]) -> list[str]:
+    """The ``Host`` names accepted besides loopback: the bind address (unless it is a
+    wildcard such as 0.0.0.0) and every ``--allow-host``, each checked."""
+    from edge_recorder.console.web import check_host
+
+    try:
+        wildcard = ipaddress.ip_address(bind).is_unspecified
+    except ValueError:
+        wildcard = False
+    hosts = []
+    for option, name in ([] if wildcard else [("--bind", bind)]) + [
+            ("--allow-host", name) for name in allow_host]:
+        try:
+            hosts.append(check_host(name))
+        except ValueError as exc:
+            raise UsageError(f"{option} {exc}") from None
+    return hosts
+
+
 def serve(store: Path, *, index_url: str | None = None, bind: str = "127.0.0.1",
-          port: int = 8080, token: str | None = None, token_file: Path | None = None) -> int:
+          port: int = 8080, token: str | None = None, token_file: Path | None = None,
+          allow_host: list[str] | None = None) -> int:
     token = read_token(token, token_file)
     check_bind(bind, token)
     if not 0 <= port <= 65535:
@@ -62,10 +84,11 @@ def serve(store: Path, *, index_url: str | None = None, bind: str = "127.0.0.1",
     try:
         import uvicorn
 
-        from edge_recorder.console.web import Catalog, build_app
+        from edge_recorder.console.web import LOOPBACK_HOSTS, Catalog, build_app
     except ImportError as exc:
         raise UsageError(f"serve needs the console extra ({exc.name} is missing): "
                          "pip install 'edge-recorder[console]'") from None
+    hosts = allowed_hosts(bind, allow_host or [])
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -90,7 +113,10 @@ def serve(store: Path, *, index_url: str | None = None, bind: str = "127.0.0.1",
         print(f"edge-recorder console on {where} ({n} session(s) in {store}; read-only"
               f"{'; open it once as ' + where + '?token=<your token>' if token else ''}); "
               "Ctrl-C stops it", flush=True)
-        config = uvicorn.Config(build_app(catalog, token=token), log_config=None,
+        extra = "".join(", " + h for h in hosts if h not in LOOPBACK_HOSTS)
+        print(f"accepting requests whose Host is localhost, 127.0.0.1, [::1]{extra} "
+              "(--allow-host NAME adds one)", flush=True)
+        config = uvicorn.Config(build_app(catalog, token=token, hosts=hosts), log_config=None,
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=3)
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -14,21 +14,26 @@ Safe by default: no route writes; every query string is parsed strictly (known n
 bounded sizes, valid UTF-8, printable) and anything else is a 400 before any work; device
 and session ids must match :data:`edge_recorder.documents.ID_RE`; files are found through
 the index and served only when they resolve inside the store; with a token, every request
-must carry it (header ``Authorization: Bearer …``, or the cookie set by ``?token=…``).
+must carry it (header ``Authorization: Bearer …``, or the cookie set by ``?token=…``);
+a request whose ``Host`` is not one of this console's names is a 400 (a page from another
+site that rebinds its name to 127.0.0.1 gets nothing); at most :data:`MAX_EXPORTS` exports
+are written at a time, a download beyond them is a 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import hmac
 import importlib.util
+import ipaddress
 import logging
+import re
 import tempfile
 import threading
 import time
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,7 +44,6 @@ from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware.gzip import GZipMiddleware
@@ -79,6 +83,13 @@ COOKIE = "edge_recorder_console"
 SYNC_MIN_INTERVAL_S = 2.0  # the index is re-read from the manifests at most this often...
 SYNC_COST_FACTOR = 20  # ...and never more than 1/20 of the time (a large store costs more)
 SERIES_CACHE_ENTRIES = 16
+MAX_EXPORTS = 2  # exports written at once (each a temporary file and a worker thread)...
+EXPORT_RETRY_AFTER_S = 5  # ...a download beyond them is told to come back after this
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")  # always this console's names
+HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+                         r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+HOST_HEADER_RE = re.compile(r"^(?:\[(?P<ipv6>[0-9a-fA-F:.]+)\]|(?P<name>[^\[\]:/@\s]+))"
+                            r"(?::[0-9]{1,5})?$")
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; "
                                  b"frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
@@ -272,8 +283,13 @@ def iso_ns(text: str) -> int:
 
 # --- the application -----------------------------------------------------------------------
 def build_app(catalog: Catalog, *, token: str | None = None,
-              exporters: dict[str, Exporter] | None = None) -> ASGIApp:
-    """The console over ``catalog``; with ``token``, every request must present it."""
+              exporters: dict[str, Exporter] | None = None, hosts: Iterable[str] = (),
+              max_exports: int = MAX_EXPORTS) -> ASGIApp:
+    """The console over ``catalog``; with ``token``, every request must present it.
+
+    ``hosts``: names (or addresses) besides localhost, 127.0.0.1 and [::1] that a request's
+    ``Host`` may carry; any other ``Host`` is a 400.
+    """
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
     templates = Jinja2Templates(env=env)
@@ -281,6 +297,7 @@ def build_app(catalog: Catalog, *, token: str | None = None,
     formats = dict(EXPORTERS if exporters is None else exporters)
     series_cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
     cache_lock = threading.Lock()
+    exports = threading.BoundedSemaphore(max_exports)
 
     def page_of(request: Request, name: str, context: dict[str, Any]) -> Response:
         response = templates.TemplateResponse(request, name, context)
@@ -429,18 +446,27 @@ def build_app(catalog: Catalog, *, token: str | None = None,
         if exporter.write is None:  # the file as it is
             return FileResponse(path, media_type=exporter.media_type,
                                 filename=f"{entry.manifest.session_id}{exporter.suffix}")
-        tmp = tempfile.NamedTemporaryFile(prefix="edge-recorder-console-",  # noqa: SIM115
-                                          suffix=exporter.suffix, delete=False)
-        tmp.close()
-        out = Path(tmp.name)
+        if not exports.acquire(blocking=False):  # held until the file is sent and deleted
+            raise HTTPException(503, f"{max_exports} exports are being written; try again "
+                                     f"in {EXPORT_RETRY_AFTER_S} s",
+                                headers={"retry-after": str(EXPORT_RETRY_AFTER_S)})
+        out: Path | None = None
         try:
+            tmp = tempfile.NamedTemporaryFile(prefix="edge-recorder-console-",  # noqa: SIM115
+                                              suffix=exporter.suffix, delete=False)
+            tmp.close()
+            out = Path(tmp.name)
             await run_in_threadpool(exporter.write, path, out)
-        except (EdgeRecorderError, OSError) as exc:
-            out.unlink(missing_ok=True)
-            raise HTTPException(422, f"export failed: {type(exc).__name__}: {exc}") from None
-        return FileResponse(out, media_type=exporter.media_type,
-                            filename=f"{entry.manifest.session_id}{exporter.suffix}",
-                            background=BackgroundTask(out.unlink, missing_ok=True))
+        except BaseException as exc:
+            if out is not None:
+                out.unlink(missing_ok=True)
+            exports.release()
+            if isinstance(exc, (EdgeRecorderError, OSError)):
+                raise HTTPException(422, f"export failed: {type(exc).__name__}: {exc}"
+                                    ) from None
+            raise
+        return TemporaryFileResponse(out, exports.release, media_type=exporter.media_type,
+                                     filename=f"{entry.manifest.session_id}{exporter.suffix}")
 
     async def home(request: Request) -> Response:
         query(request, set())
@@ -450,7 +476,7 @@ def build_app(catalog: Catalog, *, token: str | None = None,
         assert isinstance(exc, HTTPException)
         return PlainTextResponse(f"{exc.status_code}: {exc.detail}\n",
                                  status_code=exc.status_code,
-                                 headers={"cache-control": "no-store"})
+                                 headers={**(exc.headers or {}), "cache-control": "no-store"})
 
     routes = [
         Route("/", home),
@@ -464,10 +490,25 @@ def build_app(catalog: Catalog, *, token: str | None = None,
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: on_http_error})
     app.add_middleware(GZipMiddleware, minimum_size=2048)
-    return Guard(app, token)
+    return Guard(app, token, hosts)
 
 
 # --- exports ---------------------------------------------------------------------------------
+class TemporaryFileResponse(FileResponse):
+    """A file sent once, then deleted and ``done()`` called, even if the client went away."""
+
+    def __init__(self, path: Path, done: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.done = done
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            Path(self.path).unlink(missing_ok=True)
+            self.done()
+
+
 @dataclass(frozen=True)
 class Exporter:
     """A download: ``write(session_file, out_path)``, or None to send the file as it is."""
@@ -541,12 +582,42 @@ def label_colour(label: str) -> int:
 
 
 # --- token and headers ------------------------------------------------------------------------
-class Guard:
-    """Security headers on every response; with a token, no request without it."""
+def host_name(text: str) -> str | None:
+    """The name in a ``Host`` header (``[::1]:8080`` → ``::1``), lower case; None if malformed."""
+    m = HOST_HEADER_RE.match(text)
+    if m is None:
+        return None
+    if m["ipv6"] is not None:
+        try:
+            return str(ipaddress.IPv6Address(m["ipv6"]))
+        except ValueError:
+            return None
+    return m["name"].lower()
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+
+def check_host(text: str) -> str:
+    """A name for ``--allow-host`` / ``hosts``: a DNS name or an IP address, no port."""
+    name = text.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    if not HOSTNAME_RE.match(name):
+        raise ValueError(f"{text[:80]!r} is not a host name or an IP address (no port, "
+                         "e.g. console.lan or 192.168.1.20)")
+    return name
+
+
+class Guard:
+    """Security headers on every response; only this console's ``Host`` names; with a
+    token, no request without it."""
+
+    def __init__(self, app: ASGIApp, token: str | None, hosts: Iterable[str] = ()) -> None:
         self.app = app
         self.token = token.encode() if token else None
+        self.hosts = frozenset(check_host(h) for h in (*LOOPBACK_HOSTS, *hosts))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -558,6 +629,11 @@ class Guard:
                 message["headers"] = list(message.get("headers", [])) + SECURITY_HEADERS
             await send(message)
 
+        raw_host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+        if host_name(raw_host) not in self.hosts:
+            await _plain(400, f"400: Host {raw_host[:80]!r} is not a name of this console "
+                              "(serve --allow-host NAME adds a name)\n", send_with_headers, [])
+            return
         if scope["method"] not in ("GET", "HEAD"):
             await _plain(405, "405: this console only reads (GET)\n", send_with_headers,
                          [(b"allow", b"GET, HEAD")])
