@@ -338,10 +338,11 @@ class Recorder:
             # each gap as far as it lies in the window, with its share of the loss, so the
             # gaps listed add up to what is counted as dropped
             w_start, w_end = s.window_start_ns, s.stop_ns
-            gaps = [dict(g.as_dict(), start_ns=max(g.start_ns, w_start) + offset,
-                         end_ns=min(g.end_ns, w_end) + offset,
-                         lost=_overlap_lost(g.start_ns, g.end_ns, g.lost, w_start, w_end))
-                    for g in src.ring.gaps_between(w_start, w_end)]
+            gaps: list[dict[str, Any]] = [
+                dict(g.as_dict(), start_ns=max(g.start_ns, w_start) + offset,
+                     end_ns=min(g.end_ns, w_end) + offset,
+                     lost=_overlap_lost(g.start_ns, g.end_ns, g.lost, w_start, w_end))
+                for g in src.ring.gaps_between(w_start, w_end)]
             gaps = [g for g in gaps if g["lost"]]
             sensors.append({"name": src.name, "driver": src.driver, "rate_hz": src.rate_hz,
                             "samples": s.samples[src.name],

@@ -319,7 +319,7 @@ class EmulatedChip:
     # --- the tables ---------------------------------------------------------------------
     def _table_length(self, period: float) -> int:
         """One cycle of a periodic motion (so it wraps seamlessly), else the noise's."""
-        cycle_s = getattr(self.motion, "period_s", None)
+        cycle_s: float | None = getattr(self.motion, "period_s", None)
         if not cycle_s:
             return NOISE_SAMPLES
         return max(4, min(MAX_TABLE_SAMPLES, round(cycle_s * 1e9 / period / 4) * 4))
