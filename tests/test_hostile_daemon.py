@@ -364,6 +364,8 @@ def test_a_trigger_that_cannot_be_built_rolls_the_reload_back(tmp_path, bad_pin)
     from edge_recorder.app import Daemon
     from edge_recorder.config import load_config
 
+    # upper bounds, not speeds (a pass takes ~2.5 s): a loaded CI machine may be 5× slower
+    WAIT_S = 30  # noqa: N806
     factory = MockFactory()
     doc = {"device_id": "gpio-pi",
            "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated"}],
@@ -382,11 +384,11 @@ def test_a_trigger_that_cannot_be_built_rolls_the_reload_back(tmp_path, bad_pin)
         before = set(daemon.store.pending())
         factory.pin(pin).drive_low()
         factory.pin(pin).drive_high()
-        new = wait_until(lambda: set(daemon.store.pending()) - before, 10, f"a session ({pin})")
+        new = wait_until(lambda: set(daemon.store.pending()) - before, WAIT_S, f"a session ({pin})")
         return daemon.store.manifest(new.pop())["labels"]
 
     try:
-        wait_until(lambda: daemon.channels[0].counters.state == "up", 10, "sensor up")
+        wait_until(lambda: daemon.channels[0].counters.state == "up", WAIT_S, "sensor up")
         assert press(5) == ["v1"]
         bad = {**doc, "session": {"duration_s": 0.3, "labels": ["v2"]},
                "triggers": {"mqtt": False, "gpio": [{"pin": 6, "action": "start"},
@@ -395,7 +397,7 @@ def test_a_trigger_that_cannot_be_built_rolls_the_reload_back(tmp_path, bad_pin)
             held = Button(7, pin_factory=factory)
         path.write_text(yaml.safe_dump(bad))
         reload.set()
-        wait_until(lambda: daemon.config_error, 10, "the refusal")
+        wait_until(lambda: daemon.config_error, WAIT_S, "the refusal")
         assert "a trigger could not be set up" in daemon.config_error
         assert press(5) == ["v1"]  # the old button, the old session settings
         if bad_pin == 7:
@@ -404,7 +406,7 @@ def test_a_trigger_that_cannot_be_built_rolls_the_reload_back(tmp_path, bad_pin)
             "mqtt": False, "gpio": [{"pin": 6, "action": "start"}]}}))
         reload.set()
         wait_until(lambda: not daemon.config_error and daemon.config.session.labels == ("v2",),
-                   10, "the good reload")
+                   WAIT_S, "the good reload")
         assert press(6) == ["v2"]
     finally:
         stop.set()
