@@ -183,3 +183,77 @@ def test_timestamps_follow_the_true_sampling_instants(tmp_path, clock_error, dri
     p99 = statistics.quantiles(settled, n=100)[98]
     assert p99 < 0.02 * period_ns, p99  # issue 15: under 2 % of a period
     assert rig.channel.timebase.rate_hz == pytest.approx(rate_hz * (1 + clock_error), rel=1e-4)
+
+
+class _DecodeFailure:
+    """Wraps mpu6050.frames_struct: raises on the calls chosen, i.e. after the driver has
+    drained the FIFO burst (the failure the sampler cannot retry)."""
+
+    def __init__(self, real, fail_calls: range) -> None:
+        self.real, self.fail_calls, self.calls = real, fail_calls, 0
+
+    def __call__(self, frames: int):
+        self.calls += 1
+        if self.calls in self.fail_calls:
+            raise ValueError("corrupt burst")
+        return self.real(frames)
+
+
+def _driver_error_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "edge_recorder.sampling.sampler" and "driver_error" in r.getMessage()]
+
+
+def test_a_decode_failure_after_the_fifo_was_drained_is_a_counted_gap(tmp_path, monkeypatch,
+                                                                      caplog):
+    from edge_recorder.sensors import mpu6050
+    rig = Rig(tmp_path, rate_hz=200)  # polled every 20 ms: 4 samples a burst
+    sid = start(rig)
+    rig.run(1.0)
+    failure = _DecodeFailure(mpu6050.frames_struct, range(1, 2))
+    monkeypatch.setattr(mpu6050, "frames_struct", failure)
+    rig.run(1.0)
+    stop(rig)
+    rig.finish()
+    manifest, path = stored(rig, sid)
+    sensor = manifest["sensors"][0]
+    assert rig.channel.counters.driver_errors == 1
+    assert [g["reason"] for g in sensor["gaps"]] == ["driver_error"]
+    gap = sensor["gaps"][0]
+    # the burst the driver drained (one poll, 20 ms = 4 samples) and what arrived while it
+    # was read and the FIFO reset (emulated bus time: under one more sample)
+    assert 4 <= gap["lost"] <= 5
+    assert sensor["dropped"] == gap["lost"] == rig.channel.counters.dropped
+    t, _ = samples_of(path)
+    assert len(t) == sensor["samples"]
+    # every sample period of the session is a sample or in the gap; one sample either way
+    # for where the session's window cut the 200 Hz grid
+    span = (t[-1] - t[0]) * 200 / 1e9 + 1
+    assert sensor["samples"] + sensor["dropped"] == pytest.approx(span, abs=1)
+    assert any(x > gap["end_ns"] for x in t)  # sampling went on after it
+    lines = _driver_error_lines(caplog)
+    assert len(lines) == 1 and "ValueError: corrupt burst" in lines[0], lines
+    assert not any(r.exc_info for r in caplog.records)  # no traceback
+
+
+def test_a_driver_failing_on_every_poll_logs_once_and_counts_every_loss(tmp_path, monkeypatch,
+                                                                       caplog):
+    from edge_recorder.sensors import mpu6050
+    rig = Rig(tmp_path, rate_hz=200)
+    rig.run(1.0)
+    dropped_before = rig.channel.counters.dropped
+    failure = _DecodeFailure(mpu6050.frames_struct, range(1, 10**9))
+    monkeypatch.setattr(mpu6050, "frames_struct", failure)
+    rig.run(2.0)  # 100 polls, each draining a burst that cannot be decoded
+    assert rig.channel.counters.driver_errors >= 90
+    lines = _driver_error_lines(caplog)
+    assert len(lines) == 1, lines
+    gaps = rig.ring.gaps_between(0, rig.clock.now + 1)
+    lost = sum(g.lost for g in gaps if g.reason == "driver_error")
+    assert rig.channel.counters.dropped - dropped_before == lost
+    assert lost == pytest.approx(2.0 * 200, abs=2)
+    monkeypatch.setattr(mpu6050, "frames_struct", failure.real)
+    samples = rig.channel.counters.samples
+    rig.run(1.0)
+    assert rig.channel.counters.samples - samples == pytest.approx(200, abs=5)
+    assert rig.channel.counters.state == "up"

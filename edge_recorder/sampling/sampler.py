@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_recorder.clock import monotonic_ns
+from edge_recorder.log import describe
 from edge_recorder.sampling.ring import Gap, SampleRing
 from edge_recorder.sampling.timebase import FrameTimebase
 from edge_recorder.sensors.base import ImuDriver
@@ -30,6 +31,7 @@ ASSUMED_BUS_HZ = 400_000  # where the bus does not say (config.ASSUMED_BUS_HZ)
 COUNT_LATCH_BITS = 2 + 9 * 3
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 1.0  # a probe is one 1-byte read: cheap enough to try every second
+DRIVER_ERROR_LOG_S = 60.0  # the same driver failure is logged again at most this often
 POLL_MIN_S = 0.005
 POLL_MAX_S = 0.1
 
@@ -43,6 +45,7 @@ class SensorCounters:
     dropped: int = 0
     gaps: int = 0
     bus_errors: int = 0
+    driver_errors: int = 0  # reads that failed past the bus (decoding); their data is a gap
     overflows: int = 0
     fifo_peak_pct: float = 0.0  # fullest the FIFO was at a read, % of its frames (100: overflow)
     rate_hz: float = 0.0
@@ -67,6 +70,9 @@ class SensorChannel:
     retry_at_ns: int = 0
     backoff_s: float = BACKOFF_MIN_S
     last_ts_ns: int | None = None  # accounted for up to here: last sample, or a gap's end
+    driver_error_logged: str = ""  # the driver failure last logged, and when (sampler clock)
+    driver_error_logged_ns: int = 0
+    driver_errors_unlogged: int = 0
 
     def __post_init__(self) -> None:
         self.timebase = FrameTimebase(1e9 / self.driver.rate_hz)
@@ -129,6 +135,9 @@ class BusSampler:
         except OSError as exc:
             self._bus_error(s, exc, now)
             return
+        except Exception as exc:  # past the bus: what the read drained is gone
+            self._driver_error(s, exc, now)
+            return
         s.consecutive_errors = 0
         fill_pct = 100.0 if read.overflowed else \
             100.0 * (read.frames + read.lost_frames) / s.driver.fifo_frames
@@ -154,18 +163,21 @@ class BusSampler:
                 s.counters.rate_hz = s.timebase.rate_hz
             s.last_ts_ns = stamps[-1]
 
-    def _record_loss(self, s: SensorChannel, since_ns: int, now: int, reason: str) -> None:
+    def _record_loss(self, s: SensorChannel, since_ns: int, now: int, reason: str,
+                     *, announce: bool = True) -> int:
         """Everything sampled after ``since_ns`` until ``now`` is lost: count it, mark a gap.
 
         ``since_ns`` is the last instant already accounted for (a sample or the end of the
         previous gap), so repeated losses while starved of CPU never count a stretch twice,
-        and nothing sampled after ``now`` is stamped inside the gap."""
+        and nothing sampled after ``now`` is stamped inside the gap. Returns how many."""
         lost = round((now - since_ns) / s.period_ns)
         s.timebase.skip(lost, until_ns=now)
         if lost > 0:
             self._add_gap(s, Gap(int(since_ns + s.period_ns), now, lost, reason))
-            log.warning("sensor %s: %d samples lost (%s)", s.name, lost, reason)
+            if announce:
+                log.warning("sensor %s: %d samples lost (%s)", s.name, lost, reason)
         s.last_ts_ns = max(now, s.last_ts_ns or now)
+        return max(lost, 0)
 
     @staticmethod
     def _add_gap(s: SensorChannel, gap: Gap) -> None:
@@ -185,6 +197,35 @@ class BusSampler:
         s.down_since_ns = s.last_ts_ns if s.last_ts_ns is not None else now
         s.retry_at_ns = now
         s.backoff_s = BACKOFF_MIN_S
+
+    def _driver_error(self, s: SensorChannel, exc: Exception, now: int) -> None:
+        """A read that failed past the bus (e.g. decoding a burst the driver had already
+        drained): empty the FIFO so the next read starts on a frame boundary, and count
+        everything since the last accounted instant as a ``driver_error`` gap. Logged
+        when the failure differs from the last one logged, else once a minute at most:
+        a failure on every poll must not flood the journal."""
+        s.counters.driver_errors += 1
+        reason = describe(exc)
+        s.counters.last_error = reason
+        reset_error = ""
+        try:
+            s.driver.reset_fifo()
+        except OSError as bus_exc:  # the FIFO keeps filling; the next read finds it full
+            s.counters.bus_errors += 1
+            reset_error = f"; resetting its FIFO failed too ({describe(bus_exc)})"
+        since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
+        lost = self._record_loss(s, since, self.clock(), "driver_error", announce=False)
+        if reason == s.driver_error_logged and \
+                now - s.driver_error_logged_ns < DRIVER_ERROR_LOG_S * 1e9:
+            s.driver_errors_unlogged += 1
+            return
+        repeats = (f" (the previous failure repeated {s.driver_errors_unlogged} more times)"
+                   if s.driver_errors_unlogged else "")
+        log.error("sensor %s: driver %s failed reading its FIFO: %s; %d samples lost "
+                  "(driver_error), FIFO reset%s%s", s.name, s.driver.name, reason, lost,
+                  reset_error, repeats)
+        s.driver_error_logged, s.driver_error_logged_ns = reason, now
+        s.driver_errors_unlogged = 0
 
     def _bring_up(self, s: SensorChannel, now: int) -> None:
         error: OSError | None = None

@@ -135,6 +135,10 @@ class ImuDriver(ABC):
         """Reset the chip, set rate and ranges, and start the FIFO empty."""
 
     @abstractmethod
+    def reset_fifo(self) -> None:
+        """Empty the FIFO and restart it: what it held is lost (the sampler counts it)."""
+
+    @abstractmethod
     def read_fifo(self) -> FifoRead:
         """Drain every complete frame the FIFO holds, in as few transfers as possible."""
 

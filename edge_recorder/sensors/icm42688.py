@@ -121,10 +121,10 @@ class Icm42688(ImuDriver):
         self._accel_scale = self.accel_range_g / 32768 * STANDARD_GRAVITY_MPS2
         self._gyro_scale = self.gyro_range_dps / 32768 * DEG_TO_RAD
         self.sleep(GYRO_STARTUP_S)  # TDK: "First data are noisy after enabling sensor"
-        self.flush_fifo()
+        self.reset_fifo()
         bus.read(addr, FIFO_COUNTH, 2)  # the first count after a reset reads 0: spend it here
 
-    def flush_fifo(self) -> None:
+    def reset_fifo(self) -> None:
         self.bus.write(self.address, SIGNAL_PATH_RESET, FIFO_FLUSH)
         self.bus.read(self.address, INT_STATUS, 1)  # clear a stale FIFO_FULL
 
@@ -132,7 +132,7 @@ class Icm42688(ImuDriver):
         bus, addr = self.bus, self.address
         status, hi, lo = bus.read(addr, INT_STATUS, 3)  # INT_STATUS, FIFO_COUNTH, FIFO_COUNTL
         if status & FIFO_FULL_INT:
-            self.flush_fifo()
+            self.reset_fifo()
             return FifoRead(empty_columns(), 0, overflowed=True)
         packets = ((hi << 8) | lo) // PACKET.size
         if packets == 0:
@@ -144,7 +144,7 @@ class Icm42688(ImuDriver):
             flat, headers = flat[:9 * packets], headers[:packets]
         if any(h & HEADER_ACCEL_GYRO != HEADER_ACCEL_GYRO for h in headers):
             # not on a packet boundary: this read is unusable; counted as a loss
-            self.flush_fifo()
+            self.reset_fifo()
             return FifoRead(empty_columns(), 0, overflowed=True)
         lost = 0
         if INVALID in flat:  # the chip marks a sample it could not take: drop those packets
