@@ -640,7 +640,7 @@ def parse_config(data: Any, *, base_dir: Path = Path("."), source: str = "config
     )
 
 
-BITS_PER_BYTE = 9  # FACTS.md: a FIFO drain approaches f_SCL / 9 bytes/s
+BITS_PER_BYTE = 9  # NXP UM10204 §3.1.5-3.1.6: 8 data bits + ACK; a drain nears f_SCL / 9 B/s
 ASSUMED_BUS_HZ = 400_000  # when the real clock cannot be read (not on a Pi)
 BUS_BUDGET_FRACTION = 0.9  # leave room for status reads and addressing
 

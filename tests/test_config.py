@@ -129,8 +129,12 @@ def test_missing_credential_files_name_the_key_exit_2(tmp_path: Path, mqtt: dict
 
 
 def test_the_bus_budget_uses_the_real_bus_clock(tmp_path: Path, monkeypatch) -> None:
-    # FACTS.md: 9 clock cycles a byte; 100 kHz ≈ 11.1 kB/s, one MPU-6050 at 1 kHz needs
-    # 14 kB/s. The Pi's clock is in i2c-N/of_node/clock-frequency (big-endian u32).
+    # NXP UM10204 (I2C-bus specification) §3.1.5-3.1.6: 8 data bits then the acknowledge
+    # bit, "the acknowledge 9th clock pulse": 9 clock cycles a byte, so 100 kHz ≈ 11.1 kB/s
+    # and one MPU-6050 at 1 kHz (14 B frames) needs 14 kB/s. The Pi's clock: Linux
+    # drivers/i2c/busses/i2c-bcm2835.c bcm2835_i2c_probe reads the adapter node's
+    # "clock-frequency" (of_property_read_u32; a devicetree u32 is big-endian, Devicetree
+    # Specification §2.2.4) and sets adap->dev.of_node, i.e. i2c-N/of_node/clock-frequency.
     from edge_recorder.sensors import smbus
 
     node = tmp_path / "i2c-1" / "of_node"

@@ -145,8 +145,11 @@ def test_who_am_i_0x69_is_polled_for_the_ds3h_4_kb_fifo(chip_cls) -> None:
 
 
 def test_odr_codes_8_to_10_are_1667_3333_6667_hz() -> None:
-    # FACTS.md (cross-checked 2026-11-27): nominal rates 1667/3333/6667 Hz (ST gives
-    # "1.66 kHz" etc.; the oscillator is 6.667 kHz / 4, / 2, / 1).
+    # ST's own C driver (lsm6dso_reg.h, STMicroelectronics/lsm6dso-pid) enum lsm6dso_odr_xl_t:
+    # LSM6DSO_XL_ODR_1667Hz = 8, _3333Hz = 9, _6667Hz = 10 (the datasheet's "1.66 kHz" etc.
+    # are these rounded). Linux st_lsm6dsx's odr_avl[] stops at {833000, 0x07}, so it
+    # cannot be the reference for codes 8-10; the timebase needs the nominal period, and
+    # ST's names give it: 1667 = 6667 / 4, 3333 = 6667 / 2.
     assert {code: reg.ODR_CODE_HZ[code] for code in (8, 9, 10)} == {
         8: 1667.0, 9: 3333.0, 10: 6667.0}
     clock, chip, _, driver = make(rate_hz=1667)

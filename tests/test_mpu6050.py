@@ -44,8 +44,12 @@ def make(rate_hz: float = 200, accel: int = 4, gyro: int = 500, *,
     return clock, chip, bus, driver
 
 
+# DLPF per rate as Linux inv_mpu_core.c inv_mpu6050_set_lpf chooses (bandwidth ≤ rate / 2;
+# bandwidths per DLPF_CFG: MPU-6000/6050 Register Map rev 4.2 §4.3 CONFIG); 40 and 20 Hz
+# are where "≤" and "<" differ. Divider: §4.2 SMPLRT_DIV, rate = 1 kHz / (1 + divider).
 @pytest.mark.parametrize("rate_hz, divider, dlpf", [(1000, 0, 1), (500, 1, 1), (200, 4, 2),
-                                                    (100, 9, 3), (50, 19, 4), (10, 99, 6)])
+                                                    (100, 9, 3), (50, 19, 4), (40, 24, 4),
+                                                    (20, 49, 5), (10, 99, 6)])
 def test_rate_writes_sample_rate_divider_and_low_pass(rate_hz, divider, dlpf) -> None:
     _, chip, _, driver = make(rate_hz=rate_hz)
     driver.start()
@@ -260,7 +264,8 @@ def test_the_sampler_polls_a_9250_for_its_512_byte_fifo(tmp_path) -> None:
 
 
 def test_bus_time_passes_during_transfers_so_frames_arrive_behind_the_count() -> None:
-    # FACTS.md: 9 bit-times a byte. At 100 kHz, a 50-frame burst (700 B) is on the wire
+    # NXP UM10204 §3.1.5-3.1.6: 8 data bits + the acknowledge = 9 clock cycles a byte.
+    # At 100 kHz, a 50-frame burst (700 B) is on the wire
     # for ~63 ms: at 1 kHz some 60 frames arrive meanwhile, behind the count just read.
     clock = FakeClock()
     chip = EmulatedMpu6050(clock=clock)

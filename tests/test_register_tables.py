@@ -24,6 +24,17 @@ LSM_BUF = "linux drivers/iio/imu/st_lsm6dsx/st_lsm6dsx_buffer.c"
 LSM_H = "linux drivers/iio/imu/st_lsm6dsx/st_lsm6dsx.h"
 ICM_H = "linux drivers/iio/imu/inv_icm42600/inv_icm42600.h"
 ICM_BUF = "linux drivers/iio/imu/inv_icm42600/inv_icm42600_buffer.h"
+ICM_TEMP = "linux drivers/iio/imu/inv_icm42600/inv_icm42600_temp.c inv_icm42600_temp_read_raw"
+ICM_ACCEL = "linux drivers/iio/imu/inv_icm42600/inv_icm42600_accel.c"
+
+
+def linux_mpu6050_set_lpf(rate: float) -> int:
+    """Linux inv_mpu_core.c inv_mpu6050_set_lpf, transcribed: the first hz[] the rate
+    reaches picks d[]; enum inv_mpu6050_filter_e numbers them 1 (188/200 Hz) … 6 (5 Hz)."""
+    hz = (400, 200, 90, 40, 20, 10)
+    d = (1, 2, 3, 4, 5, 6)  # FILTER_200HZ, _100HZ, _45HZ, _20HZ, _10HZ, _5HZ
+    return next((f for h, f in zip(hz, d) if rate >= h), 6)
+
 
 MPU = [
     # (what, the driver's value, the reference's value, reference)
@@ -91,6 +102,11 @@ MPU = [
     ("MPU-9250 gyro start-up, ms", round(mpu.VARIANTS["MPU-9250"].gyro_startup_s * 1000), 70,
      f"{MPU_H} INV_MPU6500_GYRO_STARTUP_TIME"),
     ("overflow margin, frames", mpu.FIFO_MARGIN_FRAMES, 3, f"{MPU_RING} nb = 3 * bytes_per_datum"),
+    ("DLPF_CFG per configurable rate", {r: mpu.dlpf_for_rate(r) for r in mpu.Mpu6050.rates_hz},
+     {r: linux_mpu6050_set_lpf(r) for r in mpu.Mpu6050.rates_hz},
+     "linux inv_mpu_core.c inv_mpu6050_set_lpf hz[] = {400, 200, 90, 40, 20, 10}"),
+    ("DLPF gyro bandwidths, Hz", [mpu.DLPF_BANDWIDTH_HZ[c] for c in range(1, 7)],
+     [188, 98, 42, 20, 10, 5], f"{MPU_H} enum inv_mpu6050_filter_e _188HZ … _5HZ"),
     ("internal rate with DLPF", mpu.GYRO_OUTPUT_RATE_DLPF_HZ, 1000,
      f"{MPU_H} INV_MPU6050_INTERNAL_FREQ_HZ"),
 ]
@@ -144,8 +160,13 @@ LSM = [
      f"{LSM_BUF} ST_LSM6DSX_INVALID_SAMPLE"),
     ("DSOX FIFO words", lsm.FIFO_BYTES[lsm.CHIP_DSOX] // lsm.TAGGED_WORD_BYTES, 512,
      f"{LSM_CORE} .wai 0x6c max_fifo_size 512"),
-    ("0x69 FIFO (DS3H: 682 samples × 6 B)", lsm.FIFO_BYTES[lsm.CHIP_DS3] // 6, 682,
+    ("sample bytes", lsm.DS3_SAMPLE_BYTES, 6, f"{LSM_H} ST_LSM6DSX_SAMPLE_SIZE"),
+    ("0x69 FIFO (DS3H: 682 samples × 6 B)", lsm.FIFO_BYTES[lsm.CHIP_DS3], 682 * 6,
      f"{LSM_CORE} LSM6DS3H max_fifo_size 682"),
+    ("LSM6DS3 FIFO (1365 samples × 6 B)", lsm.DS3_FIFO_BYTES, 1365 * 6,
+     f"{LSM_CORE} .wai 0x69 LSM6DS3 max_fifo_size 1365"),
+    ("LSM6DS3TR-C FIFO (682 samples × 6 B)", lsm.FIFO_BYTES[lsm.CHIP_DS3TRC], 682 * 6,
+     f"{LSM_CORE} .wai 0x6a (LSM6DSL/DSM/ISM330DLC/LSM6DS3TR-C) max_fifo_size 682"),
     ("I3C_DISABLE", (lsm.CTRL9_XL, lsm.I3C_DISABLE.encode(1)), (0x18, 0x02),
      "Adafruit_CircuitPython_LSM6DS lsm6dsox.py _i3c_disable = RWBit(_LSM6DS_CTRL9_XL, 1)"),
     ("FIFO_OVR_LATCHED", lsm.STATUS2_OVR_LATCHED, 0x08,
@@ -198,6 +219,11 @@ ICM = [
     ("header: empty", icm.HEADER_EMPTY, 0x80, f"{ICM_BUF} INV_ICM42600_FIFO_HEADER_MSG"),
     ("header: accel|gyro", icm.HEADER_ACCEL_GYRO, 0x60,
      f"{ICM_BUF} INV_ICM42600_FIFO_HEADER_ACCEL BIT(6) | _GYRO BIT(5)"),
+    # FIFO temperature is int8; Linux scales it to the 16-bit register's LSB ("convert 8 bits
+    # FIFO temperature in high resolution format": *temp * 64), whose °C = raw / 132.48 + 25
+    ("FIFO temperature LSB/°C", round(icm.FIFO_TEMP_LSB_PER_C, 6), round(132.48 / 64, 6),
+     f"{ICM_TEMP} T = temp / 132.48 + 25; {ICM_ACCEL} inv_icm42600_accel_parse_fifo *temp * 64"),
+    ("temperature offset, °C", icm.TEMP_OFFSET_C, 25, f"{ICM_TEMP} T = temp / 132.48 + 25"),
     ("reset wait, ms", round(icm.RESET_WAIT_S * 1000), 1, f"{ICM_H} INV_ICM42600_RESET_TIME_MS"),
     ("gyro start-up, ms", round(icm.GYRO_STARTUP_S * 1000), 60,
      f"{ICM_H} INV_ICM42600_GYRO_STARTUP_TIME_MS"),

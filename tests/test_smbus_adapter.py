@@ -78,8 +78,11 @@ def test_writes_and_close(bus):
 
 
 def test_the_bus_clock_is_read_from_the_device_tree_when_present(tmp_path, monkeypatch):
-    # FACTS.md / Raspberry Pi firmware: dtparam=i2c_arm_baudrate lands in the adapter's
-    # device-tree node as a big-endian u32 `clock-frequency`.
+    # Linux drivers/i2c/busses/i2c-bcm2835.c bcm2835_i2c_probe: of_property_read_u32(
+    # of_node, "clock-frequency") is the bus clock (100000 when absent), and the adapter
+    # gets adap->dev.of_node = that node, so sysfs shows it as i2c-N/of_node/clock-frequency
+    # (the Pi's dtparam=i2c_arm_baudrate sets it); devicetree cells are big-endian u32
+    # (Devicetree Specification §2.2.4).
     node = tmp_path / "i2c-1" / "of_node"
     node.mkdir(parents=True)
     (node / "clock-frequency").write_bytes((100_000).to_bytes(4, "big"))

@@ -1,6 +1,8 @@
 """TDK ICM-42688-P, read through its FIFO in 16-byte packets.
 
-Register map from the datasheet as summarised in FACTS.md (bank 0 only). A packet is a
+Register map (bank 0 only) from the Linux ``inv_icm42600`` driver
+(``inv_icm42600.h``, ``inv_icm42600_buffer.h``) and the ICM-42688-P datasheet, each
+constant checked against its source in ``tests/test_register_tables.py``. A packet is a
 header byte, accel x/y/z and gyro x/y/z as big-endian int16, temperature as int8 and a
 16-bit timestamp. The header says what the packet holds (bit 7: FIFO empty), which is
 how the driver checks its alignment; a packet that does not look like one makes the

@@ -1,8 +1,9 @@
 """ST LSM6DS3 / LSM6DS3TR-C / LSM6DSO / LSM6DSOX, one family, read through the FIFO.
 
-Register map from the ST datasheets as summarised in FACTS.md (and the Linux
-``st_lsm6dsx`` driver). The variants share the control registers and differ in their
-chip ID and FIFO:
+Register map from the Linux ``st_lsm6dsx`` driver (``st_lsm6dsx_core.c``
+``st_lsm6dsx_sensor_settings[]``, ``st_lsm6dsx_buffer.c``) and ST's datasheets, each
+constant checked against its source in ``tests/test_register_tables.py``. The variants
+share the control registers and differ in their chip ID and FIFO:
 
 * DSO/DSOX: a *tagged* FIFO of 7-byte words (tag + 6 data bytes). Gyro and accel words
   of one sampling instant carry the same 2-bit tag counter; the driver pairs them,
@@ -89,8 +90,12 @@ GYRO_FS_CODE = {250: 0b00, 500: 0b01, 1000: 0b10, 2000: 0b11}
 GYRO_MDPS_PER_LSB = {125: 4.375, 250: 8.75, 500: 17.5, 1000: 35.0, 2000: 70.0}
 
 CHIP_DS3, CHIP_DS3TRC, CHIP_DSOX = "LSM6DS3", "LSM6DS3TR-C", "LSM6DSO/DSOX"
-DS3_FIFO_BYTES, DS3H_FIFO_BYTES = 8192, 4096  # both answer WHO_AM_I 0x69
-FIFO_BYTES = {CHIP_DS3: DS3H_FIFO_BYTES, CHIP_DS3TRC: 4096, CHIP_DSOX: 512 * TAGGED_WORD_BYTES}
+DS3_SAMPLE_BYTES = 6  # one x/y/z triple; Linux ST_LSM6DSX_SAMPLE_SIZE
+# Linux st_lsm6dsx_sensor_settings[] .max_fifo_size in samples: 1365 (LSM6DS3), 682 (LSM6DS3H,
+# both WHO_AM_I 0x69; and every 0x6a part, LSM6DS3TR-C among them), 512 tagged words (0x6c)
+DS3_FIFO_BYTES, DS3H_FIFO_BYTES = 1365 * DS3_SAMPLE_BYTES, 682 * DS3_SAMPLE_BYTES
+FIFO_BYTES = {CHIP_DS3: DS3H_FIFO_BYTES, CHIP_DS3TRC: 682 * DS3_SAMPLE_BYTES,
+              CHIP_DSOX: 512 * TAGGED_WORD_BYTES}
 """What the driver assumes per WHO_AM_I: 0x69 may be a DS3H, so the smaller FIFO."""
 
 XYZ = struct.Struct("<3h")

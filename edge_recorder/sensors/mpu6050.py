@@ -79,7 +79,8 @@ GYRO_LSB_PER_DPS = {250: 131.0, 500: 65.5, 1000: 32.8, 2000: 16.4}
 ACCEL_FS_CODE = {2: 0, 4: 1, 8: 2, 16: 3}
 GYRO_FS_CODE = {250: 0, 500: 1, 1000: 2, 2000: 3}
 
-# DLPF bandwidth (Hz) per DLPF_CFG; the driver takes the widest that stays below rate/2.
+# Gyro DLPF bandwidth (Hz) per DLPF_CFG (Register Map rev 4.2 §4.3); the driver takes the
+# widest not above rate/2, as Linux inv_mpu6050_set_lpf does.
 DLPF_BANDWIDTH_HZ = {1: 188, 2: 98, 3: 42, 4: 20, 5: 10, 6: 5}
 
 # Waits (s): Linux INV_MPU6050_POWER_UP_TIME after reset (Adafruit waits as long again
@@ -115,9 +116,11 @@ def frames_struct(frames: int) -> struct.Struct:
 
 
 def dlpf_for_rate(rate_hz: float) -> int:
-    """Widest low-pass bandwidth below the Nyquist frequency of ``rate_hz``."""
+    """Widest low-pass bandwidth not above the Nyquist frequency of ``rate_hz`` (Linux
+    ``inv_mpu6050_set_lpf``: "the bandwidth ... must not exceed the signal sampling rate
+    divided by 2")."""
     for cfg in sorted(DLPF_BANDWIDTH_HZ):
-        if DLPF_BANDWIDTH_HZ[cfg] < rate_hz / 2:
+        if DLPF_BANDWIDTH_HZ[cfg] <= rate_hz / 2:
             return cfg
     return max(DLPF_BANDWIDTH_HZ)
 
