@@ -13,8 +13,12 @@ from typing import Any
 import pytest
 
 from edge_recorder.devtools import CpuQuota, wait_until
+from edge_recorder.sampling.sampler import POLL_FILL_FRACTION
 from tests.conftest import Client, base_config, wait_online, write_config
 from tests.rig import Rig
+
+# both chips on one bus: a third of the time the MPU-6050's 73-frame FIFO takes to fill at 1 kHz
+POLL_S = 1024 // 14 / 1000 * POLL_FILL_FRACTION
 
 
 def test_status_reports_how_full_the_fifo_got_and_an_overflow_as_full(tmp_path):
@@ -84,8 +88,16 @@ def test_a_starved_daemon_degrades_honestly_and_recovers_within_a_second(
         assert sensor["dropped"] > 0, "the quota was meant to be too small"
         assert all(a["end_ns"] <= b["start_ns"] for a, b in zip(gaps, gaps[1:])), "overlap"
         assert sum(g["lost"] for g in gaps) == sensor["dropped"]
-        assert sensor["samples"] + sensor["dropped"] == pytest.approx(
-            1000 * manifest["duration_s"], rel=0.03)
+        # every 1 ms of the window is a sample or inside a gap: a gap's `lost` rounds (its
+        # end - the last sample before it) / period, one sample off at most; the window's
+        # two edges cut the 1 kHz grid (and a clipped gap's share), one sample each. That is
+        # exact on a fake clock (tests/test_recording.py); here, in real time, the window is
+        # cut on timestamps, and a read delayed after its clock reading (the quota, the
+        # shared CPU) stamps its frames early by up to the delay: allow one poll's worth.
+        accounted = sensor["samples"] + sensor["dropped"]
+        expected = 1000 * manifest["duration_s"]
+        assert abs(accounted - expected) <= len(gaps) + 2 + 1000 * POLL_S, (
+            accounted, expected, len(gaps))
         assert starved[sensor["name"]]["overflows"] > 0
     # recovered within a second of the quota being lifted: nothing lost after that
     for name, counters in later["status"]["sensors"].items():
