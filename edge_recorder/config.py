@@ -33,6 +33,7 @@ MAX_JOURNEY_ID_CHARS = documents.MAX_JOURNEY_ID_CHARS
 # Limits checked before the work they bound (a config is a few KiB of plain keys).
 MAX_CONFIG_BYTES = 256 * 1024  # the file is refused unread beyond this
 MAX_CONFIG_NODES = 10_000  # YAML nodes once aliases are expanded (stops "billion laughs")
+MAX_PAYLOAD_BYTES = 268_435_455  # mqtt.max_payload_bytes at most: MQTT's largest packet
 MAX_DURATION_S = 86_400.0  # any session duration: one day at most
 MIN_INTERVAL_S = 1.0  # triggers.interval.every_s: at least this
 MAX_INTERVAL_S = 7 * 86_400.0  # ... and at most a week
@@ -538,8 +539,8 @@ def _read_mqtt(r: _Reader, raw: Any, base: Path) -> MqttConfig:
         tls=tls,
         protocol=str(protocol),
         max_payload_bytes=r.get(d, "max_payload_bytes", p, "int", dflt.max_payload_bytes,
-                                check=lambda v: None if 1024 <= v <= 268_435_455 else
-                                "must be between 1024 and 268435455 bytes"),
+                                check=lambda v: None if 1024 <= v <= MAX_PAYLOAD_BYTES else
+                                f"must be between 1024 and {MAX_PAYLOAD_BYTES} bytes"),
     )
 
 

@@ -333,7 +333,7 @@ def test_incomplete_sessions_expire_from_their_first_part(tmp_path, offline, mon
     manifest, parts = session()
     sid = manifest["session_id"]
     clock = [1_800_000_000.0]
-    monkeypatch.setattr(collector_module.time, "time", lambda: clock[0])
+    monkeypatch.setattr(collector_module.time, "monotonic", lambda: clock[0])
     on(offline, f"{PREFIX}/trel/sessions/{sid}/manifest", json.dumps(manifest).encode())
     for hour in range(1, 26):  # a part (or a resent one) arrives every hour, never the last
         clock[0] += 3600
@@ -347,13 +347,14 @@ def test_incomplete_sessions_expire_from_their_first_part(tmp_path, offline, mon
 def test_resend_requests_back_off(tmp_path, offline, monkeypatch):
     manifest, parts = session()
     send(offline, manifest, parts[:-1])
-    now = [1000.0]
+    start = time.monotonic()  # the clock the session was received by, from here on faked
+    now = [start]
     monkeypatch.setattr(collector_module.time, "monotonic", lambda: now[0])
     asked = []
     for _ in range(600):  # ten minutes, a check every second
         asked += [now[0] for _ in offline.store.due_for_resend(quiet_for_s=-1)]
         now[0] += 1
-    assert [a - 1000 for a in asked] == [0, 30, 90, 210, 450]
+    assert [a - start for a in asked] == [0, 30, 90, 210, 450]
 
 
 def _hostile(case: str, publish: Any) -> None:
@@ -466,3 +467,116 @@ def test_a_bug_on_one_message_is_logged_and_does_not_block_the_rest(tmp_path, of
     monkeypatch.undo()
     offline.store.resync()
     assert [m["session_id"] for m in listed(tmp_path / "store")] == [manifest["session_id"]]
+
+
+# --- review: parts before a manifest had no bound; wall-clock steps ---------------------
+def held(store: Path, device: str) -> int:
+    """Bytes of parts in ``incoming/{device}/`` on disk (what the cap must bound)."""
+    return sum(p.stat().st_size for p in (store / "incoming" / device).glob("*/part-*"))
+
+
+def test_one_device_cannot_fill_the_disk_with_parts_before_a_manifest(tmp_path, offline,
+                                                                      monkeypatch, caplog):
+    """Parts arriving before their manifest were written without any size limit: 256
+    sessions x MAX_PARTS x the broker's message size under one device's own id."""
+    cap = 64 * 1024
+    monkeypatch.setattr(collector_module, "MAX_INCOMING_BYTES_PER_DEVICE", cap)
+    store = tmp_path / "store"
+    chunk = b"x" * 4096
+    for s in range(8):  # 8 sessions x 8 parts x 4 KiB = 256 KiB, never a manifest
+        for n in range(8):
+            on(offline, f"{PREFIX}/evil/sessions/20261126T1000000{s:02d}Z-flood/part/{n}", chunk)
+    assert held(store, "evil") == cap  # the parts that fit, not one byte more
+    assert offline.store.refused == 8 * 8 - cap // len(chunk)
+    assert offline.store.status()["incoming_bytes"] == cap
+    assert "bytes of parts held in incoming/" in caplog.text
+    # another device is not affected, and a duplicate part is not counted twice
+    good, good_parts = session(device="trel", size=5000)
+    send(offline, good, good_parts[:1])
+    send(offline, good, good_parts)
+    assert stored_ok(store, "trel", good)
+    # the count survives a restart: rebuilt from incoming/, the next part is refused at once
+    offline.store.index.close()
+    again = Collector(MqttConfig(host="127.0.0.1", port=1), store)
+    try:
+        refused = again.store.refused
+        on(again, f"{PREFIX}/evil/sessions/20261126T100000000Z-late/part/0", b"y")
+        assert again.store.refused == refused + 1 and held(store, "evil") == cap
+        # what expires frees its share: the device may deliver again
+        again.store.expire(older_than_s=-1)
+        assert again.store.status()["incoming_bytes"] == 0
+        on(again, f"{PREFIX}/evil/sessions/20261126T100000000Z-late/part/0", b"y")
+        assert held(store, "evil") == 1
+    finally:
+        again.store.index.close()
+
+
+def test_an_honest_session_as_large_as_the_cap_is_stored_and_frees_its_share(tmp_path, offline,
+                                                                              monkeypatch):
+    monkeypatch.setattr(collector_module, "MAX_INCOMING_BYTES_PER_DEVICE", 20_000)
+    for sid in ("20261126T100000000Z-one", "20261126T110000000Z-two"):
+        manifest, parts = session(sid=sid, device="trel", size=20_000, part=3000)
+        send(offline, manifest, parts)
+        assert stored_ok(tmp_path / "store", "trel", manifest)
+        assert offline.store.status()["incoming_bytes"] == 0
+    assert offline.store.refused == 0
+
+
+def test_the_total_held_for_all_devices_is_capped(tmp_path, offline, monkeypatch):
+    monkeypatch.setattr(collector_module, "MAX_INCOMING_BYTES_TOTAL", 10_000)
+    for device in ("d1", "d2", "d3"):
+        for n in range(2):
+            on(offline, f"{PREFIX}/{device}/sessions/20261126T100000000Z-s/part/{n}", b"z" * 2000)
+    assert sum(held(tmp_path / "store", d) for d in ("d1", "d2", "d3")) == 10_000
+    assert offline.store.refused == 1
+
+
+def test_a_part_larger_than_any_allowed_payload_is_refused_unwritten(tmp_path, offline,
+                                                                     monkeypatch):
+    monkeypatch.setattr(collector_module, "MAX_PART_BYTES", 4096)
+    sid = "20261126T100000000Z-big"
+    on(offline, f"{PREFIX}/evil/sessions/{sid}/part/0", b"b" * 4097)
+    assert offline.store.refused == 1
+    assert not (tmp_path / "store" / "incoming" / "evil").exists()
+    on(offline, f"{PREFIX}/evil/sessions/{sid}/part/0", b"b" * 4096)
+    assert held(tmp_path / "store", "evil") == 4096
+
+
+def test_a_wall_clock_step_neither_expires_nor_hurries_an_arriving_session(tmp_path, offline,
+                                                                           monkeypatch):
+    """A Pi without an RTC steps its wall clock when NTP syncs: a session that has just
+    begun must not look 2 days old (expired) nor quiet (asked for again at once)."""
+    manifest, parts = session()
+    send(offline, manifest, parts[:-1])
+    real = time.time
+    monkeypatch.setattr(collector_module.time, "time", lambda: real() + 2 * 86400)
+    assert offline.store.due_for_resend(quiet_for_s=RESEND_AFTER) == []
+    offline.store.expire()
+    assert offline.store.rejected() == []
+    on(offline, f"{PREFIX}/trel/sessions/{manifest['session_id']}/part/{len(parts) - 1}",
+       parts[-1])
+    assert stored_ok(tmp_path / "store", "trel", manifest)
+
+
+RESEND_AFTER = collector_module.RESEND_AFTER_S
+
+
+def test_the_persisted_first_seen_still_expires_a_session_after_a_restart(tmp_path, offline):
+    old, old_parts = session(sid="20261126T100000000Z-old")
+    new, new_parts = session(sid="20261126T110000000Z-future")
+    send(offline, old, old_parts[:1])
+    send(offline, new, new_parts[:1])
+    store = tmp_path / "store"
+    (store / "incoming" / "trel" / old["session_id"] / "first_seen").write_text(
+        f"{time.time() - 25 * 3600:.3f}\n")  # wall time, from before the restart
+    (store / "incoming" / "trel" / new["session_id"] / "first_seen").write_text(
+        f"{time.time() + 10 * 3600:.3f}\n")  # a clock that was ahead: counts as just now
+    offline.store.index.close()
+    again = CollectorStore(store)
+    try:
+        again.expire()
+        assert [r.session_id for r in again.rejected()] == [old["session_id"]]
+        again.expire(older_than_s=3600)
+        assert len(again.rejected()) == 1
+    finally:
+        again.index.close()

@@ -22,7 +22,9 @@ mended by resending it: it is quarantined at once. A checksum mismatch is retrie
 asking for every part again, at most :data:`MAX_ASSEMBLY_ATTEMPTS` times. A session still
 incomplete :data:`INCOMPLETE_EXPIRY_S` after its first message is quarantined; until then
 the collector asks its device for what is missing, less and less often. Bookkeeping per
-arriving part is O(1) (an in-memory set per session, rebuilt from disk at start-up).
+arriving part is O(1) (an in-memory set per session, rebuilt from disk at start-up), and so
+is the bound on what parts may occupy before their manifest comes: at most
+:data:`MAX_INCOMING_BYTES_PER_DEVICE` for one device, :data:`MAX_INCOMING_BYTES_TOTAL` in all.
 
 Scale-out (``collect --share GROUP``): with ``$share/GROUP/`` subscriptions the broker
 spreads messages over the group's members, so the parts of one session can land on
@@ -49,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_recorder.config import MqttConfig
+from edge_recorder.config import MAX_PAYLOAD_BYTES, MqttConfig
 from edge_recorder.delivery.mqtt import Message, MqttLink, NotTaken
 from edge_recorder.documents import (
     MAX_PARTS,
@@ -73,6 +75,13 @@ RESEND_EVERY_MAX_S = 3600.0  # ...up to this
 MAX_ASSEMBLY_ATTEMPTS = 3  # checksum mismatches before a session is quarantined
 CLAIM_STALE_S = 60.0  # a shared-store assembly claim this old belongs to a dead member
 MAX_INCOMING_PER_DEVICE = 256  # sessions of one device being received at once
+MAX_PART_BYTES = MAX_PAYLOAD_BYTES  # no device may publish a larger part (config.py's bound)
+# Bytes of parts held in incoming/ — counted before a part is written, because parts come
+# before their manifest. Far above what an honest device has in flight (one session at a
+# time; the device's whole store is 1 GiB by default), far below a full disk. A part refused
+# for them is asked for again by the resend requests once completed sessions free room.
+MAX_INCOMING_BYTES_PER_DEVICE = 4 << 30  # 4 GiB
+MAX_INCOMING_BYTES_TOTAL = 64 << 30  # 64 GiB, all devices together
 MAX_RESEND_PARTS = 100_000  # part numbers in one resend command (the device's limit)
 PART_DIGITS = 7  # part numbers are at most MAX_PARTS - 1 (7 decimal digits)
 STATUS_LOG_EVERY_S = 60.0
@@ -89,10 +98,12 @@ class Incoming:
     """A session still arriving: what is known of it, kept in memory for O(1) bookkeeping."""
 
     folder: Path
-    first_seen: float  # wall clock, from the first message: the expiry counts from here
-    last_seen: float  # wall clock of the latest message
+    first_seen: float  # monotonic time of the first message: the expiry counts from here
+    last_seen: float  # monotonic time of the latest message
     manifest: Manifest | None = None
     have: set[int] = field(default_factory=set)
+    sizes: dict[int, int] = field(default_factory=dict)  # bytes of each part counted here
+    held_bytes: int = 0  # sum(sizes.values()), kept as it changes
     attempts: int = 0  # checksum mismatches so far
     asked_at: float | None = None  # monotonic time of the last resend request
     asked_every_s: float = RESEND_EVERY_S
@@ -135,6 +146,9 @@ class CollectorStore:
         self.mismatches = 0  # assemblies that did not match their manifest
         self._lock = threading.RLock()
         self._incoming: dict[tuple[str, str], Incoming] = {}
+        # bytes of parts in incoming/ this process counted, by device and in all
+        self._held: dict[str, int] = {}
+        self._held_total = 0
         # sessions quarantined because their bytes cannot match their manifest, by the
         # manifest's sha256: the same delivery again is refused, not quarantined again
         self._bad: dict[tuple[str, str], str] = {}
@@ -164,6 +178,9 @@ class CollectorStore:
         if not 0 <= n < MAX_PARTS:
             raise Refused(f"part {n} of {device_id}/{session_id}: part numbers are 0.."
                           f"{MAX_PARTS - 1}")
+        if len(data) > MAX_PART_BYTES:
+            raise Refused(f"part {n} of {device_id}/{session_id}: {len(data)} bytes, more "
+                          f"than any part may have ({MAX_PART_BYTES})")
         with self._lock:
             if self.has(device_id, session_id):
                 self.duplicates += 1
@@ -172,20 +189,25 @@ class CollectorStore:
                     (device_id, session_id) not in self._incoming:
                 raise Refused(f"part {n} of {device_id}/{session_id}: this session was "
                               "quarantined in rejected/ (its bytes do not match its manifest)")
+            known = self._incoming.get((device_id, session_id))
+            if known is not None and known.manifest is not None:
+                if n >= known.manifest.parts:
+                    raise Refused(f"part {n} of {device_id}/{session_id}: its manifest has "
+                                  f"only {known.manifest.parts} parts")
+                if len(data) > known.manifest.bytes:
+                    raise Refused(f"part {n} of {device_id}/{session_id}: {len(data)} bytes, "
+                                  f"more than the whole session's {known.manifest.bytes}")
+            growth = len(data) - (0 if known is None else known.sizes.get(n, 0))
+            self._check_room(device_id, f"part {n} of {device_id}/{session_id}", growth)
             entry = self._entry(device_id, session_id)
-            if entry.manifest is not None and n >= entry.manifest.parts:
-                raise Refused(f"part {n} of {device_id}/{session_id}: its manifest has only "
-                              f"{entry.manifest.parts} parts")
-            if entry.manifest is not None and len(data) > entry.manifest.bytes:
-                raise Refused(f"part {n} of {device_id}/{session_id}: {len(data)} bytes, more "
-                              f"than the whole session's {entry.manifest.bytes}")
             written = self._write(device_id, session_id, entry, f"part-{n:0{PART_DIGITS}d}",
                                   data)
             if written is None:
                 return
             entry = written
             entry.have.add(n)
-            entry.last_seen = time.time()
+            self._count(device_id, entry, n, len(data))
+            entry.last_seen = time.monotonic()
             self._refresh(entry)
             self._try_assemble(device_id, session_id, entry)
 
@@ -212,7 +234,7 @@ class CollectorStore:
                 return Receipt.for_manifest(self.stored_manifest(device_id, session_id),
                                             duplicate=True)
             if self._bad.get((device_id, session_id)) == manifest.sha256:
-                entry = self._incoming.pop((device_id, session_id), None)
+                entry = self._drop(device_id, session_id)
                 if entry is not None:
                     _remove_tree(entry.folder)
                 raise Refused(f"manifest of {device_id}/{session_id}: this session (sha256 "
@@ -226,6 +248,7 @@ class CollectorStore:
             beyond = {n for n in entry.have if n >= manifest.parts}
             for n in beyond:
                 (entry.folder / f"part-{n:0{PART_DIGITS}d}").unlink(missing_ok=True)
+                self._count(device_id, entry, n, 0)
             entry.have -= beyond
             written = self._write(device_id, session_id, entry, "manifest.json",
                                   manifest.to_json())
@@ -234,7 +257,7 @@ class CollectorStore:
                                             duplicate=True)
             entry = written
             entry.manifest = manifest
-            entry.last_seen = time.time()
+            entry.last_seen = time.monotonic()
             self._refresh(entry)
             return self._try_assemble(device_id, session_id, entry)
 
@@ -249,7 +272,7 @@ class CollectorStore:
             if not self.shared:
                 raise
         # another member assembled the session and removed its folder while we wrote
-        self._incoming.pop((device_id, session_id), None)
+        self._drop(device_id, session_id)
         if self.has(device_id, session_id):
             self.duplicates += 1
             return None
@@ -269,9 +292,47 @@ class CollectorStore:
         folder = self.incoming / device_id / session_id
         folder.mkdir(parents=True, exist_ok=True)
         fsync_dir(folder.parent)
-        now = time.time()
-        write_atomic(folder / "first_seen", f"{now:.3f}\n".encode())
+        # the expiry outlives a restart: the wall clock in the file, monotonic in memory
+        write_atomic(folder / "first_seen", f"{time.time():.3f}\n".encode())
+        now = time.monotonic()
         entry = self._incoming[key] = Incoming(folder, now, now)
+        return entry
+
+    def _check_room(self, device_id: str, what: str, growth: int) -> None:
+        """Refuse ``growth`` more bytes of parts beyond the incoming/ limits (per device and
+        in all), before anything is written: parts arrive before the manifest bounds them."""
+        held = self._held.get(device_id, 0)
+        if growth > 0 and held + growth > MAX_INCOMING_BYTES_PER_DEVICE:
+            raise Refused(f"{what}: {device_id} already has {held} bytes of parts held in "
+                          f"incoming/, at most {MAX_INCOMING_BYTES_PER_DEVICE}; refused for now "
+                          "(asked for again when a session of it completes or expires)")
+        if growth > 0 and self._held_total + growth > MAX_INCOMING_BYTES_TOTAL:
+            raise Refused(f"{what}: {self._held_total} bytes of parts held in incoming/ for "
+                          f"all devices, at most {MAX_INCOMING_BYTES_TOTAL}; refused for now "
+                          "(asked for again when sessions complete or expire)")
+
+    def _count(self, device_id: str, entry: Incoming, n: int, size: int) -> None:
+        """Part ``n`` of ``entry`` now holds ``size`` bytes (0: removed); O(1)."""
+        delta = size - (entry.sizes.pop(n, 0) if size == 0 else entry.sizes.get(n, 0))
+        if size:
+            entry.sizes[n] = size
+        entry.held_bytes += delta
+        self._add_held(device_id, delta)
+
+    def _add_held(self, device_id: str, delta: int) -> None:
+        held = self._held.get(device_id, 0) + delta
+        if held:
+            self._held[device_id] = held
+        else:
+            self._held.pop(device_id, None)
+        self._held_total += delta
+
+    def _drop(self, device_id: str, session_id: str) -> Incoming | None:
+        """Forget an arriving session's bookkeeping (its folder went or goes): every way
+        out of ``_incoming`` passes here, so the bytes it held are no longer counted."""
+        entry = self._incoming.pop((device_id, session_id), None)
+        if entry is not None:
+            self._add_held(device_id, -entry.held_bytes)
         return entry
 
     def _refresh(self, entry: Incoming) -> None:
@@ -382,6 +443,8 @@ class CollectorStore:
                       manifest.sha256[:12], entry.attempts, MAX_ASSEMBLY_ATTEMPTS)
             for p in [*parts, tmp]:
                 p.unlink(missing_ok=True)
+            for n in range(manifest.parts):
+                self._count(device_id, entry, n, 0)
             entry.have.clear()
             entry.asked_at = None  # ask at once
             return None
@@ -400,7 +463,7 @@ class CollectorStore:
 
     def _forget(self, device_id: str, session_id: str) -> None:
         """The session is stored: drop its bookkeeping and its ``incoming/`` folder."""
-        entry = self._incoming.pop((device_id, session_id), None)
+        entry = self._drop(device_id, session_id)
         if entry is not None:
             _remove_tree(entry.folder)
 
@@ -436,7 +499,7 @@ class CollectorStore:
                     try:
                         self._load_one(device_dir.name, folder.name, folder)
                     except FileNotFoundError:
-                        self._incoming.pop(key, None)  # stored by its member meanwhile
+                        self._drop(*key)  # stored by its member meanwhile
 
     def incomplete(self, quiet_for_s: float) -> list[tuple[str, str, list[int] | None]]:
         """Sessions quiet for ``quiet_for_s``: (device, id, missing parts, or None for all
@@ -460,7 +523,7 @@ class CollectorStore:
         return due
 
     def _quiet(self, quiet_for_s: float) -> list[tuple[tuple[str, str], Incoming]]:
-        cutoff = time.time() - quiet_for_s
+        cutoff = time.monotonic() - quiet_for_s
         return [(key, e) for key, e in self._incoming.items() if e.last_seen <= cutoff]
 
     @staticmethod
@@ -477,7 +540,7 @@ class CollectorStore:
 
     def expire(self, older_than_s: float = INCOMPLETE_EXPIRY_S) -> None:
         """Quarantine sessions still incomplete ``older_than_s`` after their first message."""
-        cutoff = time.time() - older_than_s
+        cutoff = time.monotonic() - older_than_s
         with self._lock:
             for (device_id, session_id), entry in list(self._incoming.items()):
                 if entry.first_seen >= cutoff:
@@ -500,7 +563,8 @@ class CollectorStore:
             incoming = len(self._incoming)
         return {"stored": self.stored, "duplicates": self.duplicates, "refused": self.refused,
                 "quarantined": self.quarantined, "mismatches": self.mismatches,
-                "incoming": incoming, "rejected_total": sum(1 for _ in self.rejected())}
+                "incoming": incoming, "incoming_bytes": self._held_total,
+                "rejected_total": sum(1 for _ in self.rejected())}
 
     # --- the quarantine -------------------------------------------------------------------
     def rejected(self) -> list[Rejected]:
@@ -530,7 +594,8 @@ class CollectorStore:
                              mismatch_sha256: str | None = None) -> None:
         """Move an arriving session to ``rejected/``. ``mismatch_sha256``: its bytes cannot
         match the manifest with this sha256, so the same delivery again is refused."""
-        entry = self._incoming.pop((device_id, session_id))
+        entry = self._incoming[(device_id, session_id)]
+        self._drop(device_id, session_id)
         target = self._quarantine_dir(device_id, session_id)
         move_durable(entry.folder, target)
         self._record_reason(target, device_id, session_id, reason, mismatch_sha256)
@@ -577,13 +642,16 @@ class CollectorStore:
             first = float((folder / "first_seen").read_text())
         except (OSError, ValueError):
             first = folder.stat().st_mtime
-        entry = Incoming(folder, first, folder.stat().st_mtime)
+        entry = Incoming(folder, _monotonic_since(first), _monotonic_since(folder.stat().st_mtime))
         for part in folder.glob("part-*"):
             suffix = part.name[5:]
             if suffix.isdigit() and len(suffix) <= PART_DIGITS:
                 entry.have.add(int(suffix))
+                entry.sizes[int(suffix)] = part.stat().st_size
+        entry.held_bytes = sum(entry.sizes.values())
         manifest_path = folder / "manifest.json"
         self._incoming[(device_id, session_id)] = entry
+        self._add_held(device_id, entry.held_bytes)
         if manifest_path.exists():
             try:
                 entry.manifest = Manifest.from_json(manifest_path.read_bytes())
@@ -659,6 +727,12 @@ def _require_ids(device_id: str, session_id: str) -> None:
         raise Refused(f"device id {device_id[:80]!r} is not a valid id")
     if not valid_id(session_id):
         raise Refused(f"session id {session_id[:80]!r} is not a valid id")
+
+
+def _monotonic_since(wall_s: float) -> float:
+    """The monotonic time of a wall-clock instant persisted before a restart (its age
+    clamped at 0: a clock that was ahead counts as now)."""
+    return time.monotonic() - max(0.0, time.time() - wall_s)
 
 
 def _remove_tree(folder: Path) -> None:
