@@ -6,6 +6,7 @@ can be compared with the emulator's true sampling instants.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from edge_recorder.recording.recorder import Recorder, SensorSource
 from edge_recorder.recording.store import DeviceStore
 from edge_recorder.sampling.ring import SampleRing
 from edge_recorder.sampling.sampler import BusSampler, SensorChannel
+from edge_recorder.sensors.base import STANDARD_GRAVITY_MPS2, FifoRead
 from edge_recorder.sensors.emulation import EMULATORS, EmulatedBus, EmulatedChip, Faults
 from edge_recorder.sensors.registry import DRIVERS
 from edge_recorder.sessionfile import iter_batches, read_manifest
@@ -142,3 +144,10 @@ def stored(rig: Rig, session_id: str) -> tuple[dict[str, Any], Path]:
 
 
 __all__ = ["FakeClock", "Rig", "T0", "WALL_AT_T0", "read_manifest", "samples_of", "stored"]
+
+
+def norms_g(read: FifoRead) -> list[float]:
+    """|a| in g of every sample of one FIFO read."""
+    ax, ay, az = read.columns[:3]
+    return [math.sqrt(x * x + y * y + z * z) / STANDARD_GRAVITY_MPS2
+            for x, y, z in zip(ax, ay, az, strict=True)]

@@ -13,10 +13,9 @@ import pytest
 
 from edge_recorder.errors import SensorError
 from edge_recorder.sensors import icm42688 as reg
-from edge_recorder.sensors.base import STANDARD_GRAVITY_MPS2
 from edge_recorder.sensors.emulation import EmulatedBus, EmulatedIcm42688, Faults
 from edge_recorder.sensors.icm42688 import Icm42688
-from tests.rig import FakeClock
+from tests.rig import FakeClock, norms_g
 
 
 def make(rate_hz: float = 1000, **chip_kw):
@@ -26,12 +25,6 @@ def make(rate_hz: float = 1000, **chip_kw):
     driver = Icm42688(bus, 0x68, rate_hz=rate_hz, accel_range_g=4, gyro_range_dps=500,
                       sleep=clock.advance)
     return clock, chip, bus, driver
-
-
-def norms_g(read) -> list[float]:
-    ax, ay, az = read.columns[:3]
-    return [math.sqrt(x * x + y * y + z * z) / STANDARD_GRAVITY_MPS2
-            for x, y, z in zip(ax, ay, az, strict=True)]
 
 
 def test_spi_is_disabled_on_i2c_keeping_the_interface_defaults() -> None:

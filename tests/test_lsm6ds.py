@@ -6,14 +6,11 @@ symbol named per test), Adafruit_CircuitPython_LSM6DS, the Arduino_LSM6DSOX libr
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from edge_recorder.errors import SensorError
 from edge_recorder.sampling.sampler import poll_interval_s
 from edge_recorder.sensors import lsm6ds as reg
-from edge_recorder.sensors.base import STANDARD_GRAVITY_MPS2
 from edge_recorder.sensors.emulation import (
     EmulatedBus,
     EmulatedLsm6ds3,
@@ -22,7 +19,7 @@ from edge_recorder.sensors.emulation import (
     Faults,
 )
 from edge_recorder.sensors.lsm6ds import Lsm6ds
-from tests.rig import FakeClock
+from tests.rig import FakeClock, norms_g
 
 
 def make(chip_cls=EmulatedLsm6dsox, rate_hz: float = 833, bus_cls=EmulatedBus, **chip_kw):
@@ -32,12 +29,6 @@ def make(chip_cls=EmulatedLsm6dsox, rate_hz: float = 833, bus_cls=EmulatedBus, *
     driver = Lsm6ds(bus, 0x6A, rate_hz=rate_hz, accel_range_g=2, gyro_range_dps=250,
                     sleep=clock.advance)
     return clock, chip, bus, driver
-
-
-def norms_g(read) -> list[float]:
-    ax, ay, az = read.columns[:3]
-    return [math.sqrt(x * x + y * y + z * z) / STANDARD_GRAVITY_MPS2
-            for x, y, z in zip(ax, ay, az, strict=True)]
 
 
 def test_reset_is_sw_reset_50_ms_boot_50_ms_after_flushing_the_fifo() -> None:

@@ -190,6 +190,15 @@ class Index(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+def add_one(index: Index, manifest_path: Path, published: bool | None,
+            manifest: Manifest | None = None) -> None:
+    """Index one manifest (read and validated from ``manifest_path`` unless given): the
+    ``add`` of every index, a batch of one for its ``add_many``."""
+    if manifest is None:
+        manifest = Manifest.from_json(manifest_path.read_bytes())
+    index.add_many([(manifest_path, published, manifest)])
+
+
 class SessionIndex:
     def __init__(self, store: Path, *, check_same_thread: bool = True,
                  on_damaged: DamagedHandler | None = None) -> None:
@@ -232,12 +241,7 @@ class SessionIndex:
         self.close()
 
     # --- keeping it in step with the manifests ------------------------------------------
-    def add(self, manifest_path: Path, published: bool | None,
-            manifest: Manifest | None = None) -> None:
-        """Index one manifest (read and validated from ``manifest_path`` unless given)."""
-        if manifest is None:
-            manifest = Manifest.from_json(manifest_path.read_bytes())
-        self.add_many([(manifest_path, published, manifest)])
+    add = add_one
 
     def add_many(self, items: Iterable[tuple[Path, bool | None, Manifest]]) -> None:
         """Index many validated manifests in one transaction (a rebuild, a bulk load)."""

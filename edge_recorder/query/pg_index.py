@@ -31,6 +31,7 @@ from edge_recorder.query.index import (
     SORT_KEYS,
     DamagedHandler,
     Entry,
+    add_one,
     index_new,
     manifests_on_disk,
     the_one,
@@ -141,11 +142,7 @@ class PostgresIndex:
             return str(path)
 
     # --- keeping it in step with the manifests ------------------------------------------
-    def add(self, manifest_path: Path, published: bool | None,
-            manifest: Manifest | None = None) -> None:
-        if manifest is None:
-            manifest = Manifest.from_json(manifest_path.read_bytes())
-        self.add_many([(manifest_path, published, manifest)])
+    add = add_one
 
     def add_many(self, items: Iterable[tuple[Path, bool | None, Manifest]]) -> None:
         """Upsert many validated manifests in one transaction (a rebuild, a bulk load)."""
