@@ -36,6 +36,7 @@ from edge_recorder.recording.restamp import Restamper
 from edge_recorder.recording.store import FAILED, DeviceStore
 from edge_recorder.sampling.ring import SampleRing
 from edge_recorder.sampling.sampler import BusSampler, SensorChannel
+from edge_recorder.sensors.base import use_numpy
 from edge_recorder.sensors.bus import I2CBus
 from edge_recorder.sensors.registry import DRIVERS
 from edge_recorder.systemd import Notifier
@@ -326,6 +327,9 @@ class Daemon:
     # --- run ------------------------------------------------------------------------------
     def start(self) -> None:
         threading.excepthook = self._thread_died
+        # numpy's import is paid now, before sampling starts (see use_numpy)
+        log.info("samples decoded with %s", "numpy" if use_numpy() else
+                 "plain Python (install edge-recorder[fast] for numpy, ~13× faster)")
         for manifest in recover(self.store):
             log.info("recovered session %s queued for publishing", manifest["session_id"])
         for sampler in self.samplers:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,7 +124,7 @@ class _Recording:
         self.gyro_sq = [0.0, 0.0, 0.0]
         self.bus_ns = 0
 
-    def add(self, columns: tuple[list[float], ...]) -> None:
+    def add(self, columns: Sequence[Sequence[float]]) -> None:
         ax, ay, az, gx, gy, gz = columns[:6]
         self.n += len(ax)
         self.norm_sum += sum(math.sqrt(x * x + y * y + z * z)

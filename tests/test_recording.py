@@ -187,17 +187,17 @@ def test_timestamps_follow_the_true_sampling_instants(tmp_path, clock_error, dri
 
 
 class _DecodeFailure:
-    """Wraps mpu6050.frames_struct: raises on the calls chosen, i.e. after the driver has
-    drained the FIFO burst (the failure the sampler cannot retry)."""
+    """Wraps the ``FifoRead`` the MPU driver makes of a burst it drained: raises on the
+    calls chosen, i.e. after the FIFO was emptied (the failure the sampler cannot retry)."""
 
     def __init__(self, real, fail_calls: range) -> None:
         self.real, self.fail_calls, self.calls = real, fail_calls, 0
 
-    def __call__(self, frames: int):
+    def __call__(self, *args, **kw):
         self.calls += 1
         if self.calls in self.fail_calls:
             raise ValueError("corrupt burst")
-        return self.real(frames)
+        return self.real(*args, **kw)
 
 
 def _driver_error_lines(caplog) -> list[str]:
@@ -211,8 +211,8 @@ def test_a_decode_failure_after_the_fifo_was_drained_is_a_counted_gap(tmp_path, 
     rig = Rig(tmp_path, rate_hz=200)  # polled every 20 ms: 4 samples a burst
     sid = start(rig)
     rig.run(1.0)
-    failure = _DecodeFailure(mpu6050.frames_struct, range(1, 2))
-    monkeypatch.setattr(mpu6050, "frames_struct", failure)
+    failure = _DecodeFailure(mpu6050.FifoRead, range(1, 2))
+    monkeypatch.setattr(mpu6050, "FifoRead", failure)
     rig.run(1.0)
     stop(rig)
     rig.finish()
@@ -243,8 +243,8 @@ def test_a_driver_failing_on_every_poll_logs_once_and_counts_every_loss(tmp_path
     rig = Rig(tmp_path, rate_hz=200)
     rig.run(1.0)
     dropped_before = rig.channel.counters.dropped
-    failure = _DecodeFailure(mpu6050.frames_struct, range(1, 10**9))
-    monkeypatch.setattr(mpu6050, "frames_struct", failure)
+    failure = _DecodeFailure(mpu6050.FifoRead, range(1, 10**9))
+    monkeypatch.setattr(mpu6050, "FifoRead", failure)
     rig.run(2.0)  # 100 polls, each draining a burst that cannot be decoded
     assert rig.channel.counters.driver_errors >= 90
     lines = _driver_error_lines(caplog)
@@ -253,7 +253,7 @@ def test_a_driver_failing_on_every_poll_logs_once_and_counts_every_loss(tmp_path
     lost = sum(g.lost for g in gaps if g.reason == "driver_error")
     assert rig.channel.counters.dropped - dropped_before == lost
     assert lost == pytest.approx(2.0 * 200, abs=2)
-    monkeypatch.setattr(mpu6050, "frames_struct", failure.real)
+    monkeypatch.setattr(mpu6050, "FifoRead", failure.real)
     samples = rig.channel.counters.samples
     rig.run(1.0)
     assert rig.channel.counters.samples - samples == pytest.approx(200, abs=5)

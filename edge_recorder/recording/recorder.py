@@ -2,8 +2,8 @@
 
 A session is a window over the shared rings: it starts ``pre_trigger_s`` before its
 trigger and ends at its stop time; every sample in the window goes into its MCAP file,
-copied from the rings as they fill (so overlapping sessions hold the very same
-samples). Files are flushed and fsync'd every half second while recording. On stop, the
+copied from the rings (so overlapping sessions hold the very same samples) every half
+second, when the file is flushed and fsync'd, in one message per sensor. On stop, the
 recorder waits until every ring has passed the stop time (or a short grace), writes
 the manifest and hands the file to the store's outbox.
 
@@ -115,6 +115,8 @@ class Recorder:
         self.sources = sources
         self.store = store
         self.buffer_s = buffer_s
+        # a short ring must be emptied more often than every flush, or it evicts unwritten
+        self._write_interval_ns = min(FLUSH_INTERVAL_NS, int(buffer_s * 1e9 / 4))
         self.journey_id = journey_id
         self.clock = clock or Clock()
         self.on_complete = on_complete
@@ -299,36 +301,46 @@ class Recorder:
         """One session's share of :meth:`pump`."""
         if s.stop_ns is None and s.deadline_ns is not None and now >= s.deadline_ns:
             self._mark_stop(s, s.deadline_ns, s.deadline_reason)
+        # Samples wait in the ring and go to the file once per flush, a whole flush's worth
+        # in one message per sensor: the per-message and per-decode costs are paid twice a
+        # second, not every pump. Nothing is lost by waiting: until the flush made them
+        # durable they were only in memory either way. A stopping session writes every pump.
+        write = s.stop_ns is not None or now - s.last_flush_ns >= self._write_interval_ns
         caught_up = True
         for src in self.sources:
-            blocks, missed = src.ring.read(s.cursors[src.name], s.window_start_ns,
-                                           s.stop_ns)
-            if missed:
-                s.overrun[src.name] += missed
-                log.warning("session %s: %d %s samples were evicted from the ring before "
-                            "they could be written", s.session_id, missed, src.name)
-            if blocks:  # one message per sensor per pump: MCAP framing costs per message
-                block = Block.join(blocks)
-                key = (src.name, block.first_seq, block.end_seq, s.offset_ns)
-                data = encoded.get(key)
-                if data is None:
-                    data = encoded[key] = encode_block(block, s.offset_ns)
-                s.writer.write(src.name, block.t_ns[0] + s.offset_ns, data)
-                s.samples[src.name] += len(block)
-                s.cursors[src.name] = block.end_seq
-            elif missed:
-                s.cursors[src.name] = src.ring.oldest_seq
+            if write:
+                self._write_new(s, src, encoded)
             if s.stop_ns is not None:
                 newest = src.ring.newest_t_ns()
                 caught_up &= newest is not None and newest >= s.stop_ns
         if s.stop_ns is not None and (caught_up or now - s.stop_ns > STOP_GRACE_NS):
             self._finalise(s)
         else:
-            if now - s.last_flush_ns >= FLUSH_INTERVAL_NS:
+            if write:
                 s.writer.flush()  # durable up to here: a crash loses at most ~1 s
                 s.last_flush_ns = now
             # recovery's end of a crash gap, on the session's time base (that of its samples)
             self.store.note_alive(s.session_id, now + s.offset_ns)
+
+    def _write_new(self, s: OpenSession, src: SensorSource,
+                   encoded: dict[tuple[str, int, int, int], bytes]) -> None:
+        """Append what ``src``'s ring holds past the session's cursor to its file."""
+        blocks, missed = src.ring.read(s.cursors[src.name], s.window_start_ns, s.stop_ns)
+        if missed:
+            s.overrun[src.name] += missed
+            log.warning("session %s: %d %s samples were evicted from the ring before "
+                        "they could be written", s.session_id, missed, src.name)
+        if blocks:  # one message per sensor per write: MCAP framing costs per message
+            block = Block.join(blocks)
+            key = (src.name, block.first_seq, block.end_seq, s.offset_ns)
+            data = encoded.get(key)
+            if data is None:
+                data = encoded[key] = encode_block(block, s.offset_ns)
+            s.writer.write(src.name, block.t_ns[0] + s.offset_ns, data)
+            s.samples[src.name] += len(block)
+            s.cursors[src.name] = block.end_seq
+        elif missed:
+            s.cursors[src.name] = src.ring.oldest_seq
 
     def _finalise(self, s: OpenSession) -> None:
         assert s.stop_ns is not None and s.stop_reason is not None

@@ -13,21 +13,42 @@ import bisect
 import threading
 from array import array
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edge_recorder.sensors.base import FrameLayout
 
-@dataclass(slots=True)
+
 class Block:
     """Consecutive samples: ``t_ns[i]`` and ``columns[c][i]`` are sequence ``first_seq + i``.
 
-    Shared by the ring and every session reading it: never modified once appended.
-    (Not frozen only because frozen dataclasses are slow to build on the hot path.)
+    A block from the sampler holds the frames as the driver read them (``raw``, in
+    ``layout``) and decodes them the first time :attr:`columns` is asked for: samples no
+    session wants are never decoded, and a session decodes a whole pump's worth at once.
+    A block can also be built from decoded columns (``layout`` None). Shared by the ring
+    and every session reading it: never modified once appended.
     """
 
-    first_seq: int
-    t_ns: array[int]  # int64, ns on the monotonic clock (the file maps them to the wall)
-    columns: tuple[array[float], ...]  # float32: 4 bytes a value, not a 32-byte Python float
+    __slots__ = ("first_seq", "t_ns", "raw", "layout", "_columns")
+
+    def __init__(self, first_seq: int, t_ns: array[int],
+                 columns: tuple[array[float], ...] | None = None, *,
+                 raw: bytes = b"", layout: FrameLayout | None = None) -> None:
+        if columns is None and layout is None:
+            raise ValueError("a block needs its columns or its raw frames and their layout")
+        self.first_seq = first_seq
+        self.t_ns = t_ns  # int64, ns on the monotonic clock (the file maps them to the wall)
+        self.raw = raw
+        self.layout = layout
+        self._columns = columns  # float32: 4 bytes a value, not a 32-byte Python float
+
+    @property
+    def columns(self) -> tuple[array[float], ...]:
+        """One float32 column per channel (:data:`~edge_recorder.sensors.base.CHANNELS`
+        order), in SI units; decoded from ``raw`` on first use."""
+        if self._columns is None:
+            assert self.layout is not None
+            self._columns = self.layout.decode(self.raw)
+        return self._columns
 
     def __len__(self) -> int:
         return len(self.t_ns)
@@ -38,13 +59,20 @@ class Block:
 
     @staticmethod
     def join(blocks: list[Block]) -> Block:
-        """Consecutive blocks as one (one message in the file instead of several)."""
+        """Consecutive blocks as one (one message in the file instead of several); frames
+        of one layout stay undecoded, so the joined block decodes them in one go."""
         if len(blocks) == 1:
             return blocks[0]
         t_ns: array[int] = array("q")
-        columns: tuple[array[float], ...] = tuple(array("f") for _ in blocks[0].columns)
         for b in blocks:
             t_ns += b.t_ns
+        layout = blocks[0].layout
+        if layout is not None and all(b.layout is layout or b.layout == layout
+                                      for b in blocks):
+            return Block(blocks[0].first_seq, t_ns, raw=b"".join(b.raw for b in blocks),
+                         layout=layout)
+        columns: tuple[array[float], ...] = tuple(array("f") for _ in blocks[0].columns)
+        for b in blocks:
             for joined, column in zip(columns, b.columns, strict=True):
                 joined += column
         return Block(blocks[0].first_seq, t_ns, columns)
@@ -60,6 +88,10 @@ class Block:
             hi = max(lo, bisect.bisect_left(self.t_ns, stop_before_ns, lo, hi))
         if lo == 0 and hi == len(self.t_ns):
             return self
+        if self.layout is not None:
+            size = self.layout.frame_bytes
+            return Block(self.first_seq + lo, self.t_ns[lo:hi],
+                         raw=self.raw[lo * size:hi * size], layout=self.layout)
         return Block(self.first_seq + lo, self.t_ns[lo:hi], tuple(c[lo:hi] for c in self.columns))
 
 
@@ -103,12 +135,12 @@ class SampleRing:
         with self._lock:
             return self._blocks[-1].t_ns[-1] if self._blocks else None
 
-    def append(self, t_ns: Sequence[int], columns: Sequence[Sequence[float]]) -> None:
-        """Add one read's samples; stored packed (int64 times, float32 values), so a minute
-        of two 1 kHz sensors takes about 4 MB instead of 30."""
+    def append(self, t_ns: array[int], raw: bytes, layout: FrameLayout) -> None:
+        """Add one read's samples: int64 times and the frames as read (14–16 bytes a
+        sample), so a minute of two 1 kHz sensors takes under 3 MB."""
         if not t_ns:
             return
-        block = Block(0, array("q", t_ns), tuple(array("f", c) for c in columns))
+        block = Block(0, t_ns, raw=raw, layout=layout)
         with self._lock:
             block.first_seq = self._next_seq
             self._blocks.append(block)

@@ -158,7 +158,8 @@ class BusSampler:
                 self._add_gap(s, Gap(lost_at[0], lost_at[-1] + 1, read.lost_frames,
                                      "invalid_samples"))
             if read.frames:
-                s.ring.append(stamps[read.lost_frames:], read.columns)
+                s.ring.append(stamps[read.lost_frames:] if read.lost_frames else stamps,
+                              read.raw, read.layout)
                 s.counters.samples += read.frames
                 s.counters.rate_hz = s.timebase.rate_hz
             s.last_ts_ns = stamps[-1]

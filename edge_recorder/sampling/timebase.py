@@ -19,6 +19,7 @@ estimate is not exact); bounds carried so far that they contradict a read give w
 from __future__ import annotations
 
 import math
+from array import array
 
 MIN_SPREAD_FRAMES = 50  # below this, the fit is phase-only with the last known period
 MAX_RATE_ERROR = 0.1  # an estimate outside ±10 % of nominal is rejected as nonsense
@@ -42,15 +43,15 @@ class FrameTimebase:
         self._t0 = 0
         self._s0 = self._sx = self._sxx = self._sy = self._sxy = 0.0
         self._last_obs_ns: int | None = None
-        self._intercept: float | None = None  # fitted t at k0, relative to t0
         self._bound_k: int | None = None  # the frame the phase bounds below refer to
         self._upper = self._lower = 0.0  # t(_bound_k) ≤ _upper and > _lower
         self._bound_read_ns = 0
 
-    def stamp(self, frames: int, read_ns: int) -> list[int]:
-        """Timestamps for ``frames`` new frames whose newest was present at ``read_ns``."""
+    def stamp(self, frames: int, read_ns: int) -> array[int]:
+        """Timestamps (int64 ns) for ``frames`` new frames whose newest was present at
+        ``read_ns``."""
         if frames <= 0:
-            return []
+            return array("q")
         first = self.next_frame
         newest = first + frames - 1
         self.next_frame += frames
@@ -66,7 +67,8 @@ class FrameTimebase:
         # and, above all, never step backwards between reads (nor into a gap): more frames
         # than fit since the last stamp means the phase was late, so this wins
         start = max(start, int((self._last_ts or 0) + p / 2))
-        out = list(range(start, start + frames * step, step))
+        out = array("q", list(range(start, start + frames * step, step)))  # (faster than
+        # from the range directly: array converts other iterables item by item)
         self._last_ts = out[-1]
         return out
 
@@ -101,45 +103,36 @@ class FrameTimebase:
             self.period_ns = period
 
     def _observe(self, k: int, t_ns: int) -> None:
-        # The newest frame was sampled uniformly within one period before the read.
+        """Add the observation "frame ``k`` was sampled uniformly within one period before
+        ``t_ns``" to the fit, forgetting older ones, and update the period estimate.
+
+        The sums are over (x, y) = (frame − k0, t − t0) with the origin moved to this
+        observation every time (so they stay small and exact in floating point). Written
+        out with locals: this runs on every poll of every sensor."""
         y_abs = t_ns - self.period_ns / 2
+        k0, t0 = k, int(y_abs)
         if self._last_obs_ns is None:
-            self._k0, self._t0 = k, int(y_abs)
+            s0 = sx = sxx = sy = sxy = 0.0
         else:
-            decay = math.exp(-(t_ns - self._last_obs_ns) / self.window_ns)
-            self._s0 *= decay
-            self._sx *= decay
-            self._sxx *= decay
-            self._sy *= decay
-            self._sxy *= decay
-            self._move_origin(k, int(y_abs))
-        self._last_obs_ns = t_ns
-        x, y = float(k - self._k0), y_abs - self._t0
-        self._s0 += 1
-        self._sx += x
-        self._sxx += x * x
-        self._sy += y
-        self._sxy += x * y
-        self._solve()
-
-    def _move_origin(self, k: int, t: int) -> None:
-        dk, dt = float(k - self._k0), float(t - self._t0)
-        s0, sx, sy = self._s0, self._sx, self._sy
-        self._sxy = self._sxy - dk * sy - dt * sx + dk * dt * s0
-        self._sxx = self._sxx - 2 * dk * sx + dk * dk * s0
-        self._sx = sx - dk * s0
-        self._sy = sy - dt * s0
-        self._k0, self._t0 = k, t
-
-    def _solve(self) -> None:
-        s0 = self._s0
-        mean_x, mean_y = self._sx / s0, self._sy / s0
-        var_x = self._sxx / s0 - mean_x * mean_x
+            decay = math.exp((self._last_obs_ns - t_ns) / self.window_ns)
+            s0, sx, sy = self._s0 * decay, self._sx * decay, self._sy * decay
+            sxx, sxy = self._sxx * decay, self._sxy * decay
+            dk, dt = float(k0 - self._k0), float(t0 - self._t0)  # move the origin here
+            sxy = sxy - dk * sy - dt * sx + dk * dt * s0
+            sxx = sxx - 2 * dk * sx + dk * dk * s0
+            sx -= dk * s0
+            sy -= dt * s0
+        y = y_abs - t0  # and x = 0: this observation is the origin
+        s0 += 1
+        sy += y
+        self._k0, self._t0, self._last_obs_ns = k0, t0, t_ns
+        self._s0, self._sx, self._sxx, self._sy, self._sxy = s0, sx, sxx, sy, sxy
+        mean_x = sx / s0
+        var_x = sxx / s0 - mean_x * mean_x
         if var_x > MIN_SPREAD_FRAMES**2:
-            slope = (self._sxy / s0 - mean_x * mean_y) / var_x
+            slope = (sxy / s0 - mean_x * sy / s0) / var_x
             if abs(slope / self.nominal_period_ns - 1) <= MAX_RATE_ERROR:
                 self.period_ns = slope
-        self._intercept = mean_y - self.period_ns * mean_x
 
     @property
     def rate_hz(self) -> float:

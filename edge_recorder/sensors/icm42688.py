@@ -17,8 +17,6 @@ temperature of -128 (int8 0x80) is the chip's "invalid" and comes out as NaN.
 
 from __future__ import annotations
 
-import functools
-import math
 import struct
 from typing import ClassVar
 
@@ -26,9 +24,10 @@ from edge_recorder.errors import SensorError
 from edge_recorder.sensors.base import (
     DEG_TO_RAD,
     STANDARD_GRAVITY_MPS2,
+    Channel,
     FifoRead,
+    FrameLayout,
     ImuDriver,
-    empty_columns,
 )
 from edge_recorder.sensors.registers import Bits
 
@@ -79,10 +78,21 @@ TEMP_OFFSET_C = 25.0
 PACKET = struct.Struct(">B3h3hbH")  # header, accel, gyro, temp, timestamp: 16 bytes
 
 
-@functools.lru_cache(maxsize=256)
-def packets_struct(packets: int) -> struct.Struct:
-    """A read's packets in one unpack: 9 fields each; columns are strided slices."""
-    return struct.Struct(">" + "B3h3hbH" * packets)
+# header byte → 1 where it says "FIFO empty" / where it is not an accel+gyro packet: one
+# bytes.translate over a read's headers checks them all at C speed
+HEADER_IS_EMPTY = bytes(1 if h & HEADER_EMPTY else 0 for h in range(256))
+HEADER_NOT_ACCEL_GYRO = bytes(
+    1 if h & HEADER_ACCEL_GYRO != HEADER_ACCEL_GYRO else 0 for h in range(256))
+INVALID_BYTES = struct.pack(">h", INVALID)
+
+
+def frame_layout(accel_range_g: int, gyro_range_dps: int) -> FrameLayout:
+    """A packet: header, ax ay az gx gy gz, temp (int8), timestamp; sensitivity 32768/FS."""
+    a = accel_range_g / 32768 * STANDARD_GRAVITY_MPS2
+    g = gyro_range_dps / 32768 * DEG_TO_RAD
+    return FrameLayout(PACKET.format, (
+        Channel(1, a), Channel(2, a), Channel(3, a), Channel(4, g), Channel(5, g),
+        Channel(6, g), Channel(7, 1 / FIFO_TEMP_LSB_PER_C, TEMP_OFFSET_C, INVALID_TEMP)))
 
 
 class Icm42688(ImuDriver):
@@ -120,8 +130,7 @@ class Icm42688(ImuDriver):
         self.write_config(FIFO_CONFIG, FIFO_MODE.encode(FIFO_MODE_STREAM))
         self.write_config(PWR_MGMT0, PWR_GYRO_ACCEL_LOW_NOISE)
         self.verify_config()
-        self._accel_scale = self.accel_range_g / 32768 * STANDARD_GRAVITY_MPS2
-        self._gyro_scale = self.gyro_range_dps / 32768 * DEG_TO_RAD
+        self.layout = frame_layout(self.accel_range_g, self.gyro_range_dps)
         self.sleep(GYRO_STARTUP_S)  # TDK: "First data are noisy after enabling sensor"
         self.reset_fifo()
         bus.read(addr, FIFO_COUNTH, 2)  # the first count after a reset reads 0: spend it here
@@ -135,30 +144,24 @@ class Icm42688(ImuDriver):
         status, hi, lo = bus.read(addr, INT_STATUS, 3)  # INT_STATUS, FIFO_COUNTH, FIFO_COUNTL
         if status & FIFO_FULL_INT:
             self.reset_fifo()
-            return FifoRead(empty_columns(), 0, overflowed=True)
-        packets = ((hi << 8) | lo) // PACKET.size
+            return self.nothing(overflowed=True)
+        size = PACKET.size
+        packets = ((hi << 8) | lo) // size
         if packets == 0:
-            return FifoRead(empty_columns(), 0)
-        flat = packets_struct(packets).unpack(bus.read(addr, FIFO_DATA, packets * PACKET.size))
-        headers = flat[0::9]
-        if any(h & HEADER_EMPTY for h in headers):  # fewer packets than counted
-            packets = next(i for i, h in enumerate(headers) if h & HEADER_EMPTY)
-            flat, headers = flat[:9 * packets], headers[:packets]
-        if any(h & HEADER_ACCEL_GYRO != HEADER_ACCEL_GYRO for h in headers):
+            return self.nothing()
+        raw = bus.read(addr, FIFO_DATA, packets * size)
+        headers = raw[::size]
+        empty = headers.translate(HEADER_IS_EMPTY).find(1)
+        if empty >= 0:  # fewer packets than counted
+            packets, raw, headers = empty, raw[:empty * size], headers[:empty]
+        if headers.translate(HEADER_NOT_ACCEL_GYRO).find(1) >= 0:
             # not on a packet boundary: this read is unusable; counted as a loss
             self.reset_fifo()
-            return FifoRead(empty_columns(), 0, overflowed=True)
+            return self.nothing(overflowed=True)
         lost = 0
-        if INVALID in flat:  # the chip marks a sample it could not take: drop those packets
-            rows = [flat[i:i + 9] for i in range(0, len(flat), 9)]
-            kept = [r for r in rows if INVALID not in r[1:7]]
-            lost = len(rows) - len(kept)
-            flat = tuple(v for r in kept for v in r)
-        a, g = self._accel_scale, self._gyro_scale
-        columns = (
-            [v * a for v in flat[1::9]], [v * a for v in flat[2::9]], [v * a for v in flat[3::9]],
-            [v * g for v in flat[4::9]], [v * g for v in flat[5::9]], [v * g for v in flat[6::9]],
-            [math.nan if v == INVALID_TEMP else v / FIFO_TEMP_LSB_PER_C + TEMP_OFFSET_C
-             for v in flat[7::9]],
-        )
-        return FifoRead(columns, len(columns[0]), lost_frames=lost)
+        if INVALID_BYTES in raw:  # perhaps a sample the chip could not take: drop those packets
+            kept = [raw[i:i + size] for i in range(0, len(raw), size)
+                    if INVALID not in PACKET.unpack_from(raw, i)[1:7]]
+            lost = packets - len(kept)
+            raw = b"".join(kept)
+        return FifoRead(raw, self.layout, packets - lost, lost_frames=lost)

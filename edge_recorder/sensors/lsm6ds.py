@@ -24,15 +24,17 @@ Samples are little-endian int16. Temperature is not batched (``temp_c`` is absen
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import ClassVar
 
 from edge_recorder.sensors.base import (
     DEG_TO_RAD,
     STANDARD_GRAVITY_MPS2,
+    Channel,
     FifoRead,
+    FrameLayout,
     ImuDriver,
-    empty_columns,
 )
 from edge_recorder.sensors.registers import Bits
 
@@ -98,8 +100,30 @@ FIFO_BYTES = {CHIP_DS3: DS3H_FIFO_BYTES, CHIP_DS3TRC: 682 * DS3_SAMPLE_BYTES,
               CHIP_DSOX: 512 * TAGGED_WORD_BYTES}
 """What the driver assumes per WHO_AM_I: 0x69 may be a DS3H, so the smaller FIFO."""
 
-XYZ = struct.Struct("<3h")
 DS3_FRAME = struct.Struct("<6h")  # gyro x y z, accel x y z
+TAGGED_PAIR = "<x3hx3h"  # two tagged words of one instant, tags skipped
+# tag byte → b"G" (gyro word), b"A" (accel word) or b"-" (anything else), and → its 2-bit
+# counter: one bytes.translate over a read's tags checks the whole read at C speed
+TAG_KIND = bytes(ord("G") if b >> 3 == TAG_GYRO else ord("A") if b >> 3 == TAG_ACCEL
+                 else ord("-") for b in range(256))
+TAG_COUNTER = bytes((b >> 1) & 0x3 for b in range(256))
+# a bootstrap sample's first axis, little-endian (0x7FFD..0x7FFF): its bytes anywhere in a
+# read send it the slow way, which checks each pair's first axis exactly
+MAYBE_INVALID = re.compile(rb"[\xfd-\xff]\x7f")
+
+
+def frame_layouts(accel_range_g: int, gyro_range_dps: int) -> dict[str, FrameLayout]:
+    """Frame layouts by word order: tagged pairs gyro-first ("GA") or accel-first ("AG"),
+    and the DS3 pattern ("DS3"). mg/LSB and mdps/LSB from the datasheets' sensitivity."""
+    a = ACCEL_MG_PER_LSB[accel_range_g] * 1e-3 * STANDARD_GRAVITY_MPS2
+    g = GYRO_MDPS_PER_LSB[gyro_range_dps] * 1e-3 * DEG_TO_RAD
+    gyro_first = (Channel(3, a), Channel(4, a), Channel(5, a),
+                  Channel(0, g), Channel(1, g), Channel(2, g))
+    accel_first = (Channel(0, a), Channel(1, a), Channel(2, a),
+                   Channel(3, g), Channel(4, g), Channel(5, g))
+    return {"GA": FrameLayout(TAGGED_PAIR, gyro_first),
+            "AG": FrameLayout(TAGGED_PAIR, accel_first),
+            "DS3": FrameLayout(DS3_FRAME.format, gyro_first)}
 
 
 class Lsm6ds(ImuDriver):
@@ -148,9 +172,9 @@ class Lsm6ds(ImuDriver):
         self.write_config(CTRL1_XL, accel)
         self.write_config(CTRL2_G, gyro)
         self.verify_config()
-        self._accel_scale = ACCEL_MG_PER_LSB[self.accel_range_g] * 1e-3 * STANDARD_GRAVITY_MPS2
-        self._gyro_scale = GYRO_MDPS_PER_LSB[self.gyro_range_dps] * 1e-3 * DEG_TO_RAD
-        self._pending: dict[int, dict[int, tuple[int, int, int]]] = {}
+        self._layouts = frame_layouts(self.accel_range_g, self.gyro_range_dps)
+        self.layout = self._layouts["GA" if self.tagged else "DS3"]
+        self._pending: dict[int, dict[int, bytes]] = {}
         self._last_cnt: int | None = None
         self.reset_fifo()
 
@@ -185,13 +209,33 @@ class Lsm6ds(ImuDriver):
         s1, s2 = bus.read(addr, FIFO_STATUS1, 2)
         if s2 & STATUS2_OVR_LATCHED:  # words were overwritten since the last status read
             self.reset_fifo()
-            return FifoRead(empty_columns(False), 0, overflowed=True)
+            return self.nothing(overflowed=True)
         words = ((s2 << 8) | s1) & DSOX_DIFF_MASK
         if words == 0:
-            return FifoRead(empty_columns(False), 0)
-        data = bus.read(addr, FIFO_DATA_OUT_TAG, words * TAGGED_WORD_BYTES)
-        cols = empty_columns(False)
-        a, g = self._accel_scale, self._gyro_scale
+            return self.nothing()
+        return self.tagged_words(bus.read(addr, FIFO_DATA_OUT_TAG, words * TAGGED_WORD_BYTES))
+
+    def tagged_words(self, data: bytes) -> FifoRead:
+        """What a burst of tagged words holds. The usual burst (whole pairs in one order,
+        counters matching, nothing that may be a bootstrap sample, nothing waiting from the
+        last read) is checked with a few C-speed bytes operations and handed on as it is;
+        anything else is paired word by word."""
+        tags = data[::TAGGED_WORD_BYTES]
+        kinds = tags.translate(TAG_KIND)
+        order = kinds[:2].decode("ascii")
+        if not self._pending and order in ("GA", "AG") and len(kinds) % 2 == 0 \
+                and kinds == kinds[:2] * (len(kinds) // 2) \
+                and tags[::2].translate(TAG_COUNTER) == tags[1::2].translate(TAG_COUNTER) \
+                and not MAYBE_INVALID.search(data):
+            self._last_cnt = tags[-1] >> 1 & 0x3
+            return FifoRead(data, self._layouts[order], len(kinds) // 2)
+        return self._read_tagged_word_by_word(data)
+
+    def _read_tagged_word_by_word(self, data: bytes) -> FifoRead:
+        """Pair the words one by one (Linux ``st_lsm6dsx_read_tagged_fifo``): a word whose
+        partner never came, and a bootstrap sample, are dropped and counted; a word whose
+        partner may come with the next read waits for it. Pairs out as gyro-first frames."""
+        out = bytearray()
         lost = 0
         pending = self._pending
         for i in range(0, len(data), TAGGED_WORD_BYTES):
@@ -204,18 +248,18 @@ class Lsm6ds(ImuDriver):
                 pending.clear()
             self._last_cnt = cnt
             pair = pending.setdefault(cnt, {})
-            pair[tag] = XYZ.unpack_from(data, i + 1)
+            pair[tag] = data[i:i + TAGGED_WORD_BYTES]
             if len(pair) == 2:
                 del pending[cnt]
-                ax, ay, az = pair[TAG_ACCEL]
-                gx, gy, gz = pair[TAG_GYRO]
-                if ax >= INVALID_SAMPLE or gx >= INVALID_SAMPLE:
+                accel, gyro = pair[TAG_ACCEL], pair[TAG_GYRO]
+                if int.from_bytes(accel[1:3], "little", signed=True) >= INVALID_SAMPLE or \
+                        int.from_bytes(gyro[1:3], "little", signed=True) >= INVALID_SAMPLE:
                     lost += 1  # a bootstrap sample (Linux checks the first axis, as here)
                     continue
-                for col, value in zip(cols, (ax * a, ay * a, az * a, gx * g, gy * g, gz * g),
-                                      strict=True):
-                    col.append(value)
-        return FifoRead(cols, len(cols[0]), lost_frames=lost)
+                out += gyro
+                out += accel
+        return FifoRead(bytes(out), self._layouts["GA"], len(out) // self.frame_bytes,
+                        lost_frames=lost)
 
     # --- DS3/DS3TR-C: a fixed pattern of 16-bit words ------------------------------------
     def _read_pattern(self) -> FifoRead:
@@ -223,17 +267,12 @@ class Lsm6ds(ImuDriver):
         s1, s2, p3, p4 = bus.read(addr, FIFO_STATUS1, 4)
         if s2 & STATUS2_OVERRUN:
             self.reset_fifo()
-            return FifoRead(empty_columns(False), 0, overflowed=True)
+            return self.nothing(overflowed=True)
         words = ((s2 << 8) | s1) & DS3_DIFF_MASK
         position = ((p4 & 0x03) << 8) | p3  # next word's index in the 6-word pattern
         skip = (6 - position) % 6
         if words < skip + 6:
-            return FifoRead(empty_columns(False), 0)
+            return self.nothing()
         frames = (words - skip) // 6
         data = bus.read(addr, DS3_FIFO_DATA_OUT_L, (skip + frames * 6) * 2)[skip * 2:]
-        a, g = self._accel_scale, self._gyro_scale
-        gx, gy, gz, ax, ay, az = zip(*DS3_FRAME.iter_unpack(data), strict=True)
-        return FifoRead(
-            ([v * a for v in ax], [v * a for v in ay], [v * a for v in az],
-             [v * g for v in gx], [v * g for v in gy], [v * g for v in gz]),
-            frames, lost_frames=1 if skip else 0)
+        return FifoRead(data, self.layout, frames, lost_frames=1 if skip else 0)

@@ -18,7 +18,6 @@ flag: an overflow between the count read and the burst discards that burst.
 
 from __future__ import annotations
 
-import functools
 import logging
 import struct
 from dataclasses import dataclass
@@ -27,9 +26,10 @@ from typing import ClassVar
 from edge_recorder.sensors.base import (
     DEG_TO_RAD,
     STANDARD_GRAVITY_MPS2,
+    Channel,
     FifoRead,
+    FrameLayout,
     ImuDriver,
-    empty_columns,
 )
 from edge_recorder.sensors.registers import Bits
 
@@ -109,10 +109,14 @@ MPU6500_FAMILY = Variant(512, 7011, 2995178, 0.070, True)
 VARIANTS = {"MPU-6050": MPU6050, "MPU-9250": MPU6500_FAMILY, "MPU-9255": MPU6500_FAMILY}
 
 
-@functools.lru_cache(maxsize=128)
-def frames_struct(frames: int) -> struct.Struct:
-    """All of a read's frames in one unpack: columns are then strided slices."""
-    return struct.Struct(f">{7 * frames}h")
+def frame_layout(chip: Variant, accel_range_g: int, gyro_range_dps: int) -> FrameLayout:
+    """A FIFO frame: ax ay az temp gx gy gz, big-endian int16; °C = (raw + offset) · scale."""
+    a = STANDARD_GRAVITY_MPS2 / ACCEL_LSB_PER_G[accel_range_g]
+    g = DEG_TO_RAD / GYRO_LSB_PER_DPS[gyro_range_dps]
+    t = chip.temp_scale_nano_c * 1e-9
+    return FrameLayout(FRAME.format, (
+        Channel(0, a), Channel(1, a), Channel(2, a), Channel(4, g), Channel(5, g),
+        Channel(6, g), Channel(3, t, chip.temp_offset_lsb * t)))
 
 
 def dlpf_for_rate(rate_hz: float) -> int:
@@ -167,10 +171,7 @@ class Mpu6050(ImuDriver):
         self.write_config(INT_ENABLE, FIFO_OFLOW_EN.encode(1))
         self.write_config(FIFO_EN, FIFO_EN_ACCEL | FIFO_EN_TEMP | FIFO_EN_GYRO_XYZ)
         self.verify_config()
-        self._accel_scale = STANDARD_GRAVITY_MPS2 / ACCEL_LSB_PER_G[self.accel_range_g]
-        self._gyro_scale = DEG_TO_RAD / GYRO_LSB_PER_DPS[self.gyro_range_dps]
-        self._temp_scale = chip.temp_scale_nano_c * 1e-9
-        self._temp_offset = chip.temp_offset_lsb
+        self.layout = frame_layout(chip, self.accel_range_g, self.gyro_range_dps)
         self.sleep(chip.gyro_startup_s)  # what the FIFO held until now is discarded
         self.reset_fifo()
         self.verify_config()  # USER_CTRL too: a lost FIFO enable would record nothing
@@ -199,15 +200,15 @@ class Mpu6050(ImuDriver):
         if count >= self.fifo_bytes - FIFO_MARGIN_FRAMES * FRAME.size:
             # (nearly) full: the oldest bytes are being overwritten and frames misalign
             self.reset_fifo()
-            return FifoRead(empty_columns(), 0, overflowed=True)
+            return self.nothing(overflowed=True)
         frames = count // FRAME.size
         if frames == 0:
-            return FifoRead(empty_columns(), 0)
+            return self.nothing()
         self._unverified = bus.read(addr, FIFO_R_W, frames * FRAME.size)
         return self._checked(self._unverified)
 
     def _checked(self, raw: bytes) -> FifoRead:
-        """Decode a burst once the overflow flag says it is whole. If reading the flag
+        """Hand over a burst once the overflow flag says it is whole. If reading the flag
         fails, the burst is kept and checked again on the next call (the bus error is
         the sampler's to count and retry), so a glitch there loses nothing."""
         status = self.bus.read(self.address, INT_STATUS, 1)[0]
@@ -216,20 +217,5 @@ class Mpu6050(ImuDriver):
             # overflowed since the last check (e.g. the reader stalled between the count
             # and the burst): this burst may start mid-frame, so none of it can be trusted
             self.reset_fifo()
-            return FifoRead(empty_columns(), 0, overflowed=True)
-        frames = len(raw) // FRAME.size
-        flat = frames_struct(frames).unpack(raw)
-        a, g = self._accel_scale, self._gyro_scale
-        t_scale, t_offset = self._temp_scale, self._temp_offset
-        return FifoRead(
-            (
-                [v * a for v in flat[0::7]],
-                [v * a for v in flat[1::7]],
-                [v * a for v in flat[2::7]],
-                [v * g for v in flat[4::7]],
-                [v * g for v in flat[5::7]],
-                [v * g for v in flat[6::7]],
-                [(v + t_offset) * t_scale for v in flat[3::7]],
-            ),
-            frames,
-        )
+            return self.nothing(overflowed=True)
+        return FifoRead(raw, self.layout, len(raw) // FRAME.size)
