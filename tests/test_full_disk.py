@@ -131,7 +131,7 @@ def test_an_injected_full_disk_closes_open_sessions_as_store_full(tmp_path, monk
     FullDiskWriter.room = 10**9
     rig = Rig(tmp_path)
     rig.run(1.0)
-    FullDiskWriter.room = 8  # ~0.8 s of messages, then the disk is full
+    FullDiskWriter.room = 2  # ~1 s of messages (one per 0.5 s flush), then the disk is full
     sid = rig.ask(StartRequested, trigger=MQTT, duration_s=None)["session_id"]
     caplog.set_level(logging.INFO)
     rig.run(3.0)
