@@ -85,9 +85,9 @@ def encode_block(block: Block, offset_ns: int = 0) -> bytes:
     = ring instant + offset). Each float array is one ``struct.pack`` call. Offsets are
     aligned relative to the byte after the 4-byte encapsulation header, as CDR requires.
     """
-    n = len(block.t_ns)
+    n = len(block)
     length = struct.pack("<I", n)
-    t_ns = array("q", [t + offset_ns for t in block.t_ns]) if offset_ns else block.t_ns
+    t_ns = block.times(offset_ns)
     # t_ns at offset 0: uint32 length, 4 bytes padding to align the int64s to 8
     parts = [CDR_LE_HEADER, length, b"\x00\x00\x00\x00", _packed("q", t_ns)]
     for i in range(len(FLOAT_FIELDS)):

@@ -201,3 +201,31 @@ def test_stop_requested_still_finalises(tmp_path) -> None:
     rig.finish(1.5)
     manifest, _ = stored(rig, replies[0].to_dict()["session_id"])
     assert manifest["sensors"][0]["samples"] == pytest.approx(1200, abs=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(t0=st.integers(0, 2**60), step=st.integers(1, 10**8), n=st.integers(0, 50),
+       start=st.integers(-5, 55), cut_lo=st.integers(-2, 60), cut_hi=st.integers(-2, 60),
+       offset=st.integers(-(2**40), 2**40))
+def test_evenly_spaced_times_slice_as_listed_ones(t0, step, n, start, cut_lo, cut_hi,
+                                                  offset) -> None:
+    from array import array
+
+    layout = LAYOUTS["mpu6050"]
+    raw = bytes(range(256)) * (n * layout.frame_bytes // 256 + 1)
+    raw = raw[:n * layout.frame_bytes]
+    listed = array("q", [t0 + i * step for i in range(n)])
+    even = Block(100, raw=raw, layout=layout, segments=((t0, step, n),))
+    explicit = Block(100, listed, raw=raw, layout=layout)
+    start_ns, stop_ns = t0 + cut_lo * step - 1, t0 + cut_hi * step
+    a = even.slice(100 + start, start_ns, stop_ns)
+    b = explicit.slice(100 + start, start_ns, stop_ns)
+    assert (a.first_seq, list(a.t_ns), a.raw) == (b.first_seq, list(b.t_ns), b.raw)
+    was = base.numpy_in_use() is not None
+    try:
+        for use in (True, False):
+            base.use_numpy(use)
+            assert list(even.times(offset)) == [t + offset for t in listed]
+    finally:
+        base.use_numpy(was)
+    assert list(Block.join([even, even]).times(offset)) == [t + offset for t in listed] * 2

@@ -336,7 +336,7 @@ class Recorder:
             data = encoded.get(key)
             if data is None:
                 data = encoded[key] = encode_block(block, s.offset_ns)
-            s.writer.write(src.name, block.t_ns[0] + s.offset_ns, data)
+            s.writer.write(src.name, block.first_t_ns + s.offset_ns, data)
             s.samples[src.name] += len(block)
             s.cursors[src.name] = block.end_seq
         elif missed:

@@ -14,31 +14,43 @@ import threading
 from array import array
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
-from edge_recorder.sensors.base import FrameLayout
+from edge_recorder.sensors.base import FrameLayout, numpy_in_use
+
+Segment = tuple[int, int, int]
+"""``(t0_ns, step_ns, n)``: ``n`` evenly spaced instants ``t0_ns + i·step_ns``."""
 
 
 class Block:
     """Consecutive samples: ``t_ns[i]`` and ``columns[c][i]`` are sequence ``first_seq + i``.
 
-    A block from the sampler holds the frames as the driver read them (``raw``, in
-    ``layout``) and decodes them the first time :attr:`columns` is asked for: samples no
-    session wants are never decoded, and a session decodes a whole pump's worth at once.
-    A block can also be built from decoded columns (``layout`` None). Shared by the ring
-    and every session reading it: never modified once appended.
+    A block from the sampler holds what one read gave: the frames as the driver read them
+    (``raw``, in ``layout``) and their instants as one evenly spaced :data:`Segment`.
+    Nothing is unpacked per sample until it is wanted: :attr:`columns` decodes the frames
+    and :attr:`t_ns` lists the instants on first use, so samples no session wants are
+    never touched, and a session writes a whole flush's worth in one go. Blocks joined
+    keep both forms (bytes joined, segments listed). A block can also be built from
+    decoded columns and explicit times. Shared by the ring and every session reading it:
+    never modified once appended.
     """
 
-    __slots__ = ("first_seq", "t_ns", "raw", "layout", "_columns")
+    __slots__ = ("first_seq", "raw", "layout", "segments", "_n", "_t_ns", "_columns")
 
-    def __init__(self, first_seq: int, t_ns: array[int],
+    def __init__(self, first_seq: int, t_ns: array[int] | None = None,
                  columns: tuple[array[float], ...] | None = None, *,
-                 raw: bytes = b"", layout: FrameLayout | None = None) -> None:
+                 raw: bytes = b"", layout: FrameLayout | None = None,
+                 segments: tuple[Segment, ...] | None = None) -> None:
         if columns is None and layout is None:
             raise ValueError("a block needs its columns or its raw frames and their layout")
+        if (t_ns is None) == (segments is None):
+            raise ValueError("a block needs its times: t_ns or segments, not both")
         self.first_seq = first_seq
-        self.t_ns = t_ns  # int64, ns on the monotonic clock (the file maps them to the wall)
         self.raw = raw
         self.layout = layout
+        self.segments = segments
+        self._n = len(t_ns) if t_ns is not None else sum(n for _, _, n in segments or ())
+        self._t_ns = t_ns  # int64, ns on the monotonic clock (the file maps them to the wall)
         self._columns = columns  # float32: 4 bytes a value, not a 32-byte Python float
 
     @property
@@ -50,49 +62,112 @@ class Block:
             self._columns = self.layout.decode(self.raw)
         return self._columns
 
+    @property
+    def t_ns(self) -> array[int]:
+        """Every sample's instant (int64 ns, monotonic clock); listed on first use."""
+        if self._t_ns is None:
+            self._t_ns = self.times(0)
+        return self._t_ns
+
+    def times(self, offset_ns: int) -> array[int]:
+        """Every sample's instant plus ``offset_ns`` (the file's wall-clock mapping)."""
+        if self.segments is None or self._t_ns is not None and not offset_ns:
+            t = self.t_ns
+            return array("q", [v + offset_ns for v in t]) if offset_ns else t
+        return segment_times(self.segments, offset_ns)
+
+    @property
+    def first_t_ns(self) -> int:
+        return self.segments[0][0] if self.segments else self.t_ns[0]
+
+    @property
+    def last_t_ns(self) -> int:
+        if self.segments:
+            t0, step, n = self.segments[-1]
+            return t0 + (n - 1) * step
+        return self.t_ns[-1]
+
     def __len__(self) -> int:
-        return len(self.t_ns)
+        return self._n
 
     @property
     def end_seq(self) -> int:
-        return self.first_seq + len(self.t_ns)
+        return self.first_seq + self._n
+
+    def index_at(self, t_ns: int, lo: int = 0, hi: int | None = None) -> int:
+        """Index of the first sample at or after ``t_ns`` within ``[lo, hi)``."""
+        hi = self._n if hi is None else hi
+        if self.segments is not None and len(self.segments) == 1:
+            t0, step, _ = self.segments[0]
+            i = -((t0 - t_ns) // step)  # ceil((t_ns - t0) / step)
+            return min(max(i, lo), hi)
+        return bisect.bisect_left(self.t_ns, t_ns, lo, hi)
 
     @staticmethod
     def join(blocks: list[Block]) -> Block:
         """Consecutive blocks as one (one message in the file instead of several); frames
-        of one layout stay undecoded, so the joined block decodes them in one go."""
+        of one layout stay undecoded and times unlisted, so the joined block does each in
+        one go."""
         if len(blocks) == 1:
             return blocks[0]
-        t_ns: array[int] = array("q")
-        for b in blocks:
-            t_ns += b.t_ns
-        layout = blocks[0].layout
+        first = blocks[0]
+        segments: tuple[Segment, ...] | None = None
+        t_ns: array[int] | None = None
+        if all(b.segments is not None for b in blocks):
+            segments = tuple(x for b in blocks for x in b.segments or ())
+        else:
+            segments, t_ns = None, array("q")
+            for b in blocks:
+                t_ns += b.t_ns
+        layout = first.layout
         if layout is not None and all(b.layout is layout or b.layout == layout
                                       for b in blocks):
-            return Block(blocks[0].first_seq, t_ns, raw=b"".join(b.raw for b in blocks),
-                         layout=layout)
-        columns: tuple[array[float], ...] = tuple(array("f") for _ in blocks[0].columns)
+            return Block(first.first_seq, t_ns, raw=b"".join(b.raw for b in blocks),
+                         layout=layout, segments=segments)
+        columns: tuple[array[float], ...] = tuple(array("f") for _ in first.columns)
         for b in blocks:
             for joined, column in zip(columns, b.columns, strict=True):
                 joined += column
-        return Block(blocks[0].first_seq, t_ns, columns)
+        return Block(first.first_seq, t_ns, columns, segments=segments)
 
     def slice(self, start_seq: int, start_ns: int | None = None,
               stop_before_ns: int | None = None) -> Block:
         """The samples from ``start_seq`` on, within ``[start_ns, stop_before_ns)`` if given."""
         lo = max(0, start_seq - self.first_seq)
-        hi = len(self.t_ns)
-        if start_ns is not None and lo < hi and self.t_ns[lo] < start_ns:
-            lo = bisect.bisect_left(self.t_ns, start_ns, lo, hi)
-        if stop_before_ns is not None:
-            hi = max(lo, bisect.bisect_left(self.t_ns, stop_before_ns, lo, hi))
-        if lo == 0 and hi == len(self.t_ns):
+        hi = self._n
+        if start_ns is not None and lo < hi and self.first_t_ns < start_ns:
+            lo = self.index_at(start_ns, lo, hi)
+        if stop_before_ns is not None and lo < hi and self.last_t_ns >= stop_before_ns:
+            hi = max(lo, self.index_at(stop_before_ns, lo, hi))
+        if lo == 0 and hi == self._n:
             return self
+        if self.segments is not None and len(self.segments) == 1:
+            t0, step, _ = self.segments[0]
+            times: dict[str, Any] = {"segments": ((t0 + lo * step, step, hi - lo),)}
+        else:
+            times = {"t_ns": self.t_ns[lo:hi]}
         if self.layout is not None:
             size = self.layout.frame_bytes
-            return Block(self.first_seq + lo, self.t_ns[lo:hi],
-                         raw=self.raw[lo * size:hi * size], layout=self.layout)
-        return Block(self.first_seq + lo, self.t_ns[lo:hi], tuple(c[lo:hi] for c in self.columns))
+            return Block(self.first_seq + lo, raw=self.raw[lo * size:hi * size],
+                         layout=self.layout, **times)
+        return Block(self.first_seq + lo, columns=tuple(c[lo:hi] for c in self.columns),
+                     **times)
+
+
+def segment_times(segments: tuple[Segment, ...], offset_ns: int = 0) -> array[int]:
+    """The instants of ``segments``, each plus ``offset_ns``, as one int64 array."""
+    np = numpy_in_use()
+    out: array[int] = array("q")
+    if np is not None:
+        if segments:
+            out.frombytes(np.concatenate([
+                np.arange(n, dtype=np.int64) * step + (t0 + offset_ns)
+                for t0, step, n in segments]).tobytes())
+        return out
+    for t0, step, n in segments:
+        start = t0 + offset_ns
+        out.fromlist(list(range(start, start + n * step, step)))  # array(range) is slower
+    return out
 
 
 @dataclass(frozen=True)
@@ -133,19 +208,21 @@ class SampleRing:
 
     def newest_t_ns(self) -> int | None:
         with self._lock:
-            return self._blocks[-1].t_ns[-1] if self._blocks else None
+            return self._blocks[-1].last_t_ns if self._blocks else None
 
-    def append(self, t_ns: array[int], raw: bytes, layout: FrameLayout) -> None:
-        """Add one read's samples: int64 times and the frames as read (14–16 bytes a
-        sample), so a minute of two 1 kHz sensors takes under 3 MB."""
-        if not t_ns:
+    def append(self, t0_ns: int, step_ns: int, frames: int, raw: bytes,
+               layout: FrameLayout) -> None:
+        """Add one read's ``frames`` samples, sampled at ``t0_ns + i·step_ns``: kept as the
+        frames read (14–16 bytes a sample) and those two numbers, so a minute of two
+        1 kHz sensors takes under 2 MB and a read costs no work per sample."""
+        if frames <= 0:
             return
-        block = Block(0, t_ns, raw=raw, layout=layout)
+        block = Block(0, raw=raw, layout=layout, segments=((t0_ns, step_ns, frames),))
         with self._lock:
             block.first_seq = self._next_seq
             self._blocks.append(block)
-            self._next_seq += len(t_ns)
-            self._held += len(t_ns)
+            self._next_seq += frames
+            self._held += frames
             while self._held - len(self._blocks[0]) >= self.capacity_samples:
                 self._held -= len(self._blocks.popleft())
 
@@ -192,7 +269,6 @@ class SampleRing:
             blocks = list(self._blocks)
             next_seq = self._next_seq
         for block in reversed(blocks):
-            if block.t_ns[0] < t_ns:
-                i = bisect.bisect_left(block.t_ns, t_ns)
-                return block.first_seq + i
+            if block.first_t_ns < t_ns:
+                return block.first_seq + block.index_at(t_ns)
         return blocks[0].first_seq if blocks else next_seq

@@ -152,17 +152,16 @@ class BusSampler:
         if read.frames or read.lost_frames:
             # frames the driver dropped (unpaired, invalid) took a slot in the chip's
             # timeline; assume the earliest
-            stamps = s.timebase.stamp(read.frames + read.lost_frames, now + s.count_latch_ns)
-            if read.lost_frames:
-                lost_at = stamps[:read.lost_frames]
-                self._add_gap(s, Gap(lost_at[0], lost_at[-1] + 1, read.lost_frames,
+            lost, frames = read.lost_frames, read.frames
+            first, step = s.timebase.stamp(frames + lost, now + s.count_latch_ns)
+            if lost:
+                self._add_gap(s, Gap(first, first + (lost - 1) * step + 1, lost,
                                      "invalid_samples"))
-            if read.frames:
-                s.ring.append(stamps[read.lost_frames:] if read.lost_frames else stamps,
-                              read.raw, read.layout)
-                s.counters.samples += read.frames
+            if frames:
+                s.ring.append(first + lost * step, step, frames, read.raw, read.layout)
+                s.counters.samples += frames
                 s.counters.rate_hz = s.timebase.rate_hz
-            s.last_ts_ns = stamps[-1]
+            s.last_ts_ns = first + (lost + frames - 1) * step
 
     def _record_loss(self, s: SensorChannel, since_ns: int, now: int, reason: str,
                      *, announce: bool = True) -> int:

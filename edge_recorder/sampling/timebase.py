@@ -19,7 +19,6 @@ estimate is not exact); bounds carried so far that they contradict a read give w
 from __future__ import annotations
 
 import math
-from array import array
 
 MIN_SPREAD_FRAMES = 50  # below this, the fit is phase-only with the last known period
 MAX_RATE_ERROR = 0.1  # an estimate outside ±10 % of nominal is rejected as nonsense
@@ -47,11 +46,10 @@ class FrameTimebase:
         self._upper = self._lower = 0.0  # t(_bound_k) ≤ _upper and > _lower
         self._bound_read_ns = 0
 
-    def stamp(self, frames: int, read_ns: int) -> array[int]:
-        """Timestamps (int64 ns) for ``frames`` new frames whose newest was present at
-        ``read_ns``."""
-        if frames <= 0:
-            return array("q")
+    def stamp(self, frames: int, read_ns: int) -> tuple[int, int]:
+        """Timestamps for ``frames`` (≥ 1) new frames whose newest was present at
+        ``read_ns``: ``(first_ns, step_ns)``, frame ``i`` of them at ``first_ns + i·step_ns``
+        (ns, int64). Evenly spaced within a read, so they are kept as two numbers."""
         first = self.next_frame
         newest = first + frames - 1
         self.next_frame += frames
@@ -67,10 +65,8 @@ class FrameTimebase:
         # and, above all, never step backwards between reads (nor into a gap): more frames
         # than fit since the last stamp means the phase was late, so this wins
         start = max(start, int((self._last_ts or 0) + p / 2))
-        out = array("q", list(range(start, start + frames * step, step)))  # (faster than
-        # from the range directly: array converts other iterables item by item)
-        self._last_ts = out[-1]
-        return out
+        self._last_ts = start + (frames - 1) * step
+        return start, step
 
     def _bound(self, newest: int, read_ns: int, p: float) -> float:
         """Frame ``newest``'s instant: the middle of what every read so far allows."""

@@ -156,6 +156,11 @@ def _import_numpy() -> Any:
     return numpy
 
 
+def numpy_in_use() -> Any:
+    """The numpy module while :func:`use_numpy` is in effect, else None."""
+    return _numpy
+
+
 def use_numpy(enabled: bool = True) -> bool:
     """Decode with numpy where it is installed (the ``fast`` extra); returns whether it is
     now in use. The daemon calls this at start-up, so numpy's import (about 0.5 s of CPU on
