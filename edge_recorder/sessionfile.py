@@ -26,6 +26,7 @@ import json
 import os
 import struct
 import sys
+import threading
 import zlib
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import mcap.writer
+import zstandard
 from mcap.exceptions import McapError
 from mcap.reader import make_reader
 from mcap.records import Channel, Message
@@ -67,6 +70,28 @@ SCHEMA = (
     "int64[] t_ns\n" + "".join(f"float32[] {name}\n" for name in FLOAT_FIELDS)
 )
 CDR_LE_HEADER = b"\x00\x01\x00\x00"
+
+
+class _ZstdOneContextPerThread:
+    """What mcap's Writer calls to compress a chunk, ``zstandard.compress(data)``, with one
+    compression context per thread kept instead of one built for every chunk (its tables
+    cost a tenth of a flush's CPU). Same level, same bytes; the rest of zstandard as is."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def compress(self, data: bytes) -> bytes:
+        context = getattr(self._local, "context", None)
+        if context is None:
+            context = self._local.context = zstandard.ZstdCompressor(level=3)
+        return bytes(context.compress(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(zstandard, name)
+
+
+if getattr(mcap.writer, "zstandard", None) is zstandard:  # as mcap 1.x imports it
+    mcap.writer.zstandard = _ZstdOneContextPerThread()  # type: ignore[assignment,attr-defined]
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,7 @@ class SensorChannel:
         self.counters.rate_hz = self.driver.rate_hz
         clock_hz = getattr(self.driver.bus, "clock_hz", None) or ASSUMED_BUS_HZ
         self.count_latch_ns = round(COUNT_LATCH_BITS * 1e9 / clock_hz)
+        self.fifo_frames = self.driver.fifo_frames  # set again when the chip is identified
 
     @property
     def period_ns(self) -> float:
@@ -139,28 +140,28 @@ class BusSampler:
             self._driver_error(s, exc, now)
             return
         s.consecutive_errors = 0
-        fill_pct = 100.0 if read.overflowed else \
-            100.0 * (read.frames + read.lost_frames) / s.driver.fifo_frames
-        if fill_pct > s.counters.fifo_peak_pct:
-            s.counters.fifo_peak_pct = min(100.0, fill_pct)
+        lost, frames = read.lost_frames, read.frames
+        counters = s.counters
+        fill_pct = 100.0 if read.overflowed else 100.0 * (frames + lost) / s.fifo_frames
+        if fill_pct > counters.fifo_peak_pct:
+            counters.fifo_peak_pct = min(100.0, fill_pct)
         if read.overflowed:
             s.counters.overflows += 1
             since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
             # lost until the driver reset the FIFO, i.e. until the read returned: the
             # thread may have been frozen (SIGSTOP, starved) anywhere inside it
             self._record_loss(s, since, self.clock(), "fifo_overflow")
-        if read.frames or read.lost_frames:
+        if frames or lost:
             # frames the driver dropped (unpaired, invalid) took a slot in the chip's
             # timeline; assume the earliest
-            lost, frames = read.lost_frames, read.frames
             first, step = s.timebase.stamp(frames + lost, now + s.count_latch_ns)
             if lost:
                 self._add_gap(s, Gap(first, first + (lost - 1) * step + 1, lost,
                                      "invalid_samples"))
             if frames:
                 s.ring.append(first + lost * step, step, frames, read.raw, read.layout)
-                s.counters.samples += frames
-                s.counters.rate_hz = s.timebase.rate_hz
+                counters.samples += frames
+                counters.rate_hz = s.timebase.rate_hz
             s.last_ts_ns = first + (lost + frames - 1) * step
 
     def _record_loss(self, s: SensorChannel, since_ns: int, now: int, reason: str,
@@ -255,6 +256,7 @@ class BusSampler:
             log.info("sensor %s: %s on bus %s at 0x%02x, %g Hz", s.name, s.driver.variant,
                      self.bus_name, s.driver.address, s.driver.rate_hz)
         s.counters.state = "up"
+        s.fifo_frames = s.driver.fifo_frames  # the identified variant's
         if self._auto_interval:  # the identified variant's FIFO size decides
             self.interval_s = poll_interval_s([c.driver for c in self.sensors])
         s.consecutive_errors = 0

@@ -172,6 +172,7 @@ class Mpu6050(ImuDriver):
         self.write_config(FIFO_EN, FIFO_EN_ACCEL | FIFO_EN_TEMP | FIFO_EN_GYRO_XYZ)
         self.verify_config()
         self.layout = frame_layout(chip, self.accel_range_g, self.gyro_range_dps)
+        self._nearly_full = self.fifo_bytes - FIFO_MARGIN_FRAMES * FRAME.size
         self.sleep(chip.gyro_startup_s)  # what the FIFO held until now is discarded
         self.reset_fifo()
         self.verify_config()  # USER_CTRL too: a lost FIFO enable would record nothing
@@ -197,7 +198,7 @@ class Mpu6050(ImuDriver):
             return self._checked(self._unverified)
         hi, lo = bus.read(addr, FIFO_COUNT_H, 2)
         count = (hi << 8) | lo
-        if count >= self.fifo_bytes - FIFO_MARGIN_FRAMES * FRAME.size:
+        if count >= self._nearly_full:
             # (nearly) full: the oldest bytes are being overwritten and frames misalign
             self.reset_fifo()
             return self.nothing(overflowed=True)
