@@ -148,8 +148,8 @@ class Block:
     def slice(self, start_seq: int, start_ns: int | None = None,
               stop_before_ns: int | None = None) -> Block:
         """The samples from ``start_seq`` on, within ``[start_ns, stop_before_ns)`` if given."""
-        lo = max(0, start_seq - self.first_seq)
         hi = self._n
+        lo = min(max(0, start_seq - self.first_seq), hi)
         if start_ns is not None and lo < hi and self.first_t_ns < start_ns:
             lo = self.index_at(start_ns, lo, hi)
         if stop_before_ns is not None and lo < hi and self.last_t_ns >= stop_before_ns:
