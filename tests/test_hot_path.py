@@ -249,3 +249,48 @@ def test_chunks_are_compressed_to_the_same_bytes_with_a_kept_context() -> None:
     assert got == [zstandard.compress(c) for c in chunks]
     assert [mcap.writer.zstandard.compress(c) for c in chunks] == got
     assert mcap.writer.zstandard.ZstdDecompressor is zstandard.ZstdDecompressor
+
+
+def test_a_deep_fifo_beside_a_shallow_one_is_read_at_its_own_pace() -> None:
+    """MPU-6050 (1 KiB FIFO: 73 ms at 1 kHz) and ICM-42688-P (2 KiB: 128 ms) on one bus: the
+    bus ticks at the MPU's third (24 ms); the ICM is read every other tick, and nothing is
+    lost. FIFO sizes: Linux inv_mpu6050 (hw->fifo_size 1024), inv_icm42600 (2048)."""
+    from edge_recorder.sampling.ring import SampleRing
+    from edge_recorder.sampling.sampler import BusSampler, SensorChannel
+    from edge_recorder.sensors.emulation import EmulatedIcm42688, EmulatedMpu6050
+    from edge_recorder.sensors.icm42688 import Icm42688
+    from edge_recorder.sensors.mpu6050 import Mpu6050
+
+    clock = FakeClock()
+    mpu_chip, icm_chip = EmulatedMpu6050(clock=clock), EmulatedIcm42688(clock=clock)
+    bus = EmulatedBus({0x68: mpu_chip, 0x69: icm_chip}, clock=clock,
+                      wait_until=clock.advance_to)
+    reads = {0x68: 0, 0x69: 0}
+    real_read = bus.read
+
+    def counting_read(address: int, register: int, length: int) -> bytes:
+        if length > 16:  # a FIFO burst
+            reads[address] += 1
+        return real_read(address, register, length)
+
+    bus.read = counting_read  # type: ignore[method-assign]
+    channels = [SensorChannel(name, cls(bus, address, rate_hz=1000, accel_range_g=4,
+                                        gyro_range_dps=500, sleep=clock.advance),
+                              SampleRing(20_000))
+                for name, cls, address in (("mpu", Mpu6050, 0x68), ("icm", Icm42688, 0x69))]
+    sampler = BusSampler("emulated", channels, clock=clock)
+    sampler.poll_once()  # brings both up
+    assert sampler.interval_s == pytest.approx(1024 // 14 / 1000 / 3)
+    sampler.poll_once()  # start-up's resets (100 ms) overflowed the MPU's FIFO: drained now
+    start = [(c.counters.samples, c.counters.dropped) for c in channels]
+    reads.update({0x68: 0, 0x69: 0})
+    t0 = next_tick = clock.now
+    for _ in range(120):  # ~2.9 s on the sampler's fixed grid (bus time is part of a tick)
+        next_tick = max(next_tick + int(sampler.interval_s * 1e9), clock.now)
+        clock.advance_to(next_tick)
+        sampler.poll_once()
+    assert reads[0x68] >= 115 and 55 <= reads[0x69] <= 65  # every tick / every other tick
+    for c, (samples, dropped) in zip(channels, start):
+        got = c.counters.samples - samples
+        assert got == pytest.approx((clock.now - t0) / 1e6, abs=130)  # within one FIFO
+        assert c.counters.dropped == dropped

@@ -73,6 +73,8 @@ class SensorChannel:
     driver_error_logged: str = ""  # the driver failure last logged, and when (sampler clock)
     driver_error_logged_ns: int = 0
     driver_errors_unlogged: int = 0
+    next_poll_ns: int = 0  # the sampler's clock; see BusSampler.poll_once
+    poll_ns: int = 0  # this sensor's own poll interval (its FIFO's, once identified)
 
     def __post_init__(self) -> None:
         self.timebase = FrameTimebase(1e9 / self.driver.rate_hz)
@@ -80,6 +82,7 @@ class SensorChannel:
         clock_hz = getattr(self.driver.bus, "clock_hz", None) or ASSUMED_BUS_HZ
         self.count_latch_ns = round(COUNT_LATCH_BITS * 1e9 / clock_hz)
         self.fifo_frames = self.driver.fifo_frames  # set again when the chip is identified
+        self.poll_ns = int(poll_interval_s([self.driver]) * 1e9)
 
     @property
     def period_ns(self) -> float:
@@ -121,7 +124,19 @@ class BusSampler:
 
     # --- one tick (tests drive this directly with a fake clock) ---------------------
     def poll_once(self) -> None:
+        """Service every sensor that is due. The bus ticks at the interval of its
+        fastest-filling FIFO; with the interval chosen automatically, a sensor whose FIFO
+        holds longer is read only on the ticks its own interval needs (a deep FIFO next to
+        a shallow one is not read at the shallow one's pace: fewer transactions, wake-ups
+        and CPU for the same samples)."""
+        now = self.clock()
+        tick_ns = int(self.interval_s * 1e9)
         for sensor in self.sensors:
+            if self._auto_interval and sensor.counters.state == "up":
+                if now < sensor.next_poll_ns:
+                    continue
+                # due again on the first tick at or after (own interval − half a tick)
+                sensor.next_poll_ns = now + sensor.poll_ns - tick_ns // 2
             self._service(sensor)
         self.last_loop_s = time.monotonic()
 
@@ -257,6 +272,7 @@ class BusSampler:
                      self.bus_name, s.driver.address, s.driver.rate_hz)
         s.counters.state = "up"
         s.fifo_frames = s.driver.fifo_frames  # the identified variant's
+        s.poll_ns = int(poll_interval_s([s.driver]) * 1e9)
         if self._auto_interval:  # the identified variant's FIFO size decides
             self.interval_s = poll_interval_s([c.driver for c in self.sensors])
         s.consecutive_errors = 0
