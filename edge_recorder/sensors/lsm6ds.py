@@ -24,7 +24,6 @@ Samples are little-endian int16. Temperature is not batched (``temp_c`` is absen
 
 from __future__ import annotations
 
-import re
 import struct
 from typing import ClassVar
 
@@ -107,9 +106,9 @@ TAGGED_PAIR = "<x3hx3h"  # two tagged words of one instant, tags skipped
 TAG_KIND = bytes(ord("G") if b >> 3 == TAG_GYRO else ord("A") if b >> 3 == TAG_ACCEL
                  else ord("-") for b in range(256))
 TAG_COUNTER = bytes((b >> 1) & 0x3 for b in range(256))
-# a bootstrap sample's first axis, little-endian (0x7FFD..0x7FFF): its bytes anywhere in a
-# read send it the slow way, which checks each pair's first axis exactly
-MAYBE_INVALID = re.compile(rb"[\xfd-\xff]\x7f")
+# a bootstrap sample's first axis is 0x7FFD..0x7FFF: its high byte (a word's third byte) is
+# 0x7F; a read with such a byte goes the slow way, which checks each pair's first axis exactly
+BOOTSTRAP_HIGH_BYTE = 0x7F
 
 
 def frame_layouts(accel_range_g: int, gyro_range_dps: int) -> dict[str, FrameLayout]:
@@ -226,7 +225,7 @@ class Lsm6ds(ImuDriver):
         if not self._pending and order in ("GA", "AG") and len(kinds) % 2 == 0 \
                 and kinds == kinds[:2] * (len(kinds) // 2) \
                 and tags[::2].translate(TAG_COUNTER) == tags[1::2].translate(TAG_COUNTER) \
-                and not MAYBE_INVALID.search(data):
+                and BOOTSTRAP_HIGH_BYTE not in data[2::TAGGED_WORD_BYTES]:
             self._last_cnt = tags[-1] >> 1 & 0x3
             return FifoRead(data, self._layouts[order], len(kinds) // 2)
         return self._read_tagged_word_by_word(data)
