@@ -13,7 +13,8 @@ two monotonic reads, kept only when they are close together) is compared with th
 one; a change of more than :data:`STEP_MIN_NS` is a step: it is recorded as a
 :class:`Step` and the new offset adopted. Smaller changes are read noise (slewing does not
 change the offset at all; NTP clients step only above 0.125–1 s). The recorder reads the
-offset ten times a second, so a step is detected within ~0.1 s.
+offset ten times a second while a session is open (a step is detected within ~0.1 s) and
+once a second when none is.
 
 **Sync state:** the kernel's, from ``adjtimex(2)`` with ``modes = 0`` (read-only):
 ``STA_UNSYNC`` (0x0040) clear means an NTP client has disciplined the clock (Linux

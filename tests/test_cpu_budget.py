@@ -13,6 +13,14 @@ from typing import Any
 import pytest
 
 from edge_recorder.devtools import CpuQuota, wait_until
+from edge_recorder.recording.events import (
+    Reply,
+    StartRequested,
+    StatusRequested,
+    StopRequested,
+    Trigger,
+)
+from edge_recorder.recording.recorder import IDLE_WAKE_S, PUMP_INTERVAL_S, Recorder
 from edge_recorder.sampling.sampler import POLL_FILL_FRACTION
 from tests.conftest import Client, base_config, wait_online, write_config
 from tests.rig import Rig
@@ -105,3 +113,75 @@ def test_a_starved_daemon_degrades_honestly_and_recovers_within_a_second(
         assert counters["dropped"] == settled[name]["dropped"], f"{name} still losing samples"
         assert counters["samples"] - settled[name]["samples"] >= 2900  # ~3 s at 1 kHz
     assert later["_s"] < 1.0
+
+
+def _counting_pumps(recorder: Recorder) -> list[float]:
+    """Every pump the recorder's thread makes, as its instant (time.monotonic)."""
+    pumps: list[float] = []
+    real_pump = recorder.pump
+
+    def pump() -> None:
+        pumps.append(time.monotonic())
+        real_pump()
+
+    recorder.pump = pump  # type: ignore[method-assign]
+    return pumps
+
+
+def test_an_idle_recorder_does_not_wake_to_pump_yet_answers_at_once(tmp_path):
+    """No session open: nothing to pump, so no 10 Hz wake-ups (an idle daemon's CPU and
+    wake-ups on a Pi); an event is still handled as soon as it arrives, and a session
+    started is pumped every PUMP_INTERVAL_S until it is finalised, then the pumping stops."""
+    rig = Rig(tmp_path, rate_hz=200)
+    rig.run(1.0)
+    recorder = rig.recorder
+    pumps = _counting_pumps(recorder)
+    recorder.start()
+    try:
+        time.sleep(0.6)
+        assert pumps == [], "an idle recorder pumps nothing; it should not wake to try"
+        assert time.monotonic() - recorder.last_loop_s <= IDLE_WAKE_S + 0.5  # watchdog's beat
+        replies: list[Reply] = []
+        asked = time.monotonic()
+        recorder.submit(StatusRequested(reply=replies.append))
+        wait_until(lambda: replies, 2, "the status reply", 0.002)
+        assert time.monotonic() - asked < 0.1, "an idle recorder answers at once"
+
+        recorder.submit(StartRequested(Trigger("mqtt", "test"), reply=replies.append))
+        wait_until(lambda: len(pumps) >= 3, 5, "a started session pumped", 0.01)
+        assert replies[-1].ok and all(
+            b - a >= PUMP_INTERVAL_S * 0.9 for a, b in zip(pumps, pumps[1:]))
+        recorder.submit(StopRequested(Trigger("mqtt", "test"), reply=replies.append))
+        wait_until(lambda: len(replies) == 3, 2, "the stop reply", 0.002)
+        rig.clock.advance(2.0)  # every ring passes the stop time: finalised at the next pump
+        wait_until(lambda: not recorder.sessions, 5, "the session finalised", 0.01)
+        finalised = len(pumps)
+        time.sleep(0.6)
+        assert len(pumps) == finalised, "pumping stops with the last session"
+    finally:
+        recorder.close()
+    assert recorder.completed == 1
+
+
+def test_note_alive_keeps_the_crash_gap_within_a_pump_interval(tmp_path):
+    """Recovery ends a crashed session's gap at the last instant the recorder noted it
+    alive: that instant stays within one pump interval of the session's last moment, for
+    each of two sessions in turn (the store keeps one cached path per open session)."""
+    rig = Rig(tmp_path, rate_hz=200)
+    rig.run(1.0)
+    for _ in range(2):
+        reply = rig.ask(StartRequested, trigger=Trigger("mqtt", "test"))
+        sid = reply["session_id"]
+        offset = rig.recorder.sessions[sid].offset_ns
+        rig.run(0.15)  # its first pump
+        for _ in range(12):
+            rig.run(0.05)
+            now = rig.clock.now + offset
+            # the rig pumps on its poll grid: an interval, rounded up to the next poll
+            assert 0 <= now - rig.store.last_alive_ns(sid) <= (PUMP_INTERVAL_S + rig.poll_s) * 1e9
+        rig.ask(StopRequested, trigger=Trigger("mqtt", "test"))
+        rig.run(1.5)
+        assert rig.store.find(sid) == "outbox"
+        rig.store.note_alive(sid, 1)  # after it completed: a no-op, nothing recreated
+        assert rig.store.find(sid) == "outbox"
+        assert not rig.store.path("recording", sid, ".json").exists()

@@ -156,6 +156,7 @@ def test_a_pump_failing_every_round_is_logged_once_and_stops_the_heartbeat(tmp_p
     rig = Rig(tmp_path)
     rig.run(0.5)
     recorder: Recorder = rig.recorder
+    assert rig.ask(StartRequested, trigger=MQTT)["ok"]  # idle, it would not pump at all
 
     def broken_pump() -> None:
         raise RuntimeError("ring cursor corrupt")

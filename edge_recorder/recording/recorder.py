@@ -52,10 +52,12 @@ from edge_recorder.sessionfile import ChannelInfo, SessionWriter, encode_block, 
 
 log = logging.getLogger(__name__)
 
-PUMP_INTERVAL_S = 0.1
+PUMP_INTERVAL_S = 0.1  # while a session is open
+IDLE_WAKE_S = 1.0  # with none open: wall-clock watch and heartbeat only
 FLUSH_INTERVAL_NS = 500_000_000  # + up to ~0.2 s in the sampler and pump: < 1 s lost on a crash
 STOP_GRACE_NS = 1_000_000_000  # wait at most this long for samples past the stop time
 SESSION_RESERVE_BYTES = 1 << 20
+_WAKE = object()  # put on the event queue by close(): the thread stops without waiting
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ class Recorder:
         self.warnings: list[str] = []
         self.last_loop_s = time.monotonic()
         self._pump_error = ""
-        self._events: queue.Queue[Event] = queue.Queue()
+        self._events: queue.Queue[Any] = queue.Queue()  # events, or _WAKE
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -442,13 +444,25 @@ class Recorder:
         self._thread.start()
 
     def _run(self) -> None:
-        next_pump = time.monotonic()
+        """Pump every :data:`PUMP_INTERVAL_S` while a session is open; with none open, only
+        wait for an event (handled at once), waking once every :data:`IDLE_WAKE_S` to read
+        the wall clock (steps) and beat the heartbeat."""
+        next_pump = 0.0
         while not self._stop.is_set():
+            idle = not self.sessions
+            wait = IDLE_WAKE_S if idle else max(0.0, next_pump - time.monotonic())
             try:
-                event = self._events.get(timeout=max(0.0, next_pump - time.monotonic()))
-                self.handle(event)
+                event = self._events.get(timeout=wait)
+                if event is not _WAKE:
+                    self.handle(event)
             except queue.Empty:
-                pass
+                if idle:
+                    self.clock.offset_ns()  # keeps watching the wall clock for steps
+            if idle:
+                self.last_loop_s = time.monotonic()
+                # a session just started is first pumped one interval later, not at once
+                next_pump = self.last_loop_s + PUMP_INTERVAL_S
+                continue
             pumped = True
             if time.monotonic() >= next_pump:
                 pumped = self._pump_logged()
@@ -479,10 +493,13 @@ class Recorder:
         """Stop every open session with ``reason`` and finalise them; then stop the thread."""
         self._stop.set()
         if self._thread is not None:
+            self._events.put(_WAKE)
             self._thread.join(timeout_s)
             self._thread = None
         while not self._events.empty():  # answer what is still queued
-            self.handle(self._events.get_nowait())
+            event = self._events.get_nowait()
+            if event is not _WAKE:
+                self.handle(event)
         now = self.clock.mono_ns()
         for s in self.sessions.values():
             if s.stop_ns is None:

@@ -92,6 +92,7 @@ class DeviceStore:
         self.require_receipt = require_receipt
         self.refused = 0
         self.quarantined = 0  # by this run; ``count(FAILED)`` is the total on disk
+        self._alive_paths: dict[str, str] = {}  # note_alive's target per open session
         for state in STATES:
             (root / state).mkdir(parents=True, exist_ok=True)
 
@@ -151,6 +152,7 @@ class DeviceStore:
         move_durable(src, self.path(OUTBOX, session_id))
         write_json_atomic(self.path(OUTBOX, session_id, ".json"), checked.to_dict())
         self.path(RECORDING, session_id, ".json").unlink(missing_ok=True)
+        self._alive_paths.pop(session_id, None)
         return checked.to_dict()
 
     def replacement_path(self, session_id: str) -> Path:
@@ -291,6 +293,7 @@ class DeviceStore:
         """Forget a session's files in ``recording/``: one that could not even start, one
         that never wrote a file, or the header left behind by a completed session whose
         clean-up a crash cut short. Durable (directory fsync'd)."""
+        self._alive_paths.pop(session_id, None)
         for suffix in (".mcap", ".json", SALVAGE_SUFFIX):
             self.path(RECORDING, session_id, suffix).unlink(missing_ok=True)
         fsync_dir(self.root / RECORDING)
@@ -312,10 +315,14 @@ class DeviceStore:
     def note_alive(self, session_id: str, t_ns: int) -> None:
         """The recorder is alive and has handled this session up to ``t_ns`` (its clock):
         kept as the mtime of ``recording/{id}.json``, so recovery can say up to when a
-        crashed session was recording. One ``utime`` call; not fsync'd (a power cut may
-        lose it, a crashed daemon does not)."""
+        crashed session was recording. One ``utime`` call on a path built once per session
+        (the recorder calls this ten times a second); not fsync'd (a power cut may lose it,
+        a crashed daemon does not)."""
+        path = self._alive_paths.get(session_id)
+        if path is None:
+            path = self._alive_paths[session_id] = str(self.path(RECORDING, session_id, ".json"))
         try:
-            os.utime(self.path(RECORDING, session_id, ".json"), ns=(t_ns, t_ns))
+            os.utime(path, ns=(t_ns, t_ns))
         except OSError:
             pass  # only the estimate of a crash's loss suffers
 
@@ -328,27 +335,28 @@ class DeviceStore:
         return self.ids(RECORDING)
 
     # --- room ---------------------------------------------------------------------------
-    def _sizes(self, state: str) -> dict[Path, int]:
-        """Size of every file in a state folder. Other threads move files between folders
-        while this runs (the publisher, the recorder): a file gone by the time it is
-        looked at is simply no longer here."""
-        sizes = {}
+    def _sizes(self, state: str, suffix: str = "") -> tuple[int, int]:
+        """How many files (ending in ``suffix``) a state folder holds, and their bytes.
+        Other threads move files between folders while this runs (the publisher, the
+        recorder): a file gone by the time it is looked at is simply no longer here."""
+        count = total = 0
         with os.scandir(self.root / state) as entries:
             for entry in entries:
-                if entry.name.startswith("."):
+                if entry.name.startswith(".") or not entry.name.endswith(suffix):
                     continue
                 try:
-                    sizes[Path(entry.path)] = entry.stat().st_size
+                    total += entry.stat().st_size
                 except FileNotFoundError:
                     continue
-        return sizes
+                count += 1
+        return count, total
 
     def used_bytes(self) -> int:
-        return sum(sum(self._sizes(s).values()) for s in STATES)
+        return sum(self._sizes(s)[1] for s in STATES)
 
     def backlog(self) -> dict[str, int]:
-        files = {p: n for p, n in self._sizes(OUTBOX).items() if p.suffix == ".mcap"}
-        return {"sessions": len(files), "bytes": sum(files.values())}
+        sessions, nbytes = self._sizes(OUTBOX, ".mcap")
+        return {"sessions": sessions, "bytes": nbytes}
 
     def _disk_free(self) -> int:
         return shutil.disk_usage(self.root).free
@@ -368,6 +376,8 @@ class DeviceStore:
         order = (STORED, FAILED, PUBLISHED) if self.require_receipt else \
             (STORED, PUBLISHED, FAILED)
         for state in order:
+            if not short():
+                break  # the usual case: nothing to list, nothing to delete
             for sid in self.ids(state):
                 if not short():
                     break
