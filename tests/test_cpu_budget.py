@@ -20,7 +20,13 @@ from edge_recorder.recording.events import (
     StopRequested,
     Trigger,
 )
-from edge_recorder.recording.recorder import IDLE_WAKE_S, PUMP_INTERVAL_S, Recorder
+from edge_recorder.recording.recorder import (
+    IDLE_WAKE_S,
+    PACE_BURST_S,
+    PACE_DUTY,
+    PUMP_INTERVAL_S,
+    Recorder,
+)
 from edge_recorder.sampling.sampler import POLL_FILL_FRACTION
 from tests.conftest import Client, base_config, wait_online, write_config
 from tests.rig import Rig
@@ -185,3 +191,50 @@ def test_note_alive_keeps_the_crash_gap_within_a_pump_interval(tmp_path):
         rig.store.note_alive(sid, 1)  # after it completed: a no-op, nothing recreated
         assert rig.store.find(sid) == "outbox"
         assert not rig.store.path("recording", sid, ".json").exists()
+
+
+def _burn_cpu(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_a_long_start_is_cut_into_steps_with_pauses_between_on_the_recorders_thread(
+        tmp_path):
+    """On a small CPU budget the samplers must get the CPU between the steps of a burst: a
+    step that used more than PACE_BURST_S of the recorder's CPU is followed by a pause long
+    enough that the burst averages PACE_DUTY of a core, before the next step (here: the
+    durable header, then the file and the reply). A call on another thread (a test's, or
+    close() at shutdown) is not paced."""
+    pause_s = 2 * PACE_BURST_S * (1 / PACE_DUTY - 1)  # the burst averages PACE_DUTY
+    rig = Rig(tmp_path, rate_hz=200)
+    rig.run(0.5)
+    recorder = rig.recorder
+    begun: list[float] = []
+    real_begin = rig.store.begin
+
+    def costly_begin(*args: Any, **kw: Any) -> Any:
+        path = real_begin(*args, **kw)
+        _burn_cpu(2 * PACE_BURST_S)  # as a cold start-up path on a Pi costs
+        begun.append(time.monotonic())
+        return path
+
+    rig.store.begin = costly_begin  # type: ignore[method-assign]
+    replies: list[tuple[float, Reply]] = []
+
+    def reply(r: Reply) -> None:
+        replies.append((time.monotonic(), r))
+
+    recorder.handle(StartRequested(Trigger("mqtt", "test"), reply=reply))  # this thread
+    assert replies[-1][0] - begun[-1] < pause_s / 2, "not paced off its own thread"
+    recorder.handle(StopRequested(Trigger("mqtt", "test")))
+    rig.run(2.0)
+    assert not recorder.sessions
+    recorder.start()
+    try:
+        recorder.submit(StartRequested(Trigger("mqtt", "test"), reply=reply))
+        wait_until(lambda: len(replies) == 2, 5, "the start reply", 0.002)
+        assert replies[-1][1].ok
+        assert replies[-1][0] - begun[-1] >= pause_s * 0.9, "no pause after the burst"
+    finally:
+        recorder.close()

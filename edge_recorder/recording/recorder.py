@@ -54,6 +54,15 @@ log = logging.getLogger(__name__)
 
 PUMP_INTERVAL_S = 0.1  # while a session is open
 IDLE_WAKE_S = 1.0  # with none open: wall-clock watch and heartbeat only
+# A burst of the recorder's (a start, a flush, a finalise, events back to back) is cut into
+# steps: once the thread has used PACE_BURST_S of CPU since it last waited, it waits before
+# its next step, long enough that the burst averages PACE_DUTY of a core (at most
+# PACE_MAX_PAUSE_S), so the samplers keep their CPU on a small budget: a 3 % cgroup quota
+# grants 1.2 ms every 40 ms, the samplers need about half of it, and the MPU-6050's FIFO
+# holds 73 ms at 1 kHz.
+PACE_BURST_S = 0.0005
+PACE_DUTY = 0.01
+PACE_MAX_PAUSE_S = 0.25
 FLUSH_INTERVAL_NS = 500_000_000  # + up to ~0.2 s in the sampler and pump: < 1 s lost on a crash
 STOP_GRACE_NS = 1_000_000_000  # wait at most this long for samples past the stop time
 SESSION_RESERVE_BYTES = 1 << 20
@@ -132,6 +141,7 @@ class Recorder:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._burst_from_s = 0.0  # the worker's CPU time (thread_time) when it last woke
 
     # --- the inbound interface (any thread) -----------------------------------------
     def submit(self, event: Event) -> None:
@@ -218,6 +228,7 @@ class Recorder:
                               for x in self.sources]}
         try:
             path = self.store.begin(session_id, header, SESSION_RESERVE_BYTES)
+            self._pace()
             writer = SessionWriter(path, [ChannelInfo(x.name, x.driver, x.rate_hz)
                                           for x in self.sources])
         except StoreFull as exc:
@@ -291,6 +302,7 @@ class Recorder:
         # blocks shared by overlapping sessions (on one time base)
         encoded: dict[tuple[str, int, int, int], bytes] = {}
         for s in list(self.sessions.values()):
+            self._pace()
             try:
                 self._pump_session(s, now, encoded)
             except OSError as exc:
@@ -311,6 +323,7 @@ class Recorder:
         caught_up = True
         for src in self.sources:
             if write:
+                self._pace()
                 self._write_new(s, src, encoded)
             if s.stop_ns is not None:
                 newest = src.ring.newest_t_ns()
@@ -319,6 +332,7 @@ class Recorder:
             self._finalise(s)
         else:
             if write:
+                self._pace()
                 s.writer.flush()  # durable up to here: a crash loses at most ~1 s
                 s.last_flush_ns = now
             # recovery's end of a crash gap, on the session's time base (that of its samples)
@@ -377,10 +391,13 @@ class Recorder:
         if s.warnings:
             manifest["warnings"] = s.warnings
         try:
+            self._pace()
             s.writer.finish(manifest)
+            self._pace()
             if offset != s.offset_ns:  # the wall clock stepped: one time base for all of it
                 restamp(s.writer.path, offset - s.offset_ns, manifest,
                         on_progress=self._heartbeat)
+                self._pace()
             manifest = self.store.complete(s.session_id, manifest)
         except OSError as exc:
             if is_disk_full(exc):
@@ -453,9 +470,12 @@ class Recorder:
             wait = IDLE_WAKE_S if idle else max(0.0, next_pump - time.monotonic())
             try:
                 event = self._events.get(timeout=wait)
+                self._burst_from_s = time.thread_time()
                 if event is not _WAKE:
                     self.handle(event)
+                    self._pace()
             except queue.Empty:
+                self._burst_from_s = time.thread_time()
                 if idle:
                     self.clock.offset_ns()  # keeps watching the wall clock for steps
             if idle:
@@ -469,6 +489,19 @@ class Recorder:
                 next_pump = time.monotonic() + PUMP_INTERVAL_S
             if pumped:  # a pump failing every round is no progress: the watchdog sees it
                 self.last_loop_s = time.monotonic()
+
+    def _pace(self) -> None:
+        """Between two steps of a burst, on the recorder's own thread: once it has used
+        :data:`PACE_BURST_S` of CPU since it last waited, wait so that the burst averages
+        :data:`PACE_DUTY` of a core (calls from other threads, a test's or ``close()``'s,
+        are not paced)."""
+        if self._thread is None or threading.current_thread() is not self._thread:
+            return
+        used_s = time.thread_time() - self._burst_from_s
+        if used_s < PACE_BURST_S:
+            return
+        self._stop.wait(min(PACE_MAX_PAUSE_S, used_s * (1 / PACE_DUTY - 1)))
+        self._burst_from_s = time.thread_time()
 
     def _pump_logged(self) -> bool:
         """Pump; a failure is logged once with its reason (not every 100 ms), and again

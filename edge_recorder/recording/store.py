@@ -93,6 +93,7 @@ class DeviceStore:
         self.refused = 0
         self.quarantined = 0  # by this run; ``count(FAILED)`` is the total on disk
         self._alive_paths: dict[str, str] = {}  # note_alive's target per open session
+        self._dirs = {state: str(root / state) for state in STATES}  # scanned often
         for state in STATES:
             (root / state).mkdir(parents=True, exist_ok=True)
 
@@ -113,8 +114,8 @@ class DeviceStore:
 
     def ids(self, state: str) -> list[str]:
         """Session ids in ``state``, oldest first (ids sort by start time)."""
-        return sorted(p.stem for p in (self.root / state).glob("*.json")
-                      if valid_id(p.stem))
+        return sorted(name[:-5] for name in os.listdir(self._dirs[state])
+                      if name.endswith(".json") and valid_id(name[:-5]))
 
     def count(self, state: str) -> int:
         return len(self.ids(state))
@@ -340,7 +341,7 @@ class DeviceStore:
         Other threads move files between folders while this runs (the publisher, the
         recorder): a file gone by the time it is looked at is simply no longer here."""
         count = total = 0
-        with os.scandir(self.root / state) as entries:
+        with os.scandir(self._dirs[state]) as entries:
             for entry in entries:
                 if entry.name.startswith(".") or not entry.name.endswith(suffix):
                     continue
