@@ -715,18 +715,46 @@ def budget_naive_step(port: int, pct: float | None, session_s: float) -> dict[st
     return dict(json.loads(out), period_us=period_us if pct is not None else None)
 
 
+def thread_usage(pid: int) -> dict[str, tuple[float, int]]:
+    """Per thread name (the OS's, which the daemon sets): CPU seconds and context switches
+    (voluntary + involuntary: wake-ups), from ``/proc/PID/task``."""
+    usage: dict[str, tuple[float, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            cpu_s = int((task / "schedstat").read_text().split()[0]) / 1e9
+            switches = sum(int(line.split()[1]) for line in (task / "status").read_text()
+                           .splitlines() if line.startswith(("voluntary_ctxt_switches",
+                                                              "nonvoluntary_ctxt_switches")))
+        except (OSError, IndexError, ValueError):
+            continue  # the thread ended meanwhile
+        cpu0, sw0 = usage.get(name, (0.0, 0))
+        usage[name] = (cpu0 + cpu_s, sw0 + switches)
+    return usage
+
+
 def idle_cost(tmp: Path, port: int, window_s: float) -> tuple[float, float]:
-    """CPU share and wake-ups per second of the daemon with no session open."""
+    """CPU share and wake-ups per second of the daemon with no session open (and, printed,
+    per thread: where they go)."""
     proc, sub = start_daemon(tmp, port, "idle")
     try:
         time.sleep(2.0)
         cpu0, sw0, t0 = proc_cpu_s(proc.pid), task_ctxt_switches(proc.pid), time.monotonic()
+        threads0 = thread_usage(proc.pid)
         time.sleep(window_s)
         wall = time.monotonic() - t0
-        return ((proc_cpu_s(proc.pid) - cpu0) / wall,
-                (task_ctxt_switches(proc.pid) - sw0) / wall)
+        threads1 = thread_usage(proc.pid)
+        share = (proc_cpu_s(proc.pid) - cpu0) / wall
+        wakeups = (task_ctxt_switches(proc.pid) - sw0) / wall
     finally:
         stop_daemon(proc, sub)
+    per_thread = sorted(((name, (cpu - threads0.get(name, (0.0, 0))[0]) / wall,
+                          (sw - threads0.get(name, (0.0, 0))[1]) / wall)
+                         for name, (cpu, sw) in threads1.items()), key=lambda x: -x[1])
+    print(f"  idle, {window_s:g} s: {share:.2%} of a core, {wakeups:.0f} wake-ups/s; per "
+          "thread: " + ", ".join(f"{name} {cpu:.2%} {sw:.0f}/s" for name, cpu, sw in per_thread),
+          flush=True)
+    return share, wakeups
 
 
 def bench_cpu_budget(tmp: Path, broker: Broker, session_s: float) -> None:

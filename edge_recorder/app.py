@@ -167,6 +167,15 @@ def _set_nice(thread_id: int, nice: int | None) -> None:
         log.debug("nice %d for thread %d: %s", nice, thread_id, describe(exc))
 
 
+def _name_os_thread(thread_id: int, name: str) -> None:
+    """A thread of this process named as the OS shows it (``/proc/PID/task/TID/comm``, at
+    most 15 bytes), so a per-thread view says which part uses the CPU."""
+    try:
+        Path(f"/proc/self/task/{thread_id}/comm").write_bytes(name.encode()[:15])
+    except OSError:
+        pass  # not Linux, or no /proc: only the view suffers
+
+
 def open_bus(bus: int | str, sensors: list[SensorConfig], clock: Callable[[], int],
              *, realtime: bool = True) -> I2CBus:
     """The bus the sensors sit on: ``/dev/i2c-N`` or an emulated bus with their chips
@@ -458,12 +467,15 @@ class Daemon:
 
     def _favour_samplers(self) -> int | None:
         """Every long-lived thread of the daemon but the samplers, and this one (threads it
-        starts later inherit it), runs at :data:`BACKGROUND_NICE`. Returns this thread's
-        previous nice value (None where it cannot be read)."""
-        background = tuple(w.thread_name for w in self.watched()
-                           if not w.thread_name.startswith("sampler-"))
+        starts later inherit it), runs at :data:`BACKGROUND_NICE`; each is named for the OS
+        too (``top -H``, ``ps -L``). Returns this thread's previous nice value (None where
+        it cannot be read)."""
+        ours = tuple(w.thread_name for w in self.watched())
         for thread in threading.enumerate():
-            if thread.name.startswith(background) and thread.native_id is not None:
+            if not thread.name.startswith(ours) or thread.native_id is None:
+                continue
+            _name_os_thread(thread.native_id, thread.name)
+            if not thread.name.startswith("sampler-"):
                 _set_nice(thread.native_id, BACKGROUND_NICE)
         try:
             previous = os.getpriority(os.PRIO_PROCESS, 0)

@@ -6,12 +6,19 @@ need root and a writable cgroup cpu controller, and say so when skipped.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
+import sys
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edge_recorder.app import BACKGROUND_NICE, SWITCH_INTERVAL_S, Daemon
+from edge_recorder.config import parse_config
 from edge_recorder.devtools import CpuQuota, wait_until
 from edge_recorder.recording.events import (
     Reply,
@@ -238,3 +245,47 @@ def test_a_long_start_is_cut_into_steps_with_pauses_between_on_the_recorders_thr
         assert replies[-1][0] - begun[-1] >= pause_s * 0.9, "no pause after the burst"
     finally:
         recorder.close()
+
+
+def test_the_daemon_gives_its_samplers_the_cpu_first_and_leaves_its_caller_as_it_was(
+        tmp_path):
+    """While it runs: the samplers keep the caller's nice value, every other thread of the
+    daemon (recorder, publisher, MQTT, the supervisor) runs at BACKGROUND_NICE, each named
+    for the OS (top -H), the GIL changes hands after SWITCH_INTERVAL_S and start-up's
+    objects are frozen out of the cyclic GC. After it: the switch interval and the GC are
+    as they were."""
+    config = parse_config({
+        "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated", "rate_hz": 200}],
+        "triggers": {"mqtt": False},
+        "mqtt": {"host": "127.0.0.1", "port": 9},  # no broker needed
+        "storage": {"dir": str(tmp_path / "store")}})
+    daemon = Daemon(config)
+    stop = threading.Event()
+    runner = threading.Thread(target=daemon.run, args=(stop,), name="runner")
+    switch_s, caller_nice = sys.getswitchinterval(), os.getpriority(os.PRIO_PROCESS, 0)
+
+    def nice(thread: threading.Thread) -> int:
+        assert thread.native_id is not None
+        return os.getpriority(os.PRIO_PROCESS, thread.native_id)
+
+    def os_name(thread: threading.Thread) -> str:
+        return Path(f"/proc/self/task/{thread.native_id}/comm").read_text().strip()
+
+    runner.start()
+    try:
+        wait_until(lambda: nice(runner) == BACKGROUND_NICE, 20, "the daemon running", 0.05)
+        threads = {t.name: t for t in threading.enumerate()}
+        assert nice(threads["sampler-emulated"]) == caller_nice
+        background = [threads["recorder"], threads["publisher"], threads["supervisor-watch"],
+                      next(t for n, t in threads.items() if n.startswith("paho-mqtt-client-"))]
+        assert [nice(t) for t in background] == [BACKGROUND_NICE] * 4
+        assert os_name(threads["recorder"]) == "recorder"
+        assert os_name(threads["sampler-emulated"]) == "sampler-emulate"  # 15 bytes
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        assert gc.get_freeze_count() > 0
+    finally:
+        stop.set()
+        runner.join(30)
+    assert not runner.is_alive()
+    assert sys.getswitchinterval() == switch_s and gc.get_freeze_count() == 0
+    assert os.getpriority(os.PRIO_PROCESS, 0) == caller_nice  # this thread never touched

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import logging
 import math
 import os
@@ -132,13 +133,15 @@ class DeviceStore:
         StoreFull when there is no room, by ``storage.max_bytes`` or because the disk is full.
         """
         self.make_room(reserve_bytes)
+        # compact: the C encoder (an indented dump is pure Python, ~10x the CPU at a start)
+        data = json.dumps(header, separators=(",", ":")).encode()
         try:
-            write_json_atomic(self.path(RECORDING, session_id, ".json"), header)
+            write_atomic(self.path(RECORDING, session_id, ".json"), data)
         except OSError as exc:
             if not is_disk_full(exc):
                 raise
             self.make_room(reserve_bytes, disk_full=True)
-            write_json_atomic(self.path(RECORDING, session_id, ".json"), header)
+            write_atomic(self.path(RECORDING, session_id, ".json"), data)
         return self.path(RECORDING, session_id)
 
     def complete(self, session_id: str, manifest: dict[str, Any]) -> dict[str, Any]:
