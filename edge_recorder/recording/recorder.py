@@ -367,7 +367,7 @@ class Recorder:
             # gaps listed add up to what is counted as dropped
             w_start, w_end = s.window_start_ns, s.stop_ns
             gaps: list[dict[str, Any]] = [
-                dict(g.as_dict(), start_ns=max(g.start_ns, w_start) + offset,
+                dict(g.to_dict(), start_ns=max(g.start_ns, w_start) + offset,
                      end_ns=min(g.end_ns, w_end) + offset,
                      lost=_overlap_lost(g.start_ns, g.end_ns, g.lost, w_start, w_end))
                 for g in src.ring.gaps_between(w_start, w_end)]

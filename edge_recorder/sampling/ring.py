@@ -13,9 +13,9 @@ import bisect
 import threading
 from array import array
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
+from edge_recorder.documents import Gap
 from edge_recorder.sensors.base import FrameLayout, numpy_in_use
 
 Segment = tuple[int, int, int]
@@ -187,20 +187,6 @@ def segment_times(segments: tuple[Segment, ...], offset_ns: int = 0) -> array[in
         start = t0 + offset_ns
         out.fromlist(list(range(start, start + n * step, step)))  # array(range) is slower
     return out
-
-
-@dataclass(frozen=True)
-class Gap:
-    """An interval without data: ``lost`` samples between ``start_ns`` and ``end_ns``."""
-
-    start_ns: int
-    end_ns: int
-    lost: int
-    reason: str
-
-    def as_dict(self) -> dict[str, object]:
-        return {"start_ns": self.start_ns, "end_ns": self.end_ns, "lost": self.lost,
-                "reason": self.reason}
 
 
 class SampleRing:

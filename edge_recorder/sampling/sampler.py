@@ -3,7 +3,7 @@
 Faults stay local to one sensor: a failed read is retried on the next tick; after
 ``MAX_CONSECUTIVE_ERRORS`` the sensor is marked down and re-probed with exponential
 backoff, without delaying the other sensors on the bus. The time without data is
-recorded as a :class:`~edge_recorder.sampling.ring.Gap` (and counted as dropped), and
+recorded as a :class:`~edge_recorder.documents.Gap` (and counted as dropped), and
 the sensor is picked up again when it answers.
 """
 
@@ -16,8 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_recorder.clock import monotonic_ns
+from edge_recorder.documents import Gap
 from edge_recorder.log import describe
-from edge_recorder.sampling.ring import Gap, SampleRing
+from edge_recorder.sampling.ring import SampleRing
 from edge_recorder.sampling.timebase import FrameTimebase
 from edge_recorder.sensors.base import ImuDriver
 
