@@ -228,7 +228,16 @@ def test_evenly_spaced_times_slice_as_listed_ones(t0, step, n, start, cut_lo, cu
             assert list(even.times(offset)) == [t + offset for t in listed]
     finally:
         base.use_numpy(was)
-    assert list(Block.join([even, even]).times(offset)) == [t + offset for t in listed] * 2
+    other = Block(100 + n, raw=raw, layout=layout, segments=((t0 + 7, step + 1, n),))
+    expected = [t + offset for t in listed] + [t0 + 7 + i * (step + 1) + offset for i in range(n)]
+    was = base.numpy_in_use() is not None
+    try:
+        for use in (True, False):
+            base.use_numpy(use)
+            assert list(Block.join([even, even]).times(offset)) == [t + offset for t in listed] * 2
+            assert list(Block.join([even, other]).times(offset)) == expected
+    finally:
+        base.use_numpy(was)
 
 
 def test_chunks_are_compressed_as_one_fresh_context_would() -> None:

@@ -177,11 +177,16 @@ def segment_times(segments: tuple[Segment, ...], offset_ns: int = 0) -> array[in
         if segments:  # t0 + i·step for every segment at once, whatever their number
             table = np.array(segments, dtype=np.int64)
             counts = table[:, 2]
-            starts = np.repeat(table[:, 0] + offset_ns, counts)
-            steps = np.repeat(table[:, 1], counts)
-            index = np.arange(int(counts.sum()), dtype=np.int64) \
-                - np.repeat(np.cumsum(counts) - counts, counts)
-            out.frombytes((starts + index * steps).tobytes())
+            index = np.arange(int(counts.sum()), dtype=np.int64)
+            firsts = np.cumsum(counts) - counts  # each segment's first index
+            steps = table[:, 1]
+            if (steps == steps[0]).all():  # the usual case: one step throughout
+                out.frombytes((np.repeat(table[:, 0] + offset_ns - firsts * steps[0], counts)
+                               + index * steps[0]).tobytes())
+            else:
+                out.frombytes((np.repeat(table[:, 0] + offset_ns, counts)
+                               + (index - np.repeat(firsts, counts)) * np.repeat(steps, counts)
+                               ).tobytes())
         return out
     for t0, step, n in segments:
         start = t0 + offset_ns
@@ -228,8 +233,9 @@ class SampleRing:
             self._blocks.append(block)
             self._next_seq += frames
             self._held += frames
-            while self._held - len(self._blocks[0]) >= self.capacity_samples:
-                self._held -= len(self._blocks.popleft())
+            blocks = self._blocks
+            while self._held - blocks[0]._n >= self.capacity_samples:
+                self._held -= blocks.popleft()._n
 
     def add_gap(self, gap: Gap) -> None:
         with self._lock:

@@ -50,8 +50,7 @@ class FrameTimebase:
         """Timestamps for ``frames`` (≥ 1) new frames whose newest was present at
         ``read_ns``: ``(first_ns, step_ns)``, frame ``i`` of them at ``first_ns + i·step_ns``
         (ns, int64). Evenly spaced within a read, so they are kept as two numbers."""
-        first = self.next_frame
-        newest = first + frames - 1
+        newest = self.next_frame + frames - 1
         self.next_frame += frames
         self._observe(newest, read_ns)
         p = self.period_ns
@@ -62,29 +61,37 @@ class FrameTimebase:
         last = start + (frames - 1) * step
         if last > read_ns:  # never into the future: frame ``newest`` predates the read
             start -= last - read_ns
+            last = read_ns
         # and, above all, never step backwards between reads (nor into a gap): more frames
         # than fit since the last stamp means the phase was late, so this wins
-        start = max(start, int((self._last_ts or 0) + p / 2))
-        self._last_ts = start + (frames - 1) * step
+        floor = int((self._last_ts or 0) + p / 2)
+        if start < floor:
+            last += floor - start
+            start = floor
+        self._last_ts = last
         return start, step
 
     def _bound(self, newest: int, read_ns: int, p: float) -> float:
         """Frame ``newest``'s instant: the middle of what every read so far allows."""
         upper, lower = float(read_ns), read_ns - p
-        if self._bound_k is not None:
-            shift = (newest - self._bound_k) * p
+        bound_k = self._bound_k
+        if bound_k is not None:
+            shift = (newest - bound_k) * p
             relax = (read_ns - self._bound_read_ns) * BOUND_RELAX
             carried_upper = self._upper + shift + relax
             carried_lower = self._lower + shift - relax
-            width = carried_upper - carried_lower
             if carried_upper <= lower:  # the carried bounds went stale (period error): they
-                upper = min(upper, lower + width)  # lag this read's; keep their width
+                # lag this read's; keep their width
+                upper = min(upper, lower + carried_upper - carried_lower)
             elif carried_lower >= upper:
-                lower = max(lower, upper - width)
+                lower = max(lower, upper - (carried_upper - carried_lower))
             else:
-                upper, lower = min(upper, carried_upper), max(lower, carried_lower)
-        self._bound_k, self._upper, self._lower = newest, upper, lower
-        self._bound_read_ns = read_ns
+                if carried_upper < upper:
+                    upper = carried_upper
+                if carried_lower > lower:
+                    lower = carried_lower
+        self._bound_k, self._upper, self._lower, self._bound_read_ns = \
+            newest, upper, lower, read_ns
         return (upper + lower) / 2
 
     def skip(self, frames: int, *, resync: bool = True, until_ns: int | None = None) -> None:
