@@ -143,3 +143,17 @@ def test_the_unit_file_verifies(tmp_path):
     exposure = float(r.stdout.split("Overall exposure level for edge-recorder.service:")[1]
                      .split()[0])
     assert exposure <= 2.0, r.stdout[-2000:]
+
+
+def test_the_unit_lets_through_the_calls_the_daemon_makes_that_its_groups_deny():
+    """``~@privileged @resources`` denies two calls the daemon makes: adjtimex (reading the
+    sync state, clock.py; in @clock) and setpriority (nice 10 for every thread but the
+    samplers, app.py; in @resources, systemd.exec(5) "System Call Filtering"). With
+    SystemCallErrorNumber=EPERM a denied call fails quietly, so the unit must allow them
+    back after the deny line, as systemd applies the lines in order."""
+    lines = [line.split("=", 1)[1].split() for line in
+             (REPO / "systemd" / "edge-recorder.service").read_text().splitlines()
+             if line.startswith("SystemCallFilter=")]
+    deny_at = next(i for i, words in enumerate(lines) if words[0].startswith("~"))
+    allowed_after = {w for words in lines[deny_at + 1:] for w in words if not w.startswith("~")}
+    assert {"adjtimex", "setpriority"} <= allowed_after
