@@ -452,7 +452,7 @@ def test_the_unit_never_waits_for_a_sync_and_may_read_the_sync_state() -> None:
     # ProtectClock=yes seccomp-blocks even read-only adjtimex (systemd issue #26413)
     assert dict(settings).get("ProtectClock") == "no"
     allowed = [v.split() for k, v in settings if k == "SystemCallFilter"]
-    assert allowed[-1] == ["adjtimex", "clock_adjtime", "clock_adjtime64"]
+    assert {"adjtimex", "clock_adjtime", "clock_adjtime64"} <= set(allowed[-1])
     assert dict(settings).get("CapabilityBoundingSet") == ""  # so nothing can set the clock
 
 
