@@ -305,3 +305,19 @@ def test_a_deep_fifo_beside_a_shallow_one_is_read_at_its_own_pace() -> None:
         got = c.counters.samples - samples
         assert got == pytest.approx((clock.now - t0) / 1e6, abs=130)  # within one FIFO
         assert c.counters.dropped == dropped
+
+
+def test_a_broken_numpy_falls_back_to_plain_python(monkeypatch, caplog) -> None:
+    def broken() -> object:
+        raise RuntimeError("illegal instruction in a wheel for another CPU")
+
+    was = base.numpy_in_use() is not None
+    monkeypatch.setattr(base, "_import_numpy", broken)
+    try:
+        assert base.use_numpy() is False and base.numpy_in_use() is None
+        assert "RuntimeError: illegal instruction" in caplog.text
+        layout = LAYOUTS["mpu6050"]
+        assert len(layout.decode(bytes(layout.frame_bytes * 3))[0]) == 3
+    finally:
+        monkeypatch.undo()
+        base.use_numpy(was)

@@ -8,6 +8,7 @@ It does not timestamp: the sampler does, from the read time and the frame count.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -20,6 +21,8 @@ from typing import Any, ClassVar, NamedTuple
 
 from edge_recorder.errors import SensorError, SensorNotFound
 from edge_recorder.sensors.bus import I2CBus
+
+log = logging.getLogger(__name__)
 
 STANDARD_GRAVITY_MPS2 = 9.80665
 DEG_TO_RAD = math.pi / 180.0
@@ -172,6 +175,10 @@ def use_numpy(enabled: bool = True) -> bool:
     try:
         _numpy = _import_numpy()
     except ImportError:
+        _numpy = None  # not installed: plain Python, the same bits
+    except Exception as exc:  # installed but broken (a wheel for another CPU, say)
+        log.warning("numpy is installed but does not import (%s); samples are decoded in "
+                    "plain Python", f"{type(exc).__name__}: {exc}")
         _numpy = None
     return _numpy is not None
 
