@@ -393,19 +393,26 @@ def _cdr_t_ns(data: bytes) -> list[int]:
     return list(struct.unpack_from(f"<{n}q", data, 12))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("step_s", [3600, -5])
-def test_daemon_session_across_an_emulated_ntp_step(tmp_path, step_s):
-    config = parse_config({
+
+def clock_pi_config(store: Path, *, port: int = 9, **sections: Any) -> Any:
+    """The daemon these tests run: one emulated MPU-6050 at RATE_HZ, MQTT triggers off, the
+    broker at ``port`` (9: never reachable, so sessions stay in outbox/), the store in
+    ``store``; ``sections`` adds or replaces top-level config sections."""
+    return parse_config({
         "device_id": "clock-pi",
         "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated",
                      "rate_hz": RATE_HZ}],
-        "session": {"duration_s": 4},
         "triggers": {"mqtt": False},
-        "mqtt": {"host": "127.0.0.1", "port": 9},  # no broker: the session stays in outbox/
-        "storage": {"dir": str(tmp_path / "store"), "max_bytes": 100 << 20},
-        "emulation": {"wall_clock_steps": [[2, step_s]]},
+        "mqtt": {"host": "127.0.0.1", "port": port},
+        "storage": {"dir": str(store), "max_bytes": 100 << 20},
+        **sections,
     })
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step_s", [3600, -5])
+def test_daemon_session_across_an_emulated_ntp_step(tmp_path, step_s):
+    config = clock_pi_config(tmp_path / "store", session={"duration_s": 4},
+                             emulation={"wall_clock_steps": [[2, step_s]]})
     daemon = Daemon(config)
     done = threading.Event()
     replies: list[dict[str, Any]] = []
@@ -521,15 +528,8 @@ def test_through_the_broker_unsynced_is_said_and_synced_is_restamped(tmp_path, b
 
     wall = _ControlledWall()
     clock = Clock(wall=wall, synced=lambda: wall.synced)
-    config = parse_config({
-        "device_id": "clock-pi",
-        "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated",
-                     "rate_hz": RATE_HZ}],
-        "session": {"duration_s": 1},
-        "triggers": {"mqtt": False},
-        "mqtt": {"host": "127.0.0.1", "port": broker.port},
-        "storage": {"dir": str(tmp_path / "device"), "max_bytes": 100 << 20},
-    })
+    config = clock_pi_config(tmp_path / "device", port=broker.port,
+                             session={"duration_s": 1})
     collected = tmp_path / "collected"
     spawn("collect", "--host", "127.0.0.1", "--port", str(broker.port), "--store",
           str(collected), name="collector")
@@ -588,16 +588,11 @@ def test_through_the_broker_unsynced_is_said_and_synced_is_restamped(tmp_path, b
 
 @pytest.mark.slow
 def test_daemon_interval_sessions_keep_their_multiples_across_an_emulated_step(tmp_path):
-    config = parse_config({
-        "device_id": "clock-pi",
-        "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated",
-                     "rate_hz": RATE_HZ}],
-        "triggers": {"mqtt": False,
-                     "interval": {"every_s": 2, "duration_s": 0.5, "labels": ["periodic"]}},
-        "mqtt": {"host": "127.0.0.1", "port": 9},
-        "storage": {"dir": str(tmp_path / "store"), "max_bytes": 100 << 20},
-        "emulation": {"wall_clock_steps": [[3, -1.5]]},
-    })
+    config = clock_pi_config(
+        tmp_path / "store",
+        triggers={"mqtt": False,
+                  "interval": {"every_s": 2, "duration_s": 0.5, "labels": ["periodic"]}},
+        emulation={"wall_clock_steps": [[3, -1.5]]})
     daemon = Daemon(config)
     daemon.start()
     try:
@@ -629,16 +624,8 @@ def test_unsynced_sessions_are_restamped_when_sync_arrives_even_with_no_broker(t
     out of reach would otherwise leave them on a clock nobody can map any more."""
     from tests.conftest import wait_until
 
-    config = parse_config({
-        "device_id": "clock-pi",
-        "sensors": [{"name": "imu0", "driver": "mpu6050", "bus": "emulated",
-                     "rate_hz": RATE_HZ}],
-        "session": {"duration_s": 1},
-        "triggers": {"mqtt": False},
-        "mqtt": {"host": "127.0.0.1", "port": 9},  # never reachable
-        "storage": {"dir": str(tmp_path / "store"), "max_bytes": 100 << 20},
-        "emulation": {"wall_clock_steps": [[3, 60]]},
-    })
+    config = clock_pi_config(tmp_path / "store", session={"duration_s": 1},
+                             emulation={"wall_clock_steps": [[3, 60]]})
     daemon = Daemon(config)
     replies: list[Any] = []
     daemon.start()

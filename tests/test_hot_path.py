@@ -124,7 +124,8 @@ def test_a_regular_dsox_burst_is_not_paired_word_by_word(monkeypatch) -> None:
         read = driver.tagged_words(burst)
         assert read.frames == 20 and read.lost_frames == 0
         assert [round(v / (0.061e-3 * base.STANDARD_GRAVITY_MPS2)) for v in read.columns[0]] \
-            == [100 * c for c in range(20)]  # ax: LSM6DSOX 0.061 mg/LSB at ±2 g
+            == [100 * c for c in range(20)]  # ax: 0.061 mg/LSB at ±2 g (Linux
+        # st_lsm6dsx_core.c st_lsm6dsx_sensor_settings: fs_avl[0] = { IIO_G_TO_M_S_2(61000), 0x0 })
 
 
 def test_blocks_of_different_layouts_join_into_the_right_columns() -> None:
