@@ -24,9 +24,10 @@ from typing import Any
 
 from edge_recorder.devtools import Broker, Postgres, find_postgres_bin, wait_until
 from edge_recorder.documents import Manifest
-from edge_recorder.query.index import Index, SessionIndex
+from edge_recorder.query.index import Filters, Index, SessionIndex
 
 RARE_EVERY = 10_000  # one session in this many has the label "rare"
+RARE, RARE_WALK = Filters(labels=("rare",)), Filters(labels=("rare", "walk"))  # the queries
 QUERIES = 15  # latency = median of this many queries
 
 
@@ -111,10 +112,10 @@ def bench_index(tmp: Path, row: Callable[..., None], sizes: tuple[int, ...]) -> 
                 if name == "PostgreSQL":
                     index.conn.execute("ANALYZE edge_sessions")  # type: ignore[attr-defined]
                 expected = len([i for i in range(n) if i % RARE_EVERY == RARE_EVERY // 2])
-                found = len(index.select(labels=["rare"]))
+                found = len(index.select(RARE))
                 assert found == expected, (name, found, expected)
-                ours = median_s(lambda index=index: index.select(labels=["rare"]))
-                both = median_s(lambda index=index: index.select(labels=["rare", "walk"]))
+                ours = median_s(lambda index=index: index.select(RARE))
+                both = median_s(lambda index=index: index.select(RARE_WALK))
                 naive = median_s(lambda scan=scan: naive_label_scan(scan, "rare"),
                                  repeats=1 if n >= 100_000 else 3)
                 print(f"  {name} {n:,} sessions: bulk index {n / load_s:,.0f} sessions/s",

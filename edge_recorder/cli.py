@@ -370,16 +370,16 @@ def _report_damaged(index: Index) -> None:
 
 
 def cmd_sessions_list(args: argparse.Namespace) -> int:
-    from edge_recorder.query.index import open_index
+    from edge_recorder.query.index import Filters, open_index
     from edge_recorder.query.times import parse_time
 
     if args.state == "failed":
         return _list_failed(args)
-    since = parse_time(args.since) if args.since else None
-    until = parse_time(args.until) if args.until else None
+    wanted = Filters(labels=tuple(args.label), journey=args.journey, device=args.device,
+                     since=parse_time(args.since) if args.since else None,
+                     until=parse_time(args.until) if args.until else None)
     with open_index(args.store, args.index) as index:
-        entries = index.select(labels=args.label, journey=args.journey, device=args.device,
-                               since=since, until=until)
+        entries = index.select(wanted)
         _report_damaged(index)
     if args.state is not None:
         entries = [e for e in entries if e.state == args.state]

@@ -29,7 +29,7 @@ from edge_recorder.collector.collector import CollectorStore  # noqa: E402
 from edge_recorder.console.series import envelope  # noqa: E402
 from edge_recorder.console.web import Catalog, build_app, iso_ns  # noqa: E402
 from edge_recorder.query.arrays import decode_session  # noqa: E402
-from edge_recorder.query.index import SessionIndex  # noqa: E402
+from edge_recorder.query.index import Filters, SessionIndex  # noqa: E402
 from edge_recorder.sessionfile import SessionFile  # noqa: E402
 from edge_recorder.storefill import SensorSpec, fill, write_session  # noqa: E402
 from tests.conftest import cli  # noqa: E402
@@ -67,9 +67,10 @@ def test_filters_mean_what_sessions_list_means(app_client: TestClient, store: Pa
     everything = cli_keys(store)
     label, journey = "walk", None
     with SessionIndex(store) as index:
-        for e in index.select(labels=[label]):
-            if e.manifest.journey_id and len(index.select(journey=e.manifest.journey_id)) > 1:
-                journey = e.manifest.journey_id
+        for e in index.select(Filters(labels=(label,))):
+            journey_id = e.manifest.journey_id
+            if journey_id and len(index.select(Filters(journey=journey_id))) > 1:
+                journey = journey_id
                 break
     assert journey is not None
     cases = [[("label", label)], [("journey", journey)], [("label", label), ("journey", journey)],

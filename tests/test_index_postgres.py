@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("psycopg", reason="the [postgres] extra (psycopg) is not installed")
 
 from edge_recorder.errors import UsageError  # noqa: E402
-from edge_recorder.query.index import SessionIndex, open_index  # noqa: E402
+from edge_recorder.query.index import Filters, SessionIndex, open_index  # noqa: E402
 from edge_recorder.query.pg_index import PostgresIndex  # noqa: E402
 from tests.conftest import cli  # noqa: E402
 from tests.test_queries import SESSIONS, manifest  # noqa: E402
@@ -31,22 +31,24 @@ def collector_store(root: Path, manifests: list[dict]) -> None:
 
 
 QUERIES = [
-    {}, {"labels": ["login"]}, {"labels": ["login", "bench"]}, {"labels": ["login", "logout"]},
-    {"journey": "j-1", "device": "d2"}, {"since": "2026-11-21", "until": "2026-11-23"},
-    {"device": "nobody"},
+    Filters(), Filters(labels=("login",)), Filters(labels=("login", "bench")),
+    Filters(labels=("login", "logout")), Filters(journey="j-1", device="d2"),
+    Filters(since="2026-11-21", until="2026-11-23"), Filters(device="nobody"),
 ]
 
 
 PAGES = [  # the console's paged, sorted queries
-    {"sort": "device_id", "limit": 2}, {"sort": "started_at", "descending": True, "limit": 2,
-                                        "offset": 1},
-    {"labels": ["login"], "sort": "stop_reason", "limit": 10}, {"sort": "journey_id"},
+    (Filters(), {"sort": "device_id", "limit": 2}),
+    (Filters(), {"sort": "started_at", "descending": True, "limit": 2, "offset": 1}),
+    (Filters(labels=("login",)), {"sort": "stop_reason", "limit": 10}),
+    (Filters(), {"sort": "journey_id"}),
 ]
 
 
 def answers(index) -> list:
-    return ([[e.as_json() for e in index.select(**q)] for q in QUERIES + PAGES],
-            [index.count(**q) for q in QUERIES], index.journeys(),
+    return ([[e.as_json() for e in index.select(f, **page)]
+             for f, page in [(f, {}) for f in QUERIES] + PAGES],
+            [index.count(f) for f in QUERIES], index.journeys(),
             index.distinct("labels"), index.distinct("devices"),
             index.find("s2", "d2").as_json(), index.version()[0])
 
@@ -57,7 +59,8 @@ def test_same_answers_as_sqlite(tmp_path: Path, postgres: str) -> None:
         assert isinstance(pg, PostgresIndex)
         pg.sync()
         assert answers(pg) == answers(lite)
-        assert [e.manifest.session_id for e in pg.select(labels=["login"])] == ["s1", "s2"]
+        login = pg.select(Filters(labels=("login",)))
+        assert [e.manifest.session_id for e in login] == ["s1", "s2"]
         before = pg.version()
         collector_store(tmp_path, [manifest("s9", "2026-11-24T10:00:00.000000Z", [], None)])
         pg.sync()
@@ -112,7 +115,8 @@ def test_concurrent_writers_leave_one_row_each(tmp_path: Path, postgres: str) ->
         t.join(60)
     assert errors == []
     assert len(indexes[0].select()) == 120
-    assert len(indexes[0].select(labels=["a", "l3"])) == len([i for i in range(120) if i % 7 == 3])
+    a_l3 = Filters(labels=("a", "l3"))
+    assert len(indexes[0].select(a_l3)) == len([i for i in range(120) if i % 7 == 3])
     for ix in indexes:
         ix.close()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_recorder.query.index import SessionIndex
+from edge_recorder.query.index import Filters, SessionIndex
 from edge_recorder.query.times import parse_time
 from edge_recorder.recording.events import StartRequested, StopRequested, Trigger
 from tests.conftest import cli
@@ -47,11 +47,11 @@ def test_filters_combine_and_labels_must_all_match(tmp_path):
     fake_store(tmp_path, "sessions", SESSIONS)
     with SessionIndex(tmp_path) as index:
         assert ids(index.select()) == ["s1", "s2", "s3", "s4"]
-        assert ids(index.select(labels=["login"])) == ["s1", "s2"]
-        assert ids(index.select(labels=["login", "bench"])) == ["s2"]
-        assert ids(index.select(labels=["login", "logout"])) == []
-        assert ids(index.select(journey="j-1", device="d2")) == ["s2"]
-        assert ids(index.select(since="2026-11-21", until="2026-11-23")) == ["s2", "s3"]
+        assert ids(index.select(Filters(labels=("login",)))) == ["s1", "s2"]
+        assert ids(index.select(Filters(labels=("login", "bench")))) == ["s2"]
+        assert ids(index.select(Filters(labels=("login", "logout")))) == []
+        assert ids(index.select(Filters(journey="j-1", device="d2"))) == ["s2"]
+        assert ids(index.select(Filters(since="2026-11-21", until="2026-11-23"))) == ["s2", "s3"]
         rows = index.journeys()
     assert rows == [
         {"journey_id": "j-1", "sessions": 2, "devices": ["d1", "d2"],

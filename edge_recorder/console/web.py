@@ -63,7 +63,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edge_recorder.console.series import MAX_BUCKETS, envelope
 from edge_recorder.documents import Manifest, valid_id
 from edge_recorder.errors import EdgeRecorderError, SessionFileError, UsageError
-from edge_recorder.query.index import Entry, Index
+from edge_recorder.query.index import Entry, Filters, Index
 from edge_recorder.query.times import parse_time
 from edge_recorder.recording.labels import MAX_LABEL_CHARS, MAX_LABELS
 
@@ -211,40 +211,37 @@ def _float(q: dict[str, list[str]], name: str) -> float | None:
 
 
 @dataclass(frozen=True)
-class Filters:
-    """The sessions page's filters: the same meaning as ``sessions list``'s options."""
+class FilterForm:
+    """The sessions page's filters as the query string gives them (the same meaning as
+    ``sessions list``'s options); ``since``/``until`` stay as typed (an ISO time or an age),
+    so the page's links keep an age an age. :meth:`filters` resolves them for the index."""
 
     labels: tuple[str, ...] = ()
     journey: str | None = None
     device: str | None = None
-    since: str | None = None  # as typed (ISO time or an age); resolved by :meth:`bounds`
+    since: str | None = None
     until: str | None = None
 
     NAMES = frozenset({"label", "journey", "device", "since", "until"})
 
     @classmethod
-    def parse(cls, q: dict[str, list[str]]) -> Filters:
+    def parse(cls, q: dict[str, list[str]]) -> FilterForm:
         labels = tuple(dict.fromkeys(v.strip() for v in q.get("label", []) if v.strip()))
         if len(labels) > MAX_LABELS or any(len(x) > MAX_LABEL_CHARS for x in labels):
             raise BadRequest(f"at most {MAX_LABELS} labels of {MAX_LABEL_CHARS} characters")
         device = _one(q, "device")
         if device is not None and not valid_id(device):
             raise BadRequest("device: not a valid id")
-        f = cls(labels, _one(q, "journey"), device, _one(q, "since"), _one(q, "until"))
-        f.bounds()  # a time that does not parse is a 400 now, not later
-        return f
+        return cls(labels, _one(q, "journey"), device, _one(q, "since"), _one(q, "until"))
 
-    def bounds(self) -> tuple[str | None, str | None]:
+    def filters(self) -> Filters:
+        """The index's filters, times resolved now; a time that does not parse is a 400."""
         try:
-            return (parse_time(self.since) if self.since else None,
-                    parse_time(self.until) if self.until else None)
+            since = parse_time(self.since) if self.since else None
+            until = parse_time(self.until) if self.until else None
         except UsageError as exc:
             raise BadRequest(str(exc)) from None
-
-    def select_args(self) -> dict[str, Any]:
-        since, until = self.bounds()
-        return {"labels": self.labels, "journey": self.journey, "device": self.device,
-                "since": since, "until": until}
+        return Filters(self.labels, self.journey, self.device, since, until)
 
     def params(self) -> list[tuple[str, str]]:
         out = [("label", x) for x in self.labels]
@@ -305,7 +302,8 @@ def build_app(catalog: Catalog, *, token: str | None = None,
         return response
 
     def sessions_page_data(q: dict[str, list[str]]) -> dict[str, Any]:
-        filters = Filters.parse(q)
+        form = FilterForm.parse(q)
+        wanted = form.filters()  # before the other parameters, so a bad time is the 400 given
         sort_key = _one(q, "sort") or "start"
         if sort_key not in SORTS:
             raise BadRequest(f"sort: one of {', '.join(SORTS)}")
@@ -317,19 +315,18 @@ def build_app(catalog: Catalog, *, token: str | None = None,
             raise BadRequest(f"per: one of {', '.join(map(str, PAGE_SIZES))}")
         page = _int(q, "page", 1, 1, MAX_PAGE)
         with catalog.use() as index:
-            args = filters.select_args()
-            total = index.count(**args)
-            entries = index.select(**args, sort=SORTS[sort_key], descending=order == "desc",
+            total = index.count(wanted)
+            entries = index.select(wanted, sort=SORTS[sort_key], descending=order == "desc",
                                    limit=per, offset=(page - 1) * per)
             version = index.version()
             labels, devices = index.distinct("labels"), index.distinct("devices")
-        return {"filters": filters, "rows": [Row.of(e.manifest) for e in entries],
+        return {"filters": form, "rows": [Row.of(e.manifest) for e in entries],
                 "total": total, "page": page, "pages": max(1, ceil(total / per)), "per": per,
                 "sort": sort_key, "order": order, "version": f"{version[0]}-{version[1]}",
                 "all_labels": labels, "all_devices": devices, "page_sizes": PAGE_SIZES,
                 "sorts": SORTS}
 
-    session_params = Filters.NAMES | {"sort", "order", "per", "page"}
+    session_params = FilterForm.NAMES | {"sort", "order", "per", "page"}
 
     async def sessions(request: Request) -> Response:
         q = query(request, session_params, frozenset({"label"}))
@@ -358,7 +355,7 @@ def build_app(catalog: Catalog, *, token: str | None = None,
             shown = everything[(page - 1) * JOURNEYS_PER_PAGE:page * JOURNEYS_PER_PAGE]
             lanes = []
             for j in shown:
-                entries = index.select(journey=j["journey_id"])
+                entries = index.select(Filters(journey=j["journey_id"]))
                 lanes.append(_lane(j, [Row.of(e.manifest) for e in entries]))
         shown_labels = sorted({b["row"].labels[0] for lane in lanes for b in lane["bars"]
                                if b["row"].labels})

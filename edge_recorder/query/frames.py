@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_recorder.errors import UsageError
-from edge_recorder.query.index import open_index
+from edge_recorder.query.index import Filters, open_index
 from edge_recorder.sensors.base import CHANNELS
 from edge_recorder.sessionfile import FLOAT_FIELDS, SessionFile
 
@@ -121,9 +121,10 @@ def load_sessions(
             value = value.strftime("%Y-%m-%dT%H:%M:%S.%f")
         return parse_time(value)
 
+    wanted = Filters(labels=tuple(labels), journey=journey, device=device,
+                     since=when(since), until=when(until))
     with open_index(Path(store), index) as found:
-        entries = found.select(labels=list(labels), journey=journey, device=device,
-                               since=when(since), until=when(until))
+        entries = found.select(wanted)
     frames, manifests = [], []
     for entry in entries:
         frame = load_session(entry.path)

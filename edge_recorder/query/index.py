@@ -10,7 +10,8 @@ Every manifest is read through :class:`~edge_recorder.documents.Manifest`; one t
 validate is left out of the index and reported in :attr:`SessionIndex.damaged` (and handed to
 ``on_damaged``, which the collector uses to quarantine it), so it never breaks a listing.
 Sessions are keyed by (device, session id). :class:`Index` is the interface the rest of the
-package uses, so another index (PostgreSQL, say) can stand in for SQLite.
+package uses, so another index (PostgreSQL, say) can stand in for SQLite; :class:`Filters` is
+what a query asks of either.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -141,6 +143,36 @@ class Entry:
 DamagedHandler = Callable[[Path, str], None]
 
 
+@dataclass(frozen=True)
+class Filters:
+    """Which sessions a query wants: every one of ``labels``, the journey and device given,
+    a start in [since, until) (ISO 8601 UTC, as manifests write it). None filters nothing,
+    so ``Filters()`` wants every session. The labels are kept once each, in the order given.
+    """
+
+    labels: tuple[str, ...] = ()
+    journey: str | None = None
+    device: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", tuple(dict.fromkeys(self.labels)))
+
+    def comparisons(self) -> Iterator[tuple[str, str, str]]:
+        """``(column, operator, value)`` for each filter besides the labels that is set: the
+        one place that says which column each filter compares, and how."""
+        for column, op, value in (("journey_id", "=", self.journey),
+                                  ("device_id", "=", self.device),
+                                  ("started_at", ">=", self.since),
+                                  ("started_at", "<", self.until)):
+            if value is not None:
+                yield column, op, value
+
+
+NO_FILTERS = Filters()
+
+
 class Index(Protocol):
     """What the collector, the CLI and the console need from an index of stored sessions."""
 
@@ -153,18 +185,15 @@ class Index(Protocol):
 
     def sync(self) -> None: ...
 
-    def select(self, *, labels: Iterable[str] = (), journey: str | None = None,
-               device: str | None = None, since: str | None = None,
-               until: str | None = None, sort: str = "started_at", descending: bool = False,
-               limit: int | None = None, offset: int = 0) -> list[Entry]:
-        """Sessions having every label, the journey and device given, starting in [since,
-        until); ordered by ``sort`` (one of :data:`SORT_KEYS`, ties by session id and device,
-        byte order, no value lowest), then ``limit`` rows from ``offset``."""
+    def select(self, filters: Filters = NO_FILTERS, *, sort: str = "started_at",
+               descending: bool = False, limit: int | None = None,
+               offset: int = 0) -> list[Entry]:
+        """The sessions ``filters`` wants, ordered by ``sort`` (one of :data:`SORT_KEYS`, ties
+        by session id and device, byte order, no value lowest), then ``limit`` rows from
+        ``offset``."""
         ...
 
-    def count(self, *, labels: Iterable[str] = (), journey: str | None = None,
-              device: str | None = None, since: str | None = None,
-              until: str | None = None) -> int:
+    def count(self, filters: Filters = NO_FILTERS) -> int:
         """How many sessions :meth:`select` returns for these filters when given no limit."""
         ...
 
@@ -272,38 +301,27 @@ class SessionIndex:
                                  self.on_damaged)
 
     # --- queries --------------------------------------------------------------------------
-    def _rarest_first(self, labels: Iterable[str]) -> list[str]:
+    def _rarest_first(self, labels: tuple[str, ...]) -> list[str]:
         """The labels, the one on fewest sessions first (counted up to RARITY_PROBE each:
         a bounded look at the label index, enough to rank them)."""
-        wanted = list(dict.fromkeys(labels))
-        if len(wanted) < 2:
-            return wanted
+        if len(labels) < 2:
+            return list(labels)
         counts = {label: self.db.execute(
             "SELECT count(*) FROM (SELECT 1 FROM labels WHERE label = ? LIMIT ?)",
-            (label, RARITY_PROBE)).fetchone()[0] for label in wanted}
-        return sorted(wanted, key=counts.__getitem__)
+            (label, RARITY_PROBE)).fetchone()[0] for label in labels}
+        return sorted(labels, key=counts.__getitem__)
 
-    def select(
-        self,
-        *,
-        labels: Iterable[str] = (),
-        journey: str | None = None,
-        device: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        sort: str = "started_at",
-        descending: bool = False,
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[Entry]:
-        """Sessions having every label, the journey and device given, starting in [since, until).
+    def select(self, filters: Filters = NO_FILTERS, *, sort: str = "started_at",
+               descending: bool = False, limit: int | None = None,
+               offset: int = 0) -> list[Entry]:
+        """The sessions ``filters`` wants.
 
         Ordered by ``sort`` (one of :data:`SORT_KEYS`; ties by session id and device), then
         ``limit`` rows from ``offset``: a page of a large store without reading the rest.
         """
         if sort not in SORT_KEYS:
             raise UsageError(f"cannot sort by {sort!r}: choose from {', '.join(SORT_KEYS)}")
-        where, args = self._where(labels, journey, device, since, until)
+        where, args = self._where(filters)
         direction = "DESC" if descending else "ASC"
         sql = f"SELECT manifest, manifest_path, published FROM sessions{where} ORDER BY " \
               f"{sort} {direction}, session_id {direction}, device_id {direction}"
@@ -314,37 +332,26 @@ class SessionIndex:
                       None if pub is None else bool(pub))
                 for m, p, pub in self.db.execute(sql, args)]
 
-    def _where(self, labels: Iterable[str], journey: str | None, device: str | None,
-               since: str | None, until: str | None) -> tuple[str, list[Any]]:
+    def _where(self, filters: Filters) -> tuple[str, list[Any]]:
         """The WHERE clause (with its leading space, or empty) and its arguments.
 
         The rarest label drives (its sessions found through by_label); the others are
         primary-key probes per candidate, so --label a --label b costs what the rarer costs.
         """
         where, args = [], []
-        for k, label in enumerate(self._rarest_first(labels)):
+        for k, label in enumerate(self._rarest_first(filters.labels)):
             where.append("rowid IN (SELECT session FROM labels WHERE label = ?)" if k == 0 else
                          "EXISTS (SELECT 1 FROM labels WHERE session = sessions.rowid AND "
                          "label = ?)")
             args.append(label)
-        for column, value, op in (("journey_id", journey, "="), ("device_id", device, "="),
-                                  ("started_at", since, ">="), ("started_at", until, "<")):
-            if value is not None:
-                where.append(f"{column} {op} ?")
-                args.append(value)
+        for column, op, value in filters.comparisons():
+            where.append(f"{column} {op} ?")
+            args.append(value)
         return (" WHERE " + " AND ".join(where) if where else ""), args
 
-    def count(
-        self,
-        *,
-        labels: Iterable[str] = (),
-        journey: str | None = None,
-        device: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-    ) -> int:
+    def count(self, filters: Filters = NO_FILTERS) -> int:
         """How many sessions :meth:`select` returns for these filters when given no limit."""
-        where, args = self._where(labels, journey, device, since, until)
+        where, args = self._where(filters)
         (n,) = self.db.execute(f"SELECT COUNT(*) FROM sessions{where}", args).fetchone()
         return int(n)
 

@@ -28,9 +28,11 @@ from typing import Any
 from edge_recorder.documents import Manifest
 from edge_recorder.errors import UsageError
 from edge_recorder.query.index import (
+    NO_FILTERS,
     SORT_KEYS,
     DamagedHandler,
     Entry,
+    Filters,
     add_one,
     index_new,
     manifests_on_disk,
@@ -167,15 +169,14 @@ class PostgresIndex:
                                  self.on_damaged)
 
     # --- queries --------------------------------------------------------------------------
-    def select(self, *, labels: Iterable[str] = (), journey: str | None = None,
-               device: str | None = None, since: str | None = None,
-               until: str | None = None, sort: str = "started_at", descending: bool = False,
-               limit: int | None = None, offset: int = 0) -> list[Entry]:
-        """Sessions having every label, the journey and device given, starting in [since, until),
-        ordered by ``sort`` (ties by session id and device), ``limit`` rows from ``offset``."""
+    def select(self, filters: Filters = NO_FILTERS, *, sort: str = "started_at",
+               descending: bool = False, limit: int | None = None,
+               offset: int = 0) -> list[Entry]:
+        """The sessions ``filters`` wants, ordered by ``sort`` (ties by session id and device),
+        ``limit`` rows from ``offset``."""
         if sort not in SORT_KEYS:
             raise UsageError(f"cannot sort by {sort!r}: choose from {', '.join(SORT_KEYS)}")
-        where, args = _where(labels, journey, device, since, until)
+        where, args = _where(filters)
         # byte order with NULLs lowest, as SQLite compares, so both indexes list in one order
         direction = "DESC NULLS LAST" if descending else "ASC NULLS FIRST"
         sql = f"SELECT manifest, manifest_path, published FROM edge_sessions{where} ORDER BY " \
@@ -189,11 +190,9 @@ class PostgresIndex:
         return [Entry(m, (self.store / p).with_suffix(".mcap"), pub)
                 for m, p, pub in rows]
 
-    def count(self, *, labels: Iterable[str] = (), journey: str | None = None,
-              device: str | None = None, since: str | None = None,
-              until: str | None = None) -> int:
+    def count(self, filters: Filters = NO_FILTERS) -> int:
         """How many sessions :meth:`select` returns for these filters when given no limit."""
-        where, args = _where(labels, journey, device, since, until)
+        where, args = _where(filters)
         with self._lock:
             (n,) = self.conn.execute(f"SELECT count(*) FROM edge_sessions{where}",
                                      args).fetchone()
@@ -241,18 +240,14 @@ class PostgresIndex:
                  "last_stopped_at": last} for j, n, d, first, last in rows]
 
 
-def _where(labels: Iterable[str], journey: str | None, device: str | None, since: str | None,
-           until: str | None) -> tuple[str, list[object]]:
+def _where(filters: Filters) -> tuple[str, list[object]]:
     """The WHERE clause (with its leading space, or empty) and its arguments for the filters."""
     where: list[str] = []
     args: list[object] = []
-    wanted = list(dict.fromkeys(labels))
-    if wanted:
+    if filters.labels:
         where.append("labels @> %s::text[]")
-        args.append(wanted)
-    for column, value, op in (("journey_id", journey, "="), ("device_id", device, "="),
-                              ("started_at", since, ">="), ("started_at", until, "<")):
-        if value is not None:
-            where.append(f"{column} {op} %s")
-            args.append(value)
+        args.append(list(filters.labels))
+    for column, op, value in filters.comparisons():
+        where.append(f"{column} {op} %s")
+        args.append(value)
     return (" WHERE " + " AND ".join(where) if where else ""), args
