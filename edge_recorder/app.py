@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from edge_recorder import __version__
 from edge_recorder.clock import Clock, emulated_clock
 from edge_recorder.config import Config, SensorConfig, load_config
+from edge_recorder.cpu import CpuPlacement
 from edge_recorder.delivery.mqtt import Credentials, MqttLink, read_credentials
 from edge_recorder.delivery.publisher import Publisher
 from edge_recorder.documents import MAX_MESSAGE_CHARS, StatusDocument
@@ -239,6 +240,7 @@ class Daemon:
         self._thread_deaths: dict[str, str] = {}  # thread name → the exception that ended it
         self._previous_excepthook = threading.excepthook
         self._supervisor_watch: SupervisorWatch | None = None
+        self.cpu = CpuPlacement()  # one CPU for every thread under a quota below a core
         self.clock = clock
         journey = config.session.journey_id
         if journey == "auto":
@@ -424,6 +426,7 @@ class Daemon:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.start()
         previous_nice = self._favour_samplers()
+        self.cpu.update()
         self.notifier.ready(self.summary())
         next_status = next_ping = time.monotonic()
         self._supervisor_watch = SupervisorWatch(self._supervisor_stuck)
@@ -433,6 +436,7 @@ class Daemon:
                 self._supervisor_watch.beat()
                 now = time.monotonic()
                 try:
+                    self.cpu.update()
                     if reload.is_set():
                         reload.clear()
                         self.reload()
@@ -461,6 +465,7 @@ class Daemon:
             self._supervisor_watch.close()
             self.notifier.stopping()
             self.shutdown()
+            self.cpu.close()
             _set_nice(0, previous_nice)  # this thread is the caller's (a test's, say)
             sys.setswitchinterval(previous_switch_s)
             gc.unfreeze()

@@ -262,11 +262,21 @@ class SessionWriter:
         self._writer.add_message(self._channels[sensor], t0_ns, data, t0_ns, self._sequence)
 
     def flush(self) -> None:
-        """Close the open chunk and make everything so far durable: fdatasync, which
-        writes the data and the file's new size (all a reader needs) but not its times,
-        for a quarter less CPU than fsync."""
+        """Close the open chunk and make everything so far durable (:meth:`end_chunk`, then
+        :meth:`sync`)."""
+        self.end_chunk()
+        self.sync()
+
+    def end_chunk(self) -> None:
+        """Close the open chunk (compressed, with its CRC) and hand it to the OS."""
         assert self._file is not None
         self._writer.flush()
+
+    def sync(self) -> None:
+        """Make what was handed to the OS durable: fdatasync, which writes the data and the
+        file's new size (all a reader needs) but not its times, for a quarter less CPU than
+        fsync."""
+        assert self._file is not None
         os.fdatasync(self._file.fileno())
 
     def finish(self, manifest: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from edge_recorder.app import BACKGROUND_NICE, SWITCH_INTERVAL_S, Daemon
 from edge_recorder.config import parse_config
+from edge_recorder.cpu import CpuLimit, CpuPlacement
 from edge_recorder.devtools import CpuQuota, wait_until
 from edge_recorder.recording.events import (
     Reply,
@@ -96,6 +97,10 @@ def test_a_starved_daemon_degrades_honestly_and_recovers_within_a_second(
                               "the starved session finalised and published")[0]
         starved = ask(client, {"cmd": "status"}, 30)["status"]["sensors"]
         assert quota.throttled_us() > 1_000_000  # the quota really held it back
+        if len(os.sched_getaffinity(0)) > 1:  # one CPU for all, so the quota is not split
+            assert {frozenset(os.sched_getaffinity(int(t)))
+                    for t in os.listdir(f"/proc/{daemon.proc.pid}/task")} == \
+                {frozenset({max(os.sched_getaffinity(0))})}
         quota.set_share(None)
         lifted = time.monotonic()
         ask(client, {"cmd": "status"}, 5)
@@ -103,6 +108,9 @@ def test_a_starved_daemon_degrades_honestly_and_recovers_within_a_second(
         settled = ask(client, {"cmd": "status"}, 5)["status"]["sensors"]
         time.sleep(3.0)
         later = ask(client, {"cmd": "status"}, 5)
+        assert {frozenset(os.sched_getaffinity(int(t)))  # the quota lifted: CPUs back
+                for t in os.listdir(f"/proc/{daemon.proc.pid}/task")} == \
+            {frozenset(os.sched_getaffinity(0))}
     assert daemon.alive()
     for sensor in manifest["sensors"]:  # exact accounting, however starved
         gaps = sorted(sensor["gaps"], key=lambda g: g["start_ns"])
@@ -289,3 +297,96 @@ def test_the_daemon_gives_its_samplers_the_cpu_first_and_leaves_its_caller_as_it
     assert not runner.is_alive()
     assert sys.getswitchinterval() == switch_s and gc.get_freeze_count() == 0
     assert os.getpriority(os.PRIO_PROCESS, 0) == caller_nice  # this thread never touched
+
+
+# --- one CPU under a quota below one core -----------------------------------------------------
+
+def _cgroup_files(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
+@pytest.mark.parametrize(("files", "proc", "expected"), [
+    # v2: the tightest of the group and its ancestors (a slice's CPUQuota= holds its services)
+    ({"a/cpu.max": "50000 100000\n", "a/b/cpu.max": "1200 40000\n"}, "0::/a/b\n", 0.03),
+    ({"a/cpu.max": "20000 100000\n", "a/b/cpu.max": "max 100000\n"}, "0::/a/b\n", 0.2),
+    ({"a/cpu.max": "max 100000\n", "a/b/cpu.max": "max 100000\n"}, "0::/a/b\n", None),
+    # v1: the cpu controller's own hierarchy, mounted by its controllers' names
+    ({"cpu,cpuacct/svc/cpu.cfs_quota_us": "2000\n", "cpu,cpuacct/svc/cpu.cfs_period_us":
+      "40000\n"}, "5:memory:/svc\n4:cpu,cpuacct:/svc\n", 0.05),
+    ({"cpu,cpuacct/svc/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/svc/cpu.cfs_period_us":
+      "100000\n"}, "4:cpu,cpuacct:/svc\n", None),
+    # unreadable or odd files say nothing, they do not stop the daemon
+    ({"a/cpu.max": "lots\n"}, "0::/a\n", None),
+    ({"a/cpu.max": "1000 0\n"}, "0::/a\n", None),
+    ({}, "garbage\n", None),
+])
+def test_cpu_limit_is_the_tightest_quota_of_the_cgroup_and_its_ancestors(
+        tmp_path, files, proc, expected):
+    root = tmp_path / "sys"
+    root.mkdir()
+    _cgroup_files(root, files)
+    (tmp_path / "cgroup").write_text(proc)
+    assert CpuLimit(tmp_path / "cgroup", root)() == expected
+    assert CpuLimit(tmp_path / "missing", root)() is None
+
+
+def test_cpu_limit_follows_the_process_into_another_cgroup(tmp_path):
+    root = tmp_path / "sys"
+    root.mkdir()
+    _cgroup_files(root, {"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n",
+                         "cpu/q/cpu.cfs_quota_us": "1200\n", "cpu/q/cpu.cfs_period_us": "40000\n"})
+    proc = tmp_path / "cgroup"
+    proc.write_text("1:cpu:/\n0::/\n")
+    limit = CpuLimit(proc, root)
+    assert limit() is None
+    proc.write_text("1:cpu:/q\n0::/\n")  # as `echo PID > .../q/cgroup.procs` does
+    assert limit() == 0.03
+    (root / "cpu/q/cpu.cfs_quota_us").write_text("-1\n")  # the quota lifted
+    assert limit() is None
+
+
+def _allowed(tid: int) -> set[int]:
+    return os.sched_getaffinity(tid)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to choose from")
+def test_under_a_quota_below_one_core_every_thread_runs_on_one_cpu_and_gets_its_cpus_back():
+    """Linux, Documentation/scheduler/sched-bwc.rst: the quota is handed to per-CPU run
+    queues in slices, and a thread waking where none is left is throttled until the next
+    period. So below one core the daemon keeps all its threads on one CPU."""
+    limits: list[float | None] = [0.03]
+    started = threading.Event()
+    done = threading.Event()
+
+    def worker() -> None:
+        started.set()
+        done.wait(10)
+
+    before = os.sched_getaffinity(0)
+    other = threading.Thread(target=worker)
+    other.start()
+    started.wait(5)
+    placement = CpuPlacement(lambda: limits[-1])
+    try:
+        placement.update()
+        assert placement.cpu == max(before)
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+        assert all(_allowed(t) == {max(before)} for t in tids)
+        late = threading.Thread(target=lambda: None)  # threads started later inherit it
+        late.start()
+        assert late.native_id is not None and _allowed(late.native_id) == {max(before)}
+        late.join()
+        limits.append(1.5)  # a quota of a core and a half: no reason to hold them
+        placement.update()
+        assert placement.cpu is None
+        assert all(_allowed(t) == before for t in tids)
+        limits.append(0.5)
+        placement.update()
+        assert other.native_id is not None and _allowed(other.native_id) == {max(before)}
+    finally:
+        placement.close()
+        done.set()
+        other.join()
+    assert os.sched_getaffinity(0) == before

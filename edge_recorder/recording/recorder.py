@@ -60,7 +60,7 @@ IDLE_WAKE_S = 1.0  # with none open: wall-clock watch and heartbeat only
 # PACE_MAX_PAUSE_S), so the samplers keep their CPU on a small budget: a 3 % cgroup quota
 # grants 1.2 ms every 40 ms, the samplers need about half of it, and the MPU-6050's FIFO
 # holds 73 ms at 1 kHz.
-PACE_BURST_S = 0.0005
+PACE_BURST_S = 0.0002
 PACE_DUTY = 0.01
 PACE_MAX_PAUSE_S = 0.25
 FLUSH_INTERVAL_NS = 500_000_000  # + up to ~0.2 s in the sampler and pump: < 1 s lost on a crash
@@ -331,9 +331,11 @@ class Recorder:
         if s.stop_ns is not None and (caught_up or now - s.stop_ns > STOP_GRACE_NS):
             self._finalise(s)
         else:
-            if write:
+            if write:  # two steps: compressing the chunk, then the fdatasync
                 self._pace()
-                s.writer.flush()  # durable up to here: a crash loses at most ~1 s
+                s.writer.end_chunk()
+                self._pace()
+                s.writer.sync()  # durable up to here: a crash loses at most ~1 s
                 s.last_flush_ns = now
             # recovery's end of a crash gap, on the session's time base (that of its samples)
             self.store.note_alive(s.session_id, now + s.offset_ns)
