@@ -427,6 +427,7 @@ class Daemon:
         self.start()
         previous_nice = self._favour_samplers()
         self.cpu.update()
+        self.recorder.cpu_limit = self.cpu.limit_cores
         self.notifier.ready(self.summary())
         next_status = next_ping = time.monotonic()
         self._supervisor_watch = SupervisorWatch(self._supervisor_stuck)
@@ -437,6 +438,7 @@ class Daemon:
                 now = time.monotonic()
                 try:
                     self.cpu.update()
+                    self.recorder.cpu_limit = self.cpu.limit_cores
                     if reload.is_set():
                         reload.clear()
                         self.reload()

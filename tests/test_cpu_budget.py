@@ -31,7 +31,7 @@ from edge_recorder.recording.events import (
 from edge_recorder.recording.recorder import (
     IDLE_WAKE_S,
     PACE_BURST_S,
-    PACE_DUTY,
+    PACE_SHARE,
     PUMP_INTERVAL_S,
     Recorder,
 )
@@ -214,23 +214,28 @@ def _burn_cpu(seconds: float) -> None:
         pass
 
 
-def test_a_long_start_is_cut_into_steps_with_pauses_between_on_the_recorders_thread(
-        tmp_path):
-    """On a small CPU budget the samplers must get the CPU between the steps of a burst: a
-    step that used more than PACE_BURST_S of the recorder's CPU is followed by a pause long
-    enough that the burst averages PACE_DUTY of a core, before the next step (here: the
-    durable header, then the file and the reply). A call on another thread (a test's, or
-    close() at shutdown) is not paced."""
-    pause_s = 2 * PACE_BURST_S * (1 / PACE_DUTY - 1)  # the burst averages PACE_DUTY
+@pytest.mark.parametrize("cpu_limit", [0.03, 0.3, None, 1.5])
+def test_under_a_quota_a_long_start_is_cut_into_steps_with_pauses_between(tmp_path, cpu_limit):
+    """Under a CPU quota below one core the samplers must get the CPU between the steps of a
+    burst: a step that used more than PACE_BURST_S of the recorder's CPU is followed by a
+    pause long enough that the burst averages PACE_SHARE of the quota, before the next step
+    (here: the durable header, then the file and the reply). Without a quota (or one of a
+    core or more) nothing waits. A call on another thread (a test's, or close() at
+    shutdown) is never paced."""
+    paced = cpu_limit is not None and cpu_limit < 1
+    burst_s = 10 * PACE_BURST_S  # as a cold start-up path on a Pi costs
+    pause_s = burst_s * (1 / (cpu_limit * PACE_SHARE) - 1) if paced else 0.0
+    unpaced_s = 0.1  # a 3 % quota's pause would be 0.2 s
     rig = Rig(tmp_path, rate_hz=200)
     rig.run(0.5)
     recorder = rig.recorder
+    recorder.cpu_limit = cpu_limit
     begun: list[float] = []
     real_begin = rig.store.begin
 
     def costly_begin(*args: Any, **kw: Any) -> Any:
         path = real_begin(*args, **kw)
-        _burn_cpu(2 * PACE_BURST_S)  # as a cold start-up path on a Pi costs
+        _burn_cpu(burst_s)
         begun.append(time.monotonic())
         return path
 
@@ -241,7 +246,7 @@ def test_a_long_start_is_cut_into_steps_with_pauses_between_on_the_recorders_thr
         replies.append((time.monotonic(), r))
 
     recorder.handle(StartRequested(Trigger("mqtt", "test"), reply=reply))  # this thread
-    assert replies[-1][0] - begun[-1] < pause_s / 2, "not paced off its own thread"
+    assert replies[-1][0] - begun[-1] < unpaced_s, "paced off its own thread"
     recorder.handle(StopRequested(Trigger("mqtt", "test")))
     rig.run(2.0)
     assert not recorder.sessions
@@ -250,7 +255,10 @@ def test_a_long_start_is_cut_into_steps_with_pauses_between_on_the_recorders_thr
         recorder.submit(StartRequested(Trigger("mqtt", "test"), reply=reply))
         wait_until(lambda: len(replies) == 2, 5, "the start reply", 0.002)
         assert replies[-1][1].ok
-        assert replies[-1][0] - begun[-1] >= pause_s * 0.9, "no pause after the burst"
+        if paced:
+            assert replies[-1][0] - begun[-1] >= pause_s * 0.9, "no pause after the burst"
+        else:
+            assert replies[-1][0] - begun[-1] < unpaced_s, "paced without a quota"
     finally:
         recorder.close()
 

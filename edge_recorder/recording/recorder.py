@@ -54,14 +54,17 @@ log = logging.getLogger(__name__)
 
 PUMP_INTERVAL_S = 0.1  # while a session is open
 IDLE_WAKE_S = 1.0  # with none open: wall-clock watch and heartbeat only
-# A burst of the recorder's (a start, a flush, a finalise, events back to back) is cut into
-# steps: once the thread has used PACE_BURST_S of CPU since it last waited, it waits before
-# its next step, long enough that the burst averages PACE_DUTY of a core (at most
-# PACE_MAX_PAUSE_S), so the samplers keep their CPU on a small budget: a 3 % cgroup quota
-# grants 1.2 ms every 40 ms, the samplers need about half of it, and the MPU-6050's FIFO
-# holds 73 ms at 1 kHz.
+# Under a CPU quota (a cgroup's, as systemd's CPUQuota= sets) the kernel stops every thread
+# of the daemon once the group has used its quota for the period, samplers included, and
+# the MPU-6050's FIFO holds only 73 ms at 1 kHz. So there a burst of the recorder's (a
+# start, a flush, a finalise, events back to back) is cut into steps: once the thread has
+# used PACE_BURST_S of CPU since it last waited, it waits before its next step, long enough
+# that the burst averages PACE_SHARE of the quota (at most PACE_MAX_PAUSE_S): a 3 % quota
+# grants 1.2 ms every 40 ms, the samplers need about half of it, a burst gets a third.
+# Without a quota (or one of a core or more) nothing is paced: the samplers take the CPU
+# from a burst by their priority, and the GIL changes hands within 0.5 ms.
 PACE_BURST_S = 0.0002
-PACE_DUTY = 0.01
+PACE_SHARE = 1 / 3
 PACE_MAX_PAUSE_S = 0.25
 FLUSH_INTERVAL_NS = 500_000_000  # + up to ~0.2 s in the sampler and pump: < 1 s lost on a crash
 STOP_GRACE_NS = 1_000_000_000  # wait at most this long for samples past the stop time
@@ -142,6 +145,7 @@ class Recorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._burst_from_s = 0.0  # the worker's CPU time (thread_time) when it last woke
+        self.cpu_limit: float | None = None  # the daemon's CPU quota in cores (None: none)
 
     # --- the inbound interface (any thread) -----------------------------------------
     def submit(self, event: Event) -> None:
@@ -493,16 +497,18 @@ class Recorder:
                 self.last_loop_s = time.monotonic()
 
     def _pace(self) -> None:
-        """Between two steps of a burst, on the recorder's own thread: once it has used
-        :data:`PACE_BURST_S` of CPU since it last waited, wait so that the burst averages
-        :data:`PACE_DUTY` of a core (calls from other threads, a test's or ``close()``'s,
-        are not paced)."""
-        if self._thread is None or threading.current_thread() is not self._thread:
+        """Between two steps of a burst, on the recorder's own thread, under a CPU quota
+        below one core (:attr:`cpu_limit`): once it has used :data:`PACE_BURST_S` of CPU
+        since it last waited, wait so that the burst averages :data:`PACE_SHARE` of the
+        quota (calls from other threads, a test's or ``close()``'s, are not paced)."""
+        limit = self.cpu_limit
+        if limit is None or limit >= 1 or self._thread is None or \
+                threading.current_thread() is not self._thread:
             return
         used_s = time.thread_time() - self._burst_from_s
         if used_s < PACE_BURST_S:
             return
-        self._stop.wait(min(PACE_MAX_PAUSE_S, used_s * (1 / PACE_DUTY - 1)))
+        self._stop.wait(min(PACE_MAX_PAUSE_S, used_s * (1 / (limit * PACE_SHARE) - 1)))
         self._burst_from_s = time.thread_time()
 
     def _pump_logged(self) -> bool:
