@@ -21,8 +21,11 @@ the sha256 in the manifest beside the file stands in for the missing CRC.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
+import logging
 import os
 import struct
 import sys
@@ -36,10 +39,12 @@ from typing import IO, Any
 
 import mcap.writer
 import zstandard
+from mcap.data_stream import ReadDataStream
 from mcap.exceptions import McapError
+from mcap.opcode import Opcode
 from mcap.reader import make_reader
-from mcap.records import Channel, Message
-from mcap.stream_reader import StreamReader
+from mcap.records import Channel, Chunk, Message
+from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import CompressionType, Writer
 
 from edge_recorder import __version__
@@ -71,6 +76,8 @@ SCHEMA = (
 )
 CDR_LE_HEADER = b"\x00\x01\x00\x00"
 
+log = logging.getLogger(__name__)
+
 
 CHUNK_ZSTD_LEVEL = 2
 """zstd level of the session file's chunks. Measured on emulated sessions (benchmarks/
@@ -95,6 +102,13 @@ class _ZstdOneContextPerThread:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(zstandard, name)
+
+
+ZERO_FILL_STEP_BYTES = 256 << 10
+"""How far ahead of its data a session file is extended with zeros while it records (0
+disables). fdatasync(2) commits the file's metadata only when the size changed, so a flush
+that overwrites zeros in place skips the journal commit an appending one pays: at ~6 KB a
+flush, one flush in ~30 changes the size (benchmarks/README.md, "Zero-filled steps")."""
 
 
 if getattr(mcap.writer, "zstandard", None) is zstandard:  # as mcap 1.x imports it
@@ -237,11 +251,22 @@ def restamp(path: Path, delta_ns: int, manifest: dict[str, Any],
 
 
 class SessionWriter:
-    """Writes one session file while it records; :meth:`finish` makes it complete."""
+    """Writes one session file while it records; :meth:`finish` makes it complete.
 
-    def __init__(self, path: Path, sensors: list[ChannelInfo], *, chunk_bytes: int = 1 << 20):
+    While it records, the file is kept ``zero_fill_step_bytes`` (0 disables) ahead of its
+    data with zeros, written with ``os.pwrite`` (the buffered file's and mcap's position
+    untouched), so most flushes overwrite zeros in place and leave the file's size as it
+    was; :meth:`finish` trims the file to its last byte. A crash leaves the zeros after the
+    last flushed chunk: :func:`salvage` reads up to them.
+    """
+
+    def __init__(self, path: Path, sensors: list[ChannelInfo], *, chunk_bytes: int = 1 << 20,
+                 zero_fill_step_bytes: int = ZERO_FILL_STEP_BYTES):
         self.path = path
         self._file: IO[bytes] | None = open(path, "xb")  # noqa: SIM115 (closed in finish/abort)
+        self._zero_fill_step_bytes = zero_fill_step_bytes
+        self._zeroed_to = 0  # the file's size as the last zero fill left it (bytes)
+        self._durable_end = 0  # the data's end at the last flush (bytes)
         self._writer = Writer(self._file, chunk_size=chunk_bytes,
                               compression=CompressionType.ZSTD, enable_data_crcs=True)
         self._writer.start(profile=PROFILE, library=f"edge-recorder {__version__}")
@@ -270,34 +295,77 @@ class SessionWriter:
     def end_chunk(self) -> None:
         """Close the open chunk (compressed, with its CRC) and hand it to the OS."""
         assert self._file is not None
-        self._writer.flush()
+        self._writer.flush()  # mcap's Writer flushes the buffered file too
 
     def sync(self) -> None:
-        """Make what was handed to the OS durable: fdatasync, which writes the data and the
-        file's new size (all a reader needs) but not its times, for a quarter less CPU than
-        fsync."""
+        """Make what was handed to the OS durable: fdatasync, which writes the data and,
+        when it changed, the file's size (all a reader needs) but not its times, for a
+        quarter less CPU than fsync. The zero fill ahead of the data keeps the size
+        unchanged at most flushes, so most skip the metadata commit too."""
         assert self._file is not None
+        end = self._file.tell()
+        if self._zero_fill_step_bytes and \
+                self._zeroed_to - end < self._zero_fill_step_bytes // 4:
+            self._zero_fill(end)
         os.fdatasync(self._file.fileno())
+        self._durable_end = end
+
+    def _zero_fill(self, end: int) -> None:
+        """Extend the file with zeros to a step past ``end``, the data's end. A disk too
+        full for them (the data alone may still fit) gives the room back and turns the fill
+        off for this file: it grows with its data instead, as without the fill."""
+        assert self._file is not None
+        step = self._zero_fill_step_bytes
+        start = max(end, self._zeroed_to)
+        # the next step boundary at least a quarter step past the data: a step at a time
+        stop = (end + step // 4) // step * step + step
+        fd = self._file.fileno()
+        try:
+            written = os.pwrite(fd, bytes(stop - start), start)
+            if written != stop - start:  # the disk filled up part of the way
+                raise OSError(errno.ENOSPC, f"{written} of {stop - start} zero bytes written")
+        except OSError as exc:
+            self._zero_fill_step_bytes = 0
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass  # the zeros stay until finish() or recovery trims them
+            log.info("session file %s: cannot extend it with zeros ahead of its data "
+                     "(%s); it grows with its data from here on", self.path.name,
+                     f"{type(exc).__name__}: {exc}")
+            return
+        self._zeroed_to = stop
 
     def finish(self, manifest: dict[str, Any]) -> None:
-        """Write the ``session`` metadata record and the index, fsync and close."""
+        """Write the ``session`` metadata record and the index, trim the zero fill,
+        fsync and close."""
         assert self._file is not None
         self._writer.add_metadata("session", session_record(manifest))
         self._writer.add_metadata("foxglove", foxglove_record(manifest))
         self._writer.finish()
         self._file.flush()
+        end = self._file.tell()
+        if self._zeroed_to > end:
+            os.ftruncate(self._file.fileno(), end)
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
 
     def abort(self) -> None:
-        """Close without finishing (the file stays, for recovery)."""
+        """Close without finishing (the file stays, for recovery), the zeros ahead of its
+        data trimmed: they go back to a disk that may be full."""
         if self._file is not None:
             file, self._file = self._file, None
             try:
+                end = file.tell()  # the data's end once what is buffered is written
                 file.close()
-            except OSError:
-                pass  # the disk is full, say: what the last flush made durable stays
+            except OSError:  # the disk is full, say: what the last flush made durable stays
+                end = self._durable_end
+            if self._zeroed_to > end:
+                try:
+                    os.truncate(self.path, end)
+                except OSError:
+                    pass  # recovery reads up to the zeros all the same
 
 
 def sensor_of(topic: str) -> str | None:
@@ -536,38 +604,85 @@ class Salvaged:
     samples: dict[str, int]
     last_t_ns: int | None
     last_t_ns_by_sensor: dict[str, int]
+    data_end: int = 0  # bytes of the file read as whole records: where the salvage stopped
+    end: str = ""  # what it stopped at
+
+
+_RECORD_HEADER = struct.Struct("<BQ")  # opcode, content length
 
 
 def salvage(path: Path) -> Salvaged:
-    """Read every complete chunk of a file cut short by a crash or power loss."""
+    """Read every complete chunk of a file cut short by a crash or power loss.
+
+    The file is read record by record, up to the first of: a zero opcode (the zeros a
+    recording file keeps ahead of its data, so the end of what its last flush made durable;
+    MCAP has no opcode 0), a record running past the end of the file (torn), a record
+    that does not parse or fails its CRC, the data section's end, the end of the file.
+    Everything before it is kept; no record is read that the file is too short to hold.
+    """
     channels: dict[int, Channel] = {}
     out = Salvaged([], [], {}, None, {})
     with open(path, "rb") as f:
-        records = StreamReader(f, validate_crcs=True).records
+        size = os.fstat(f.fileno()).st_size
+        if f.read(len(_MAGIC)) != _MAGIC:
+            out.end = "no MCAP magic"
+            return out
+        pos = len(_MAGIC)
         while True:
+            header = f.read(_RECORD_HEADER.size)
+            if len(header) < _RECORD_HEADER.size:
+                out.end = "a torn record header" if header else "the end of the file"
+                break
+            opcode, length = _RECORD_HEADER.unpack(header)
+            if opcode == 0:
+                out.end = "zeros (the fill ahead of the data)"
+                break
+            if length > size - pos - _RECORD_HEADER.size:
+                out.end = "a torn record"
+                break
             try:
-                record = next(records)
-            except StopIteration:
+                records = _records_of(opcode, f.read(length))
+            except (McapError, ValueError, struct.error) as exc:  # a CRC error is a ValueError
+                out.end = f"a damaged record ({type(exc).__name__}: {exc})"
                 break
-            except Exception:  # the torn end of the file: everything before it is kept
+            pos += _RECORD_HEADER.size + length
+            for record in records:
+                _salvage_record(record, channels, out)
+            if opcode in (Opcode.DATA_END, Opcode.FOOTER):
+                out.end = "the data section's end"
                 break
-            if isinstance(record, Channel) and sensor_of(record.topic) is not None:
-                channels[record.id] = record
-                name = sensor_of(record.topic) or ""
-                out.channels.append(ChannelInfo(name, record.metadata.get("driver", "?"),
-                                                float(record.metadata.get("rate_hz", 0))))
-                out.samples.setdefault(name, 0)
-            elif isinstance(record, Message) and record.channel_id in channels:
-                try:
-                    t_ns = decode_samples(record.data)["t_ns"]
-                except (ValueError, struct.error):
-                    continue
-                if not t_ns:
-                    continue
-                name = sensor_of(channels[record.channel_id].topic) or ""
-                out.messages.append((name, record.log_time, record.data))
-                out.samples[name] += len(t_ns)
-                out.last_t_ns = max(out.last_t_ns or 0, t_ns[-1])
-                out.last_t_ns_by_sensor[name] = max(out.last_t_ns_by_sensor.get(name, 0),
-                                                    t_ns[-1])
+        out.data_end = pos
     return out
+
+
+def _records_of(opcode: int, body: bytes) -> list[Any]:
+    """The channels and messages in one record of a session file's data section."""
+    stream = ReadDataStream(io.BytesIO(body))
+    if opcode == Opcode.CHUNK:
+        return list(breakup_chunk(Chunk.read(stream), validate_crc=True))
+    if opcode == Opcode.CHANNEL:
+        return [Channel.read(stream)]
+    if opcode == Opcode.MESSAGE:
+        return [Message.read(stream, len(body))]
+    return []
+
+
+def _salvage_record(record: Any, channels: dict[int, Channel], out: Salvaged) -> None:
+    if isinstance(record, Channel) and sensor_of(record.topic) is not None:
+        channels[record.id] = record
+        name = sensor_of(record.topic) or ""
+        out.channels.append(ChannelInfo(name, record.metadata.get("driver", "?"),
+                                        float(record.metadata.get("rate_hz", 0))))
+        out.samples.setdefault(name, 0)
+    elif isinstance(record, Message) and record.channel_id in channels:
+        try:
+            t_ns = decode_samples(record.data)["t_ns"]
+        except (ValueError, struct.error):
+            return
+        if not t_ns:
+            return
+        name = sensor_of(channels[record.channel_id].topic) or ""
+        out.messages.append((name, record.log_time, record.data))
+        out.samples[name] += len(t_ns)
+        out.last_t_ns = max(out.last_t_ns or 0, t_ns[-1])
+        out.last_t_ns_by_sensor[name] = max(out.last_t_ns_by_sensor.get(name, 0), t_ns[-1])

@@ -1,7 +1,8 @@
 """Start-up recovery: every session left unfinished by a crash or power cut is salvaged.
 
-All complete chunks of the torn file (flushed every half second while recording)
-are copied into a new, finished file with ``stop_reason: recovered``, which then joins
+All complete chunks of the torn file (flushed every half second while recording; after
+the last one, the zeros the writer keeps ahead of its data, or a torn record) are copied
+into a new, finished file with ``stop_reason: recovered``, which then joins
 the outbox like any other session. Half-done state changes are completed. A session that
 cannot be recovered (unreadable header or file) is quarantined to ``failed/``, counted,
 and never tried again. Every file change goes through the store, durably.
@@ -66,6 +67,8 @@ def salvage_session(store: DeviceStore, sid: str, *, stop_reason: str = "recover
         store.discard_recording(sid)
         return None
     found = salvage(src)
+    log.info("recovery: session %s: %d bytes of its file read back, up to %s", sid,
+             found.data_end, found.end)
     start_ns = int(header["window_start_ns"])
     alive_ns = store.last_alive_ns(sid)
     # every sensor the session had (the header says), not only those with salvaged samples
@@ -74,7 +77,7 @@ def salvage_session(store: DeviceStore, sid: str, *, stop_reason: str = "recover
                 for x in header.get("sensors", [])] or found.channels
     channels += [c for c in found.channels if c.name not in {x.name for x in channels}]
     tmp = store.salvage_path(sid)
-    writer = SessionWriter(tmp, channels)
+    writer = SessionWriter(tmp, channels, zero_fill_step_bytes=0)  # written whole, one fsync
     for sensor, t0, data in found.messages:
         writer.write(sensor, t0, data)
     stop_ns = max(start_ns, alive_ns, found.last_t_ns or start_ns)
