@@ -262,3 +262,78 @@ def test_only_unreadable_files_count_towards_quarantine(tmp_path, caplog):
     now[0] += PUBLISH_BACKOFF_MAX_S
     publisher.drain()
     assert tries[full] == tries[ro] == 4 and store.count(FAILED) == 1
+
+
+ZERO_FILL_NOTE = "cannot extend it with zeros ahead of its data"
+
+
+@pytest.mark.parametrize("how", ["enospc", "short-write"])
+def test_a_zero_fill_without_room_is_given_back_and_the_session_records_on(
+        tmp_path, monkeypatch, caplog, how):
+    """The writer's zeros ahead of its data (issue 15) can hit ENOSPC where the data itself
+    would still fit: the zeros are given back, the note is logged once at info, and the file
+    grows with its data as it did before the fill; the session is neither lost nor closed
+    early. Injected as the tests above inject ENOSPC; a short write is what the kernel
+    returns when part of a write found room (write(2): "the number of bytes written may be
+    less than count if, for example, there is insufficient space")."""
+    import edge_recorder.sessionfile as sessionfile
+
+    real = os.pwrite
+    fills: list[int] = []
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        fills.append(len(data))
+        if how == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data[:len(data) // 3], offset)
+
+    monkeypatch.setattr(sessionfile.os, "pwrite", full)
+    caplog.set_level(logging.DEBUG)
+    rig = Rig(tmp_path, settings=SessionConfig(duration_s=3))
+    rig.run(0.5)
+    sid = rig.ask(StartRequested, trigger=MQTT)["session_id"]
+    path = rig.store.path("recording", sid)
+    sizes = []
+    for _ in range(5):
+        rig.run(0.5)
+        salvaged = sessionfile.salvage(path)
+        sizes.append(path.stat().st_size)
+        # no zeros left behind: the file ends where its last flushed chunk does
+        assert sizes[-1] == salvaged.data_end and salvaged.end == "the end of the file"
+    assert sizes == sorted(sizes) and len(set(sizes)) == 5  # it grows with its data
+    rig.finish(2.0)
+    (manifest,) = rig.completed
+    assert manifest["session_id"] == sid and manifest["stop_reason"] == "duration"
+    (sensor,) = manifest["sensors"]
+    assert sensor["dropped"] == 0 and sensor["samples"] == pytest.approx(3 * 200, abs=2)
+    assert len(fills) == 1 and fills[0] > 200 << 10, "one attempt, then the fill is off"
+    notes = [r for r in caplog.records if ZERO_FILL_NOTE in r.getMessage()]
+    assert len(notes) == 1 and notes[0].levelno == logging.INFO
+    assert "No space left on device" in notes[0].getMessage() or "zero bytes written" in \
+        notes[0].getMessage()
+    assert "disk is full" not in caplog.text and "store_full" not in caplog.text
+
+
+def test_on_a_real_full_disk_the_zero_fill_gives_its_room_back_to_the_data(tiny_disk, caplog):
+    """On a tmpfs with 160 KiB free, the 256 KiB fill gets part of the way (a short write),
+    gives that room back, and the session's ~95 KB of chunks still fit and finish."""
+    import random
+
+    from edge_recorder.sessionfile import ZERO_FILL_STEP_BYTES, SessionFile, verify
+    from tests.test_zero_fill import SENSORS, manifest_for, record
+
+    fill(tiny_disk / "filler", leave_bytes=160 << 10)
+    free_before = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
+    caplog.set_level(logging.INFO)
+    writer = SessionWriter(tiny_disk / "s.mcap", SENSORS)
+    assert ZERO_FILL_STEP_BYTES > free_before  # the fill cannot fit; the data can
+    fd = writer._file.fileno()  # type: ignore[union-attr]
+    assert os.fstat(fd).st_size == writer._file.tell()  # type: ignore[union-attr]
+    written = record(writer, 4, seed=random.randrange(1 << 30))
+    assert os.fstat(fd).st_size == writer._file.tell() > 80_000  # type: ignore[union-attr]
+    writer.finish(manifest_for())
+    assert verify(writer.path) is True
+    assert sum(n for _s, _t, n in written) == 4 * (500 + 416)
+    assert sum(len(b["t_ns"]) for _, b in SessionFile(writer.path).batches()) == 4 * 916
+    notes = [r for r in caplog.records if ZERO_FILL_NOTE in r.getMessage()]
+    assert len(notes) == 1 and notes[0].levelno == logging.INFO

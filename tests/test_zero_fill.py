@@ -46,7 +46,8 @@ T0 = 1_800_000_000_000_000_000
 
 
 def block(first: int, n: int, rate_hz: float, rng: random.Random) -> Block:
-    """``n`` samples from ``first`` on, noisy (so zstd leaves ~6 KB a flush, as recorded)."""
+    """``n`` samples from ``first`` on, pure noise: zstd leaves ~23 KB a flush of both
+    sensors (recorded motion compresses to about a third of that)."""
     period = round(1e9 / rate_hz)
     t_ns = array("q", (T0 + (first + i) * period for i in range(n)))
     columns = tuple(array("f", (rng.gauss(0, 3) for _ in range(n))) for _ in range(6))
@@ -80,13 +81,13 @@ def test_flushes_within_a_step_leave_the_file_size_unchanged(tmp_path):
     writer = SessionWriter(tmp_path / "s.mcap", SENSORS)
     fd = writer._file.fileno()  # type: ignore[union-attr]
     sizes, ends = [], []
-    for _ in range(8):
+    for _ in range(6):
         record(writer, 1)
         sizes.append(os.fstat(fd).st_size)
         ends.append(writer._file.tell())  # type: ignore[union-attr]
-    assert ends[-1] - ends[0] > 5 * 6000, "each flush adds a chunk of several KB"
+    assert ends[-1] - ends[0] > 5 * 20_000, "each flush adds a chunk of ~23 KB"
     assert ends[-1] < ZERO_FILL_STEP_BYTES * 3 // 4, "the test stays within one step"
-    assert sizes == [ZERO_FILL_STEP_BYTES] * 8, (sizes, ends)
+    assert sizes == [ZERO_FILL_STEP_BYTES] * 6, (sizes, ends)
     with open(writer.path, "rb") as f:  # past the data: zeros
         f.seek(ends[-1])
         assert f.read() == bytes(ZERO_FILL_STEP_BYTES - ends[-1])
