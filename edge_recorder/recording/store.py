@@ -356,6 +356,8 @@ class DeviceStore:
         return count, total
 
     def used_bytes(self) -> int:
+        """Bytes of every file in the store. A recording session's file counts with the
+        zeros its writer keeps ahead of the data (up to a step, 256 KiB): disk in use."""
         return sum(self._sizes(s)[1] for s in STATES)
 
     def backlog(self) -> dict[str, int]:
