@@ -105,10 +105,17 @@ class _ZstdOneContextPerThread:
 
 
 ZERO_FILL_STEP_BYTES = 256 << 10
-"""How far ahead of its data a session file is extended with zeros while it records (0
-disables). fdatasync(2) commits the file's metadata only when the size changed, so a flush
-that overwrites zeros in place skips the journal commit an appending one pays: at ~6 KB a
-flush, one flush in ~30 changes the size (benchmarks/README.md, "Zero-filled steps")."""
+"""How far ahead of its data, at most, a session file is extended with zeros while it
+records (0 disables). fdatasync(2) commits the file's metadata only when the size changed,
+so a flush that overwrites zeros in place skips the journal commit an appending one pays.
+The zeros ahead grow with the file (as much as it holds, from :data:`ZERO_FILL_FIRST_BYTES`
+up to this), so a short session writes few: a 60 s session of ~6 KB flushes changes its size
+at ~8 of 120 flushes (benchmarks/README.md, "Zero-filled steps")."""
+
+ZERO_FILL_FIRST_BYTES = 16 << 10
+"""The zeros ahead of a new session file's first bytes."""
+
+PAGE_BYTES = 4096
 
 
 if getattr(mcap.writer, "zstandard", None) is zstandard:  # as mcap 1.x imports it
@@ -253,11 +260,11 @@ def restamp(path: Path, delta_ns: int, manifest: dict[str, Any],
 class SessionWriter:
     """Writes one session file while it records; :meth:`finish` makes it complete.
 
-    While it records, the file is kept ``zero_fill_step_bytes`` (0 disables) ahead of its
-    data with zeros, written with ``os.pwrite`` (the buffered file's and mcap's position
-    untouched), so most flushes overwrite zeros in place and leave the file's size as it
-    was; :meth:`finish` trims the file to its last byte. A crash leaves the zeros after the
-    last flushed chunk: :func:`salvage` reads up to them.
+    While it records, the file is kept up to ``zero_fill_step_bytes`` (0 disables) ahead
+    of its data with zeros (:meth:`_fill_ahead`), written with ``os.pwrite`` (the buffered
+    file's and mcap's position untouched), so most flushes overwrite zeros in place and
+    leave the file's size as it was; :meth:`finish` trims the file to its last byte. A crash
+    leaves the zeros after the last flushed chunk: :func:`salvage` reads up to them.
     """
 
     def __init__(self, path: Path, sensors: list[ChannelInfo], *, chunk_bytes: int = 1 << 20,
@@ -304,21 +311,25 @@ class SessionWriter:
         unchanged at most flushes, so most skip the metadata commit too."""
         assert self._file is not None
         end = self._file.tell()
-        if self._zero_fill_step_bytes and \
-                self._zeroed_to - end < self._zero_fill_step_bytes // 4:
+        if self._zero_fill_step_bytes and self._zeroed_to - end < self._fill_ahead(end) // 4:
             self._zero_fill(end)
         os.fdatasync(self._file.fileno())
         self._durable_end = end
 
+    def _fill_ahead(self, end: int) -> int:
+        """How many zeros to keep ahead of the data's end ``end``: as many bytes as the file
+        holds, from :data:`ZERO_FILL_FIRST_BYTES` to the step. The file is extended when
+        less than a quarter of that is left."""
+        return min(self._zero_fill_step_bytes, max(ZERO_FILL_FIRST_BYTES, end))
+
     def _zero_fill(self, end: int) -> None:
-        """Extend the file with zeros to a step past ``end``, the data's end. A disk too
-        full for them (the data alone may still fit) gives the room back and turns the fill
-        off for this file: it grows with its data instead, as without the fill."""
+        """Extend the file with zeros to :meth:`_fill_ahead` past ``end``, the data's end
+        (to a page boundary). A disk too full for them (the data alone may still fit) gives
+        the room back and turns the fill off for this file: it grows with its data instead,
+        as without the fill."""
         assert self._file is not None
-        step = self._zero_fill_step_bytes
         start = max(end, self._zeroed_to)
-        # the next step boundary at least a quarter step past the data: a step at a time
-        stop = (end + step // 4) // step * step + step
+        stop = -(-(end + self._fill_ahead(end)) // PAGE_BYTES) * PAGE_BYTES
         fd = self._file.fileno()
         try:
             written = os.pwrite(fd, bytes(stop - start), start)

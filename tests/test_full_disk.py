@@ -306,7 +306,7 @@ def test_a_zero_fill_without_room_is_given_back_and_the_session_records_on(
     assert manifest["session_id"] == sid and manifest["stop_reason"] == "duration"
     (sensor,) = manifest["sensors"]
     assert sensor["dropped"] == 0 and sensor["samples"] == pytest.approx(3 * 200, abs=2)
-    assert len(fills) == 1 and fills[0] > 200 << 10, "one attempt, then the fill is off"
+    assert len(fills) == 1, "one attempt, then the fill is off for this file"
     notes = [r for r in caplog.records if ZERO_FILL_NOTE in r.getMessage()]
     assert len(notes) == 1 and notes[0].levelno == logging.INFO
     assert "No space left on device" in notes[0].getMessage() or "zero bytes written" in \
@@ -315,25 +315,24 @@ def test_a_zero_fill_without_room_is_given_back_and_the_session_records_on(
 
 
 def test_on_a_real_full_disk_the_zero_fill_gives_its_room_back_to_the_data(tiny_disk, caplog):
-    """On a tmpfs with 160 KiB free, the 256 KiB fill gets part of the way (a short write),
-    gives that room back, and the session's ~95 KB of chunks still fit and finish."""
+    """On a tmpfs with 160 KiB free, the zeros ahead (growing with the file) find no room
+    once they would pass it: the write gets part of the way (a short write), gives that room
+    back, and the session's ~140 KB of chunks still fit and finish."""
     import random
 
-    from edge_recorder.sessionfile import ZERO_FILL_STEP_BYTES, SessionFile, verify
+    from edge_recorder.sessionfile import SessionFile, verify
     from tests.test_zero_fill import SENSORS, manifest_for, record
 
     fill(tiny_disk / "filler", leave_bytes=160 << 10)
-    free_before = os.statvfs(tiny_disk).f_bavail * os.statvfs(tiny_disk).f_frsize
     caplog.set_level(logging.INFO)
     writer = SessionWriter(tiny_disk / "s.mcap", SENSORS)
-    assert ZERO_FILL_STEP_BYTES > free_before  # the fill cannot fit; the data can
     fd = writer._file.fileno()  # type: ignore[union-attr]
-    assert os.fstat(fd).st_size == writer._file.tell()  # type: ignore[union-attr]
-    written = record(writer, 4, seed=random.randrange(1 << 30))
-    assert os.fstat(fd).st_size == writer._file.tell() > 80_000  # type: ignore[union-attr]
-    writer.finish(manifest_for())
-    assert verify(writer.path) is True
-    assert sum(n for _s, _t, n in written) == 4 * (500 + 416)
-    assert sum(len(b["t_ns"]) for _, b in SessionFile(writer.path).batches()) == 4 * 916
+    written = record(writer, 6, seed=random.randrange(1 << 30))
     notes = [r for r in caplog.records if ZERO_FILL_NOTE in r.getMessage()]
     assert len(notes) == 1 and notes[0].levelno == logging.INFO
+    assert "zero bytes written" in notes[0].getMessage()  # the kernel's short write
+    assert os.fstat(fd).st_size == writer._file.tell() > 130_000  # type: ignore[union-attr]
+    writer.finish(manifest_for())
+    assert verify(writer.path) is True
+    assert sum(n for _s, _t, n in written) == 6 * (500 + 416)
+    assert sum(len(b["t_ns"]) for _, b in SessionFile(writer.path).batches()) == 6 * 916
