@@ -232,22 +232,26 @@ from tests.rig import Rig
 
 root, how = Path(sys.argv[1]), sys.argv[2]
 log = os.open(root / "written.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-write, flush = SessionWriter.write, SessionWriter.flush
-flushes = [0]
+write, end_chunk, sync = SessionWriter.write, SessionWriter.end_chunk, SessionWriter.sync
+chunks = [0]
 
 def logged_write(self, sensor, t0_ns, data):
     t = decode_samples(data)["t_ns"]
     os.write(log, (json.dumps(["w", sensor, t0_ns, len(t), t[-1]]) + "\n").encode())
     write(self, sensor, t0_ns, data)
 
-def logged_flush(self):
-    flushes[0] += 1
-    if how == "abort-before-a-flush" and flushes[0] == 4:
-        os.abort()  # messages written to the writer, not flushed: lost
-    flush(self)
+def aborting_end_chunk(self):  # a flush's first step (the recorder paces its steps)
+    chunks[0] += 1
+    if how == "abort-before-a-flush" and chunks[0] == 4:
+        os.abort()  # messages written to the writer, their chunk not yet closed: lost
+    end_chunk(self)
+
+def logged_sync(self):  # a flush's last step
+    sync(self)
     os.write(log, b'["flushed"]\n')
 
-SessionWriter.write, SessionWriter.flush = logged_write, logged_flush
+SessionWriter.write = logged_write
+SessionWriter.end_chunk, SessionWriter.sync = aborting_end_chunk, logged_sync
 rig = Rig(root / "rig", rate_hz=200)
 rig.run(0.5)
 sid = rig.ask(StartRequested, trigger=Trigger("mqtt"), duration_s=None)["session_id"]
