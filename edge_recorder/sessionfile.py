@@ -331,7 +331,7 @@ class SessionWriter:
         start = max(end, self._zeroed_to)
         stop = -(-(end + self._fill_ahead(end)) // PAGE_BYTES) * PAGE_BYTES
         fd = self._file.fileno()
-        try:
+        try:  # pwrite(2): "The file offset is not changed" (the file is not O_APPEND)
             written = os.pwrite(fd, bytes(stop - start), start)
             if written != stop - start:  # the disk filled up part of the way
                 raise OSError(errno.ENOSPC, f"{written} of {stop - start} zero bytes written")
