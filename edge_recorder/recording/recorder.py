@@ -60,11 +60,14 @@ IDLE_WAKE_S = 1.0  # with none open: wall-clock watch and heartbeat only
 # start, a flush, a finalise, events back to back) is cut into steps: once the thread has
 # used PACE_BURST_S of CPU since it last waited, it waits before its next step, long enough
 # that the burst averages PACE_SHARE of the quota (at most PACE_MAX_PAUSE_S): a 3 % quota
-# grants 1.2 ms every 40 ms, the samplers need about half of it, a burst gets a third.
+# grants 1.2 ms every 40 ms, the samplers need about half of it, a burst gets a third. Never
+# less than PACE_MIN_DUTY of a core: under a quota too small for the samplers anyway,
+# slower bursts would only hold back replies and finalising sessions.
 # Without a quota (or one of a core or more) nothing is paced: the samplers take the CPU
 # from a burst by their priority, and the GIL changes hands within 0.5 ms.
 PACE_BURST_S = 0.0002
 PACE_SHARE = 1 / 3
+PACE_MIN_DUTY = 0.01
 PACE_MAX_PAUSE_S = 0.25
 FLUSH_INTERVAL_NS = 500_000_000  # + up to ~0.2 s in the sampler and pump: < 1 s lost on a crash
 STOP_GRACE_NS = 1_000_000_000  # wait at most this long for samples past the stop time
@@ -500,7 +503,8 @@ class Recorder:
         """Between two steps of a burst, on the recorder's own thread, under a CPU quota
         below one core (:attr:`cpu_limit`): once it has used :data:`PACE_BURST_S` of CPU
         since it last waited, wait so that the burst averages :data:`PACE_SHARE` of the
-        quota (calls from other threads, a test's or ``close()``'s, are not paced)."""
+        quota, or :data:`PACE_MIN_DUTY` of a core if more (calls from other threads, a
+        test's or ``close()``'s, are not paced)."""
         limit = self.cpu_limit
         if limit is None or limit >= 1 or self._thread is None or \
                 threading.current_thread() is not self._thread:
@@ -508,7 +512,8 @@ class Recorder:
         used_s = time.thread_time() - self._burst_from_s
         if used_s < PACE_BURST_S:
             return
-        self._stop.wait(min(PACE_MAX_PAUSE_S, used_s * (1 / (limit * PACE_SHARE) - 1)))
+        duty = max(PACE_MIN_DUTY, limit * PACE_SHARE)
+        self._stop.wait(min(PACE_MAX_PAUSE_S, used_s * (1 / duty - 1)))
         self._burst_from_s = time.thread_time()
 
     def _pump_logged(self) -> bool:
