@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_recorder.errors import SessionFileError
 from edge_recorder.recording.store import DeviceStore
 from edge_recorder.sessionfile import iter_batches
 from tests.conftest import Client, base_config, wait_online, wait_until, write_config
@@ -86,13 +87,24 @@ def test_three_one_second_freezes_lose_samples_honestly_on_every_chip(
                     return state
             return None
 
-        state = wait_until(finished, 20, f"{device}'s session on disk")
-        manifest = store.manifest(sid, state)
-        by_sensor: dict[str, dict[str, list]] = {}
-        for sensor, batch in iter_batches(store.path(state, sid)):
-            cols = by_sensor.setdefault(sensor, {"t_ns": [], "ax": [], "ay": [], "az": []})
-            for key in cols:
-                cols[key] += batch[key]
+        def read(store=store, sid=sid):
+            """Manifest and samples, read again if the publisher moved the session from
+            outbox/ to published/ meanwhile."""
+            state = finished()
+            if state is None:
+                return None
+            try:
+                by_sensor: dict[str, dict[str, list]] = {}
+                for sensor, batch in iter_batches(store.path(state, sid)):
+                    cols = by_sensor.setdefault(sensor, {"t_ns": [], "ax": [], "ay": [],
+                                                         "az": []})
+                    for key in cols:
+                        cols[key] += batch[key]
+                return store.manifest(sid, state), by_sensor
+            except (OSError, SessionFileError):
+                return None
+
+        manifest, by_sensor = wait_until(read, 20, f"{device}'s session on disk")
         assert 6.0 < manifest["duration_s"] < 12.0, manifest["duration_s"]
         for s in manifest["sensors"]:
             cols = by_sensor[s["name"]]
