@@ -146,9 +146,10 @@ def test_the_unit_file_verifies(tmp_path):
 
 
 def test_the_unit_lets_through_the_calls_the_daemon_makes_that_its_groups_deny():
-    """``~@privileged @resources`` denies two calls the daemon makes: adjtimex (reading the
-    sync state, clock.py; in @clock) and setpriority (nice 10 for every thread but the
-    samplers, app.py; in @resources, systemd.exec(5) "System Call Filtering"). With
+    """``~@privileged @resources`` denies three calls the daemon makes: adjtimex (reading
+    the sync state, clock.py; in @clock), setpriority (nice 10 for every thread but the
+    samplers, app.py) and sched_setaffinity (one CPU for every thread under a quota below a
+    core, cpu.py), both in @resources (systemd.exec(5) "System Call Filtering"). With
     SystemCallErrorNumber=EPERM a denied call fails quietly, so the unit must allow them
     back after the deny line, as systemd applies the lines in order."""
     lines = [line.split("=", 1)[1].split() for line in
@@ -156,4 +157,4 @@ def test_the_unit_lets_through_the_calls_the_daemon_makes_that_its_groups_deny()
              if line.startswith("SystemCallFilter=")]
     deny_at = next(i for i, words in enumerate(lines) if words[0].startswith("~"))
     allowed_after = {w for words in lines[deny_at + 1:] for w in words if not w.startswith("~")}
-    assert {"adjtimex", "setpriority"} <= allowed_after
+    assert {"adjtimex", "setpriority", "sched_setaffinity"} <= allowed_after
