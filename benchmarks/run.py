@@ -585,6 +585,8 @@ NAIVE_US: list[float] = []
 # --- 9: CPU budget ----------------------------------------------------------------------------
 
 QUOTA_STEPS_PCT = (20, 10, 5, 4, 3, 2)
+SERIES_PCT = 3  # the target quota, tried again this many times (one session is one draw)
+SERIES_SESSIONS = 10
 NAIVE_STEPS_PCT = (100, 50, 20, 10, 5)
 QUOTA_PERIOD_US = 40_000
 BUDGET_TABLE: list[str] = []
@@ -609,16 +611,7 @@ class BudgetStep:
 
 def task_ctxt_switches(pid: int) -> int:
     """Voluntary + involuntary context switches of every thread of ``pid`` (wake-ups)."""
-    total = 0
-    for status in Path(f"/proc/{pid}/task").glob("*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue  # the thread ended meanwhile
-        for line in text.splitlines():
-            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
-                total += int(line.split()[1])
-    return total
+    return sum(switches for _cpu, switches in thread_usage(pid).values())
 
 
 def start_daemon(tmp: Path, port: int, name: str) -> tuple[subprocess.Popen[bytes], Subscriber]:
@@ -776,6 +769,12 @@ def bench_cpu_budget(tmp: Path, broker: Broker, session_s: float) -> None:
               f"(accounted {(step.samples + step.dropped) / step.expected:.1%} of "
               f"{step.expected}), FIFO peak {step.fifo_peak}, slowest reply "
               f"{step.reply_ms and round(step.reply_ms)} ms {step.note}", flush=True)
+    series_n = 3 if session_s < 10 else SERIES_SESSIONS
+    series = [budget_daemon_step(tmp, broker.port, SERIES_PCT, session_s)
+              for _ in range(series_n)]
+    series_free = sum(st.drop_free for st in series)
+    print(f"  ours at {SERIES_PCT} %, {series_n} more sessions: {series_free} drop-free; "
+          "dropped " + ", ".join(str(st.dropped) for st in series), flush=True)
     free = budget_naive_step(broker.port, None, session_s)
     naive_share = free["cpu_s"] / free["wall_s"]
     print(f"  naive with a whole core: {free['samples']} samples, {free['dropped']} dropped, "
@@ -807,9 +806,17 @@ def bench_cpu_budget(tmp: Path, broker: Broker, session_s: float) -> None:
             f"| {st.who} | {quota} | {st.samples} | {st.dropped} | "
             f"{(st.samples + st.dropped) / st.expected:.1%} | {fill} | {reply} | "
             f"{'yes' if st.drop_free else 'no'}{(' — ' + st.note) if st.note else ''} |")
-    ours_free = [s.quota_pct for s in steps if s.who == "ours" and s.drop_free]
+    BUDGET_TABLE.extend(["", f"At {SERIES_PCT} % again, {series_n} sessions (a fresh daemon "
+                         f"each): **{series_free} of {series_n} drop-free** (dropped: "
+                         f"{', '.join(str(st.dropped) for st in series)})."])
     naive_free = [s.quota_pct for s in steps if s.who == "naive" and s.drop_free]
-    ours_min = min(ours_free) if ours_free else math.inf
+    # the lowest quota at which it and every larger one were drop-free: one lucky session
+    # below a failed one does not count
+    ours_min = math.inf
+    for st in sorted((s for s in steps if s.who == "ours"), key=lambda s: -s.quota_pct):
+        if not st.drop_free:
+            break
+        ours_min = st.quota_pct
     if naive_free:
         baseline, baseline_name = min(naive_free), "naive loop's lowest drop-free quota"
     else:
@@ -817,7 +824,9 @@ def bench_cpu_budget(tmp: Path, broker: Broker, session_s: float) -> None:
         baseline_name = (f"naive loop's CPU share with a whole core; it still dropped "
                          f"{free['dropped']} of {free['samples'] + free['dropped']}")
     row("cpu budget", "lowest drop-free quota, 2 × 1 kHz, emulators included", ours_min, "%",
-        baseline, baseline_name, True, "target ≤ 3 %", ours_min <= 3)
+        baseline, baseline_name, True,
+        f"target ≤ 3 %, and {series_n} more sessions at {SERIES_PCT} % all drop-free "
+        f"({series_free} were)", ours_min <= 3 and series_free == series_n)
     row("cpu budget", "idle (no session open): CPU share of one core", idle_share * 100, "%",
         naive_share * 100, "naive loop (it has no idle)", True)
     row("cpu budget", "idle (no session open): wake-ups per second", idle_wakeups, "/s",

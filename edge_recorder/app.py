@@ -426,8 +426,7 @@ class Daemon:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.start()
         previous_nice = self._favour_samplers()
-        self.cpu.update()
-        self.recorder.cpu_limit = self.cpu.limit_cores
+        self._follow_cpu_quota()
         self.notifier.ready(self.summary())
         next_status = next_ping = time.monotonic()
         self._supervisor_watch = SupervisorWatch(self._supervisor_stuck)
@@ -437,8 +436,7 @@ class Daemon:
                 self._supervisor_watch.beat()
                 now = time.monotonic()
                 try:
-                    self.cpu.update()
-                    self.recorder.cpu_limit = self.cpu.limit_cores
+                    self._follow_cpu_quota()
                     if reload.is_set():
                         reload.clear()
                         self.reload()
@@ -471,6 +469,11 @@ class Daemon:
             _set_nice(0, previous_nice)  # this thread is the caller's (a test's, say)
             sys.setswitchinterval(previous_switch_s)
             gc.unfreeze()
+
+    def _follow_cpu_quota(self) -> None:
+        """The CPU quota as it is now: the threads' placement, and the recorder's pacing."""
+        self.cpu.update()
+        self.recorder.cpu_limit = self.cpu.limit_cores
 
     def _favour_samplers(self) -> int | None:
         """Every long-lived thread of the daemon but the samplers, and this one (threads it

@@ -52,6 +52,8 @@ class CpuLimit:
             if len(parts) != 3:
                 continue
             hierarchy, controllers, path = parts
+            if ".." in path.split("/"):  # above this cgroup namespace's root: not visible
+                continue
             if hierarchy == "0" and not controllers:  # v2 (under unified/ on a hybrid system)
                 bases = [self.root / "unified", self.root]
             elif "cpu" in controllers.split(","):  # v1, mounted by its controllers' names

@@ -340,6 +340,9 @@ def _cgroup_files(root: Path, files: dict[str, str]) -> None:
     ({"a/cpu.max": "lots\n"}, "0::/a\n", None),
     ({"a/cpu.max": "1000 0\n"}, "0::/a\n", None),
     ({}, "garbage\n", None),
+    # a group above this cgroup namespace's root (cgroup_namespaces(7) shows it as "/..")
+    # is not read, not even as a path outside the hierarchy
+    ({"cpu.max": "1000 100000\n"}, "0::/../other\n", None),
 ])
 def test_cpu_limit_is_the_tightest_quota_of_the_cgroup_and_its_ancestors(
         tmp_path, files, proc, expected):
