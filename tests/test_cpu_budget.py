@@ -125,17 +125,14 @@ def test_a_starved_daemon_degrades_honestly_and_recovers_within_a_second(
         # exact on a fake clock (tests/test_recording.py); here, in real time, the window is
         # cut on timestamps, and a read delayed after its clock reading (the quota, the
         # shared CPU) stamps its frames early by up to the delay: allow one poll's worth.
-        # Never fewer (nothing silent). More by at most one off-CPU stretch per overflow:
-        # an overflow's gap runs until the read that found it returned (the driver reset
-        # the FIFO somewhere inside it), so when the quota stops the thread between that
-        # reset and the return (up to 99 ms here), what the chip sampled meanwhile is in
-        # the gap and also in the next read: counted twice, never missed.
+        # Nothing twice either: when the quota stops the thread between the driver's FIFO
+        # reset and the read's return (up to 99 ms here), what the chip sampled meanwhile
+        # is in the next read, and the overflow's gap ends before it
+        # (tests/test_starvation.py plays that on the fake clock).
         accounted = sensor["samples"] + sensor["dropped"]
         expected = 1000 * manifest["duration_s"]
         slack = len(gaps) + 2 + 1000 * POLL_S
-        overflows = sum(g["reason"] == "fifo_overflow" for g in gaps)
-        assert expected - slack <= accounted <= expected + slack + overflows * 99, (
-            accounted, expected, len(gaps))
+        assert abs(accounted - expected) <= slack, (accounted, expected, len(gaps))
         assert starved[sensor["name"]]["overflows"] > 0
     # recovered within a second of the quota being lifted: nothing lost after that
     for name, counters in later["status"]["sensors"].items():

@@ -58,6 +58,18 @@ class SensorCounters:
 
 
 @dataclass
+class PendingOverflow:
+    """An overflow whose loss has no end yet: the driver reset the FIFO somewhere inside
+    the read that found it, between ``earliest_ns`` (the read began) and ``latest_ns`` (it
+    returned). The thread may have been stopped anywhere in there (a CPU quota, SIGSTOP):
+    what the chip sampled after the reset waits in the FIFO for the next read, whose
+    first frame says when the loss ended."""
+
+    earliest_ns: int
+    latest_ns: int
+
+
+@dataclass
 class SensorChannel:
     """One configured sensor: its driver, its ring and its sampling state."""
 
@@ -71,6 +83,7 @@ class SensorChannel:
     retry_at_ns: int = 0
     backoff_s: float = BACKOFF_MIN_S
     last_ts_ns: int | None = None  # accounted for up to here: last sample, or a gap's end
+    overflow: PendingOverflow | None = None  # an overflow whose gap's end is not known yet
     driver_error_logged: str = ""  # the driver failure last logged, and when (sampler clock)
     driver_error_logged_ns: int = 0
     driver_errors_unlogged: int = 0
@@ -163,14 +176,22 @@ class BusSampler:
             counters.fifo_peak_pct = min(100.0, fill_pct)
         if read.overflowed:
             s.counters.overflows += 1
-            since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
-            # lost until the driver reset the FIFO, i.e. until the read returned: the
-            # thread may have been frozen (SIGSTOP, starved) anywhere inside it
-            self._record_loss(s, since, self.clock(), "fifo_overflow")
+            if s.last_ts_ns is None:
+                s.last_ts_ns = now - int(s.period_ns)
+            # lost from the last instant accounted for until the reset, which is known
+            # only to lie inside this read (another overflow before the next frame: the
+            # loss runs on to its reset); no frame after the read began predates the reset
+            s.overflow = PendingOverflow(now, self.clock())
+            s.timebase.skip(0, until_ns=now)
+        elif s.overflow is not None and not (frames or lost) and \
+                now - s.overflow.latest_ns > 2 * s.period_ns:
+            self._end_overflow(s, s.overflow.latest_ns)  # reset, yet no frame came since
         if frames or lost:
             # frames the driver dropped (unpaired, invalid) took a slot in the chip's
             # timeline; assume the earliest
             first, step = s.timebase.stamp(frames + lost, now + s.count_latch_ns)
+            if s.overflow is not None:  # the loss ended one period before this frame
+                self._end_overflow(s, first - round(s.period_ns))
             if lost:
                 self._add_gap(s, Gap(first, first + (lost - 1) * step + 1, lost,
                                      "invalid_samples"))
@@ -180,15 +201,30 @@ class BusSampler:
                 counters.rate_hz = s.timebase.rate_hz
             s.last_ts_ns = first + (lost + frames - 1) * step
 
+    def _end_overflow(self, s: SensorChannel, end_ns: int) -> None:
+        """Count the pending overflow's loss, up to ``end_ns`` kept within the read that
+        reset the FIFO. The timebase was resynchronised at the overflow already."""
+        pending, s.overflow = s.overflow, None
+        assert pending is not None and s.last_ts_ns is not None
+        end_ns = min(max(end_ns, pending.earliest_ns), pending.latest_ns)
+        self._record_loss(s, s.last_ts_ns, end_ns, "fifo_overflow", resync=False)
+
+    def _settle(self, s: SensorChannel) -> None:
+        """Before another loss is counted from the last instant accounted for: an overflow
+        still pending ends where it latest can (the FIFO is about to be lost anyway)."""
+        if s.overflow is not None:
+            self._end_overflow(s, s.overflow.latest_ns)
+
     def _record_loss(self, s: SensorChannel, since_ns: int, now: int, reason: str,
-                     *, announce: bool = True) -> int:
+                     *, announce: bool = True, resync: bool = True) -> int:
         """Everything sampled after ``since_ns`` until ``now`` is lost: count it, mark a gap.
 
         ``since_ns`` is the last instant already accounted for (a sample or the end of the
         previous gap), so repeated losses while starved of CPU never count a stretch twice,
         and nothing sampled after ``now`` is stamped inside the gap. Returns how many."""
         lost = round((now - since_ns) / s.period_ns)
-        s.timebase.skip(lost, until_ns=now)
+        if resync:
+            s.timebase.skip(lost, until_ns=now)
         if lost > 0:
             self._add_gap(s, Gap(int(since_ns + s.period_ns), now, lost, reason))
             if announce:
@@ -211,6 +247,7 @@ class BusSampler:
         log.error("sensor %s on bus %s stopped answering (%s); re-probing",
                   s.name, self.bus_name, exc)
         s.counters.state = "down"
+        self._settle(s)
         s.down_since_ns = s.last_ts_ns if s.last_ts_ns is not None else now
         s.retry_at_ns = now
         s.backoff_s = BACKOFF_MIN_S
@@ -230,6 +267,7 @@ class BusSampler:
         except OSError as bus_exc:  # the FIFO keeps filling; the next read finds it full
             s.counters.bus_errors += 1
             reset_error = f"; resetting its FIFO failed too ({describe(bus_exc)})"
+        self._settle(s)
         since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
         lost = self._record_loss(s, since, self.clock(), "driver_error", announce=False)
         if reason == s.driver_error_logged and \

@@ -34,6 +34,11 @@ class FrameTimebase:
         self.window_ns = window_s * 1e9
         self.next_frame = 0  # index the next frame read will get
         self._last_ts: int | None = None
+        # how much the fit that gave ``period_ns`` knew (its centred Σw·x², decaying as
+        # the fit's own sums do) and when: a fit restarted after a loss replaces the
+        # period only once it knows more than that one still would
+        self._period_sxx = 0.0
+        self._period_ns_at = 0
         self._reset_fit()
 
     def _reset_fit(self) -> None:
@@ -133,9 +138,18 @@ class FrameTimebase:
         mean_x = sx / s0
         var_x = sxx / s0 - mean_x * mean_x
         if var_x > MIN_SPREAD_FRAMES**2:
-            slope = (sxy / s0 - mean_x * sy / s0) / var_x
-            if abs(slope / self.nominal_period_ns - 1) <= MAX_RATE_ERROR:
-                self.period_ns = slope
+            # The slope's error is the reads' phase noise (up to a period each) over √(s0·var_x):
+            # a few reads after an overflow can be 1 % off, and a gap is counted with this
+            # period (a 1 % error over a 5 s gap is 40 samples at 833 Hz). A continuing
+            # fit always knows at least what it knew (its sums decay alike, a read only
+            # adds): only a restarted one has to catch up.
+            known = s0 * var_x
+            if known >= self._period_sxx * (1 - 1e-9) * math.exp(  # (1 − 1e-9): rounding
+                    (self._period_ns_at - t_ns) / self.window_ns):
+                slope = (sxy / s0 - mean_x * sy / s0) / var_x
+                if abs(slope / self.nominal_period_ns - 1) <= MAX_RATE_ERROR:
+                    self.period_ns = slope
+                    self._period_sxx, self._period_ns_at = known, t_ns
 
     @property
     def rate_hz(self) -> float:
