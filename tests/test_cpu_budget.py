@@ -132,7 +132,7 @@ def test_a_starved_daemon_degrades_honestly_and_recovers_within_a_second(
         accounted = sensor["samples"] + sensor["dropped"]
         expected = 1000 * manifest["duration_s"]
         slack = len(gaps) + 2 + 1000 * POLL_S
-        assert abs(accounted - expected) <= slack, (accounted, expected, len(gaps))
+        assert abs(accounted - expected) <= slack, (sensor["name"], accounted, expected, len(gaps))
         assert starved[sensor["name"]]["overflows"] > 0
     # recovered within a second of the quota being lifted: nothing lost after that
     for name, counters in later["status"]["sensors"].items():

@@ -205,6 +205,7 @@ class SampleRing:
         self._held = 0
         self._next_seq = 0
         self._gaps: deque[Gap] = deque(maxlen=max_gaps)
+        self._provisional: Gap | None = None  # a loss whose end the next frames tell
         self._lock = threading.Lock()
 
     @property
@@ -237,14 +238,28 @@ class SampleRing:
             while self._held - blocks[0]._n >= self.capacity_samples:
                 self._held -= blocks.popleft()._n
 
-    def add_gap(self, gap: Gap) -> None:
+    def add_gap(self, gap: Gap | None, *, settles_pending: bool = False) -> None:
+        """Record ``gap``; with ``settles_pending`` it replaces the provisional gap, at once
+        (a reader sees one or the other, never both or neither)."""
         with self._lock:
-            self._gaps.append(gap)
+            if gap is not None:
+                self._gaps.append(gap)
+            if settles_pending:
+                self._provisional = None
+
+    def set_provisional_gap(self, gap: Gap | None) -> None:
+        """A loss still running, at its longest: listed by :meth:`gaps_between` until a gap
+        added with ``settles_pending`` replaces it."""
+        with self._lock:
+            self._provisional = gap
 
     def gaps_between(self, start_ns: int, end_ns: int) -> list[Gap]:
-        """Gaps overlapping ``[start_ns, end_ns)``."""
+        """Gaps overlapping ``[start_ns, end_ns)``, a provisional one included."""
         with self._lock:
-            return [g for g in self._gaps if g.end_ns > start_ns and g.start_ns < end_ns]
+            gaps = list(self._gaps)
+            if self._provisional is not None:
+                gaps.append(self._provisional)
+        return [g for g in gaps if g.end_ns > start_ns and g.start_ns < end_ns]
 
     def read(self, from_seq: int, start_ns: int | None = None,
              stop_before_ns: int | None = None) -> tuple[list[Block], int]:

@@ -34,6 +34,7 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 1.0  # a probe is one 1-byte read: cheap enough to try every second
 DRIVER_ERROR_LOG_S = 60.0  # the same driver failure is logged again at most this often
 POLL_MIN_S = 0.005
+PENDING_POLLS = 4  # a restarted FIFO with no frame after this many polls: the loss ends
 POLL_MAX_S = 0.1
 
 
@@ -58,15 +59,17 @@ class SensorCounters:
 
 
 @dataclass
-class PendingOverflow:
-    """An overflow whose loss has no end yet: the driver reset the FIFO somewhere inside
-    the read that found it, between ``earliest_ns`` (the read began) and ``latest_ns`` (it
+class PendingLoss:
+    """A loss whose end is not known yet: the FIFO restarted empty somewhere inside one
+    call (the driver's reset in the read that found an overflow; the chip's configuration
+    when it came back), between ``earliest_ns`` (the call began) and ``latest_ns`` (it
     returned). The thread may have been stopped anywhere in there (a CPU quota, SIGSTOP):
-    what the chip sampled after the reset waits in the FIFO for the next read, whose
-    first frame says when the loss ended."""
+    what the chip sampled after the restart waits in the FIFO for the next read, whose
+    frames say when the loss ended."""
 
     earliest_ns: int
     latest_ns: int
+    reason: str
 
 
 @dataclass
@@ -83,7 +86,7 @@ class SensorChannel:
     retry_at_ns: int = 0
     backoff_s: float = BACKOFF_MIN_S
     last_ts_ns: int | None = None  # accounted for up to here: last sample, or a gap's end
-    overflow: PendingOverflow | None = None  # an overflow whose gap's end is not known yet
+    pending: PendingLoss | None = None  # a loss whose gap's end is not known yet
     driver_error_logged: str = ""  # the driver failure last logged, and when (sampler clock)
     driver_error_logged_ns: int = 0
     driver_errors_unlogged: int = 0
@@ -176,22 +179,19 @@ class BusSampler:
             counters.fifo_peak_pct = min(100.0, fill_pct)
         if read.overflowed:
             s.counters.overflows += 1
-            if s.last_ts_ns is None:
-                s.last_ts_ns = now - int(s.period_ns)
-            # lost from the last instant accounted for until the reset, which is known
-            # only to lie inside this read (another overflow before the next frame: the
-            # loss runs on to its reset); no frame after the read began predates the reset
-            s.overflow = PendingOverflow(now, self.clock())
-            s.timebase.skip(0, until_ns=now)
-        elif s.overflow is not None and not (frames or lost) and \
-                now - s.overflow.latest_ns > 2 * s.period_ns:
-            self._end_overflow(s, s.overflow.latest_ns)  # reset, yet no frame came since
+            # lost from the last instant accounted for until the driver's reset, somewhere
+            # in this read (another overflow before the next frame: on to its reset)
+            self._restarted(s, now, self.clock(), "fifo_overflow")
+        elif s.pending is not None and not (frames or lost) and \
+                now - s.pending.latest_ns > max(2 * s.period_ns, PENDING_POLLS * s.poll_ns):
+            self._end_pending(s, s.pending.latest_ns)  # restarted, yet no frame since
         if frames or lost:
+            taken = frames + lost
             # frames the driver dropped (unpaired, invalid) took a slot in the chip's
             # timeline; assume the earliest
-            first, step = s.timebase.stamp(frames + lost, now + s.count_latch_ns)
-            if s.overflow is not None:  # the loss ended one period before this frame
-                self._end_overflow(s, first - round(s.period_ns))
+            first, step = s.timebase.stamp(taken, now + s.count_latch_ns)
+            if s.pending is not None:  # the loss ended just before the first of these
+                self._end_pending(s, first - step)
             if lost:
                 self._add_gap(s, Gap(first, first + (lost - 1) * step + 1, lost,
                                      "invalid_samples"))
@@ -201,42 +201,64 @@ class BusSampler:
                 counters.rate_hz = s.timebase.rate_hz
             s.last_ts_ns = first + (lost + frames - 1) * step
 
-    def _end_overflow(self, s: SensorChannel, end_ns: int) -> None:
-        """Count the pending overflow's loss, up to ``end_ns`` kept within the read that
-        reset the FIFO. The timebase was resynchronised at the overflow already."""
-        pending, s.overflow = s.overflow, None
+    def _restarted(self, s: SensorChannel, earliest_ns: int, latest_ns: int,
+                   reason: str) -> None:
+        """The FIFO restarted empty between ``earliest_ns`` and ``latest_ns``: what was
+        sampled since the last instant accounted for until then is lost; when exactly, the
+        next frames say (:class:`PendingLoss`). Frames after it are a new timeline."""
+        if s.last_ts_ns is None:
+            s.last_ts_ns = earliest_ns - int(s.period_ns)
+        if s.pending is not None:  # one gap, named for what began it
+            reason = s.pending.reason
+        s.pending = PendingLoss(earliest_ns, latest_ns, reason)
+        s.timebase.skip(0, until_ns=earliest_ns)
+        # a session that must close before the next frame comes takes the loss at its
+        # most (never fewer); the next frame replaces it with the loss as it was
+        since = s.last_ts_ns
+        lost = round((latest_ns - since) / s.period_ns)
+        s.ring.set_provisional_gap(
+            Gap(int(since + s.period_ns), latest_ns, lost, reason) if lost > 0 else None)
+
+    def _end_pending(self, s: SensorChannel, end_ns: int) -> None:
+        """Count the pending loss up to ``end_ns``, kept within the call that restarted
+        the FIFO. The timebase was resynchronised at the restart already."""
+        pending, s.pending = s.pending, None
         assert pending is not None and s.last_ts_ns is not None
         end_ns = min(max(end_ns, pending.earliest_ns), pending.latest_ns)
-        self._record_loss(s, s.last_ts_ns, end_ns, "fifo_overflow", resync=False)
+        self._record_loss(s, s.last_ts_ns, end_ns, pending.reason, pending=True)
 
     def _settle(self, s: SensorChannel) -> None:
-        """Before another loss is counted from the last instant accounted for: an overflow
+        """Before another loss is counted from the last instant accounted for: a loss
         still pending ends where it latest can (the FIFO is about to be lost anyway)."""
-        if s.overflow is not None:
-            self._end_overflow(s, s.overflow.latest_ns)
+        if s.pending is not None:
+            self._end_pending(s, s.pending.latest_ns)
 
     def _record_loss(self, s: SensorChannel, since_ns: int, now: int, reason: str,
-                     *, announce: bool = True, resync: bool = True) -> int:
+                     *, announce: bool = True, pending: bool = False) -> int:
         """Everything sampled after ``since_ns`` until ``now`` is lost: count it, mark a gap.
 
         ``since_ns`` is the last instant already accounted for (a sample or the end of the
         previous gap), so repeated losses while starved of CPU never count a stretch twice,
-        and nothing sampled after ``now`` is stamped inside the gap. Returns how many."""
+        and nothing sampled after ``now`` is stamped inside the gap. ``pending``: this is
+        a :class:`PendingLoss` ending (its gap replaces the ring's provisional one; the
+        frames after it are already numbered, so the timebase keeps its count). Returns
+        how many."""
         lost = round((now - since_ns) / s.period_ns)
-        if resync:
-            s.timebase.skip(lost, until_ns=now)
-        if lost > 0:
-            self._add_gap(s, Gap(int(since_ns + s.period_ns), now, lost, reason))
-            if announce:
-                log.warning("sensor %s: %d samples lost (%s)", s.name, lost, reason)
+        # no later frame is stamped before ``now``
+        s.timebase.skip(0 if pending else lost, resync=not pending, until_ns=now)
+        gap = Gap(int(since_ns + s.period_ns), now, lost, reason) if lost > 0 else None
+        self._add_gap(s, gap, settles_pending=pending)
+        if gap is not None and announce:
+            log.warning("sensor %s: %d samples lost (%s)", s.name, lost, reason)
         s.last_ts_ns = max(now, s.last_ts_ns or now)
         return max(lost, 0)
 
     @staticmethod
-    def _add_gap(s: SensorChannel, gap: Gap) -> None:
-        s.counters.dropped += gap.lost
-        s.counters.gaps += 1
-        s.ring.add_gap(gap)
+    def _add_gap(s: SensorChannel, gap: Gap | None, *, settles_pending: bool = False) -> None:
+        if gap is not None:
+            s.counters.dropped += gap.lost
+            s.counters.gaps += 1
+        s.ring.add_gap(gap, settles_pending=settles_pending)
 
     def _bus_error(self, s: SensorChannel, exc: OSError, now: int) -> None:
         s.counters.bus_errors += 1
@@ -304,7 +326,11 @@ class BusSampler:
             s.counters.state = "down"
             return
         if s.down_since_ns is not None:
-            self._record_loss(s, s.down_since_ns, self.clock(), "sensor_unreachable")
+            # lost until the chip's FIFO started, inside start(): the next frames say when
+            s.last_ts_ns = s.down_since_ns
+            self._restarted(s, now, self.clock(), "sensor_unreachable")
+            # it may be another chip now (swapped while down): its own period is learnt anew
+            s.timebase.forget_period()
             log.info("sensor %s is up (%s)", s.name, s.driver.variant)
         else:
             log.info("sensor %s: %s on bus %s at 0x%02x, %g Hz", s.name, s.driver.variant,

@@ -110,6 +110,11 @@ class FrameTimebase:
             self._reset_fit()
             self.period_ns = period
 
+    def forget_period(self) -> None:
+        """The next fit's period replaces the one learnt, however little it knows (the
+        chip may have been swapped while it did not answer)."""
+        self._period_sxx = 0.0
+
     def _observe(self, k: int, t_ns: int) -> None:
         """Add the observation "frame ``k`` was sampled uniformly within one period before
         ``t_ns``" to the fit, forgetting older ones, and update the period estimate.
