@@ -135,6 +135,27 @@ def test_a_stalled_reader_overflows_the_fifo_and_the_loss_is_counted(tmp_path, d
     assert all(b > a for a, b in zip(t, t[1:]))
 
 
+@pytest.mark.parametrize("back_after", [False, True])
+def test_a_session_that_ends_while_a_sensor_is_away_counts_the_outage(tmp_path, back_after):
+    # The outage's gap is known for sure only when the sensor answers again, maybe never;
+    # a session closing first must still say what it lost rather than end short silently
+    # (before: 2 s of samples, 0 dropped, no gap, for a 5 s session).
+    from tests.rig import T0
+
+    faults = Faults(absent=[(T0 + 2_000_000_000, T0 + (8 if back_after else 60) * 10**9)])
+    rig = Rig(tmp_path, faults=faults)
+    sid = start(rig)
+    rig.run(5.0)
+    assert rig.channel.counters.state == "down"
+    stop(rig)
+    rig.finish(4.0 if back_after else 1.5)
+    manifest, _ = stored(rig, sid)
+    sensor = manifest["sensors"][0]
+    assert [g["reason"] for g in sensor["gaps"]] == ["sensor_unreachable"]
+    assert sensor["dropped"] == sensor["gaps"][0]["lost"] > 500
+    assert abs(sensor["samples"] + sensor["dropped"] - 200 * manifest["duration_s"]) <= 3
+
+
 def test_a_device_that_disappears_is_picked_up_again_and_the_gap_recorded(tmp_path):
     from tests.rig import T0
 

@@ -160,6 +160,8 @@ class BusSampler:
     def _service(self, s: SensorChannel) -> None:
         now = self.clock()
         if s.counters.state != "up":
+            if s.down_since_ns is not None:
+                self._outage_so_far(s, now)
             if now >= s.retry_at_ns:
                 self._bring_up(s, now)
             return
@@ -218,6 +220,17 @@ class BusSampler:
         lost = round((latest_ns - since) / s.period_ns)
         s.ring.set_provisional_gap(
             Gap(int(since + s.period_ns), latest_ns, lost, reason) if lost > 0 else None)
+
+    @staticmethod
+    def _outage_so_far(s: SensorChannel, now: int) -> None:
+        """While a sensor does not answer, the ring lists its outage so far as a loss still
+        running: a session that closes meanwhile counts it (its gap ends at the session's
+        end), instead of ending short without a word. Its own gap replaces it when the
+        sensor is back."""
+        assert s.down_since_ns is not None
+        lost = round((now - s.down_since_ns) / s.period_ns)
+        s.ring.set_provisional_gap(Gap(int(s.down_since_ns + s.period_ns), now, lost,
+                                       "sensor_unreachable") if lost > 0 else None)
 
     def _end_pending(self, s: SensorChannel, end_ns: int) -> None:
         """Count the pending loss up to ``end_ns``, kept within the call that restarted
