@@ -329,12 +329,16 @@ class Recorder:
         write = s.stop_ns is not None or now - s.last_flush_ns >= self._write_interval_ns
         caught_up = True
         for src in self.sources:
+            if s.stop_ns is not None:
+                # looked at before reading: the sampler counts a loss before it appends the
+                # frames after it, so once a frame past the stop was there, the read below
+                # gets every frame and loss before the stop (after it, one may have slipped
+                # in between the read and the look)
+                newest = src.ring.newest_t_ns()
+                caught_up &= newest is not None and newest >= s.stop_ns
             if write:
                 self._pace()
                 self._write_new(s, src, encoded)
-            if s.stop_ns is not None:
-                newest = src.ring.newest_t_ns()
-                caught_up &= newest is not None and newest >= s.stop_ns
         if s.stop_ns is not None and (caught_up or now - s.stop_ns > STOP_GRACE_NS):
             self._finalise(s)
         else:

@@ -22,6 +22,9 @@ import math
 
 MIN_SPREAD_FRAMES = 50  # below this, the fit is phase-only with the last known period
 MAX_RATE_ERROR = 0.1  # an estimate outside ±10 % of nominal is rejected as nonsense
+# A fit's period is off by about 0.3 / √(Σw·x²) (x in frames; each read's phase is known to
+# a period): 1e7 frames² is ~100 ppm, e.g. 3 s of reads at 1 kHz, 8 s at 200 Hz.
+FORGOTTEN_MIN_SXX = 1e7
 BOUND_RELAX = 1e-6  # ns of slack per ns elapsed (1 µs a second) for the phase bounds
 
 
@@ -34,14 +37,25 @@ class FrameTimebase:
         self.window_ns = window_s * 1e9
         self.next_frame = 0  # index the next frame read will get
         self._last_ts: int | None = None
-        # how much the fit that gave ``period_ns`` knew (its centred Σw·x², decaying as
-        # the fit's own sums do) and when: a fit restarted after a loss replaces the
-        # period only once it knows more than that one still would
-        self._period_sxx = 0.0
-        self._period_ns_at = 0
+        self._last_obs_ns: int | None = None
+        # The period is pooled over the fits a loss cut apart, each weighted by what it
+        # knows (its centred Σw·x², decaying with the window as a fit's own sums do): a
+        # few reads after an overflow give a period up to 1 % off, and a gap is counted
+        # with it (1 % of a 5 s gap is 40 samples at 833 Hz).
+        self._pool_w = self._pool_wp = 0.0  # Σ known, Σ known × period of finished fits
+        self._pool_at = 0  # the instant the pool's weights refer to
+        self._fit_w = self._fit_p = 0.0  # the running fit's known and period (0: none yet)
+        self._min_w = 0.0  # after forget_period(): what must be known to replace the period
         self._reset_fit()
 
     def _reset_fit(self) -> None:
+        if self._fit_w and self._last_obs_ns is not None:  # into the pool
+            t = self._last_obs_ns
+            decay = math.exp((self._pool_at - t) / self.window_ns)
+            self._pool_w = self._pool_w * decay + self._fit_w
+            self._pool_wp = self._pool_wp * decay + self._fit_w * self._fit_p
+            self._pool_at = t
+        self._fit_w = self._fit_p = 0.0
         # Sums over (x, y) = (frame - k0, t - t0), weighted; the origin follows the data.
         self._k0 = 0
         self._t0 = 0
@@ -111,9 +125,11 @@ class FrameTimebase:
             self.period_ns = period
 
     def forget_period(self) -> None:
-        """The next fit's period replaces the one learnt, however little it knows (the
-        chip may have been swapped while it did not answer)."""
-        self._period_sxx = 0.0
+        """The chip may have been swapped (it did not answer for a while): what was
+        learnt is dropped, and the period is replaced once the new fits know
+        :data:`FORGOTTEN_MIN_SXX`. Until then the old one counts."""
+        self._pool_w = self._pool_wp = self._fit_w = self._fit_p = 0.0
+        self._min_w = FORGOTTEN_MIN_SXX
 
     def _observe(self, k: int, t_ns: int) -> None:
         """Add the observation "frame ``k`` was sampled uniformly within one period before
@@ -143,18 +159,21 @@ class FrameTimebase:
         mean_x = sx / s0
         var_x = sxx / s0 - mean_x * mean_x
         if var_x > MIN_SPREAD_FRAMES**2:
-            # The slope's error is the reads' phase noise (up to a period each) over √(s0·var_x):
-            # a few reads after an overflow can be 1 % off, and a gap is counted with this
-            # period (a 1 % error over a 5 s gap is 40 samples at 833 Hz). A continuing
-            # fit always knows at least what it knew (its sums decay alike, a read only
-            # adds): only a restarted one has to catch up.
-            known = s0 * var_x
-            if known >= self._period_sxx * (1 - 1e-9) * math.exp(  # (1 − 1e-9): rounding
-                    (self._period_ns_at - t_ns) / self.window_ns):
-                slope = (sxy / s0 - mean_x * sy / s0) / var_x
-                if abs(slope / self.nominal_period_ns - 1) <= MAX_RATE_ERROR:
+            slope = (sxy / s0 - mean_x * sy / s0) / var_x
+            if abs(slope / self.nominal_period_ns - 1) <= MAX_RATE_ERROR:
+                # the slope's error is the reads' phase noise over √(s0·var_x)
+                known = s0 * var_x
+                self._fit_w, self._fit_p = known, slope
+                pool_w = self._pool_w
+                if pool_w:
+                    decay = math.exp((self._pool_at - t_ns) / self.window_ns)
+                    total = pool_w * decay + known
+                    if total >= self._min_w:
+                        self.period_ns = (self._pool_wp * decay + known * slope) / total
+                        self._min_w = 0.0
+                elif known >= self._min_w:
                     self.period_ns = slope
-                    self._period_sxx, self._period_ns_at = known, t_ns
+                    self._min_w = 0.0
 
     @property
     def rate_hz(self) -> float:
