@@ -43,24 +43,44 @@ def check_session(manifest: dict, t: list[int], az: list[float], rate_hz: float)
         assert not [x for x in t if g["start_ns"] < x < g["end_ns"] - 1]
 
 
-@pytest.mark.parametrize("driver_name, chip_cls, rate_hz", CHIPS,
-                         ids=[c[1].__name__ for c in CHIPS])
-def test_starved_sampler_counts_every_lost_sample_once_and_recovers(
-        tmp_path, driver_name, chip_cls, rate_hz):
-    rig = Rig(tmp_path, rate_hz=rate_hz, driver_name=driver_name, chip_cls=chip_cls,
-              poll_s=None)
-    rng = random.Random(3)
-    replies: list[dict] = []
+def chip_rig(tmp_path, driver_name: str, chip_cls: type, rate_hz: float, **kw) -> Rig:
+    """A rig on one of :data:`CHIPS`, polled at the product's own interval."""
+    return Rig(tmp_path, rate_hz=rate_hz, driver_name=driver_name, chip_cls=chip_cls,
+               poll_s=None, **kw)
+
+
+def fifo_fill_s(rig: Rig) -> float:
+    """How long the rig's chip takes to fill its FIFO."""
+    return rig.chip.fifo_capacity_bytes / rig.chip.frame_size() / rig.rate_hz
+
+
+def start_session(rig: Rig) -> tuple[str, list]:
+    """A session with no deadline; its id, and the list its replies land in."""
+    replies: list = []
     rig.recorder.handle(StartRequested(Trigger("mqtt"), duration_s=None, reply=replies.append))
-    session_id = replies[0].session_id
-    rig.run(0.5)
-    fill_s = rig.chip.fifo_capacity_bytes / rig.chip.frame_size() / rate_hz
-    for _ in range(25):  # a few polls, then a stall longer than the FIFO lasts, again
+    return replies[0].session_id, replies
+
+
+def starve(rig: Rig, rng: random.Random, fill_s: float, rounds: int = 25) -> None:
+    """A few polls, then a stall longer than the FIFO lasts, ``rounds`` times."""
+    for _ in range(rounds):
         rig.clock.advance(rng.uniform(1.2, 3.0) * fill_s)
         for _ in range(rng.randint(1, 3)):
             rig.clock.advance(rig.sampler.interval_s)
             rig.sampler.poll_once()
         rig.recorder.pump()
+
+
+@pytest.mark.parametrize("driver_name, chip_cls, rate_hz", CHIPS,
+                         ids=[c[1].__name__ for c in CHIPS])
+def test_starved_sampler_counts_every_lost_sample_once_and_recovers(
+        tmp_path, driver_name, chip_cls, rate_hz):
+    rig = chip_rig(tmp_path, driver_name, chip_cls, rate_hz)
+    rng = random.Random(3)
+    session_id, replies = start_session(rig)
+    rig.run(0.5)
+    fill_s = fifo_fill_s(rig)
+    starve(rig, rng, fill_s)
     overflows = rig.channel.counters.overflows
     assert overflows >= 20
     before = rig.channel.counters.samples
@@ -107,24 +127,16 @@ def test_a_thread_frozen_between_the_fifo_reset_and_the_return_counts_nothing_tw
     # INV_MPU6050_BIT_FIFO_OVERFLOW_INT; inv_icm42600 flushes on FIFO_FULL). Whatever the
     # chip samples after that reset is in the FIFO for the next read, however long the
     # read takes to return: it belongs there, and not in the overflow's gap as well.
-    rig = Rig(tmp_path, rate_hz=rate_hz, driver_name=driver_name, chip_cls=chip_cls,
-              poll_s=None)
+    rig = chip_rig(tmp_path, driver_name, chip_cls, rate_hz)
     rng = random.Random(5)
-    replies: list[dict] = []
-    rig.recorder.handle(StartRequested(Trigger("mqtt"), duration_s=None, reply=replies.append))
-    session_id = replies[0].session_id
+    session_id, replies = start_session(rig)
     # sampled whole for a while first, as a daemon samples from boot: the chip's period is
     # known to a few ppm, and the short stretches between overflows must not unlearn it (a
     # period 0.1 % off counts a 5 s gap 4 samples wrong at 833 Hz)
     rig.run(5.0)
-    fill_s = rig.chip.fifo_capacity_bytes / rig.chip.frame_size() / rate_hz
+    fill_s = fifo_fill_s(rig)
     frozen = _freeze_after_each_reset(rig, rng, 0.6 * fill_s)  # never long enough to overflow
-    for _ in range(25):
-        rig.clock.advance(rng.uniform(1.2, 3.0) * fill_s)
-        for _ in range(rng.randint(1, 3)):
-            rig.clock.advance(rig.sampler.interval_s)
-            rig.sampler.poll_once()
-        rig.recorder.pump()
+    starve(rig, rng, fill_s)
     rig.driver.reset_fifo = type(rig.driver).reset_fifo.__get__(rig.driver)
     overflows = rig.channel.counters.overflows
     assert overflows >= 20 and len(frozen) >= overflows
@@ -153,13 +165,9 @@ def test_frames_sampled_while_the_read_that_reset_the_fifo_was_frozen_keep_their
     rig = Rig(tmp_path, rate_hz=1000, driver_name="icm42688", poll_s=None)
     rng = random.Random(11)
     rig.run(0.5)
-    fill_s = rig.chip.fifo_capacity_bytes / rig.chip.frame_size() / 1000
+    fill_s = fifo_fill_s(rig)
     _freeze_after_each_reset(rig, rng, 0.6 * fill_s)
-    for _ in range(10):
-        rig.clock.advance(rng.uniform(1.2, 3.0) * fill_s)
-        for _ in range(2):
-            rig.clock.advance(rig.sampler.interval_s)
-            rig.sampler.poll_once()
+    starve(rig, rng, fill_s, rounds=10)
     assert rig.channel.counters.overflows >= 10
     blocks, _ = rig.ring.read(0)
     stamps = [t for b in blocks for t in b.t_ns]
@@ -184,8 +192,7 @@ def test_a_stop_before_the_reset_loses_nothing_uncounted(tmp_path, driver_name, 
     # (Not covered: a second stop in the next read, between the sampler's clock reading
     # and the count. That read's frames are stamped early by the stop, a limit of stamping
     # from the clock read before the transfer, and the gap ends early with them.)
-    rig = Rig(tmp_path, rate_hz=rate_hz, driver_name=driver_name, chip_cls=chip_cls,
-              poll_s=None, buffer_s=100)
+    rig = chip_rig(tmp_path, driver_name, chip_cls, rate_hz, buffer_s=100)
     rig.run(3.0)
 
     def accounted() -> int:
@@ -247,13 +254,10 @@ def test_a_session_closed_before_an_overflows_end_is_known_counts_it_at_its_most
     # The overflow's gap ends at the next read's first frame; when the sampler gets no CPU
     # before the recorder's grace runs out, the session closes with the loss as long as it
     # can have been (up to the return of the read that reset the FIFO), never without it.
-    rig = Rig(tmp_path, rate_hz=rate_hz, driver_name=driver_name, chip_cls=chip_cls,
-              poll_s=None)
-    replies: list[dict] = []
-    rig.recorder.handle(StartRequested(Trigger("mqtt"), duration_s=None, reply=replies.append))
-    session_id = replies[0].session_id
+    rig = chip_rig(tmp_path, driver_name, chip_cls, rate_hz)
+    session_id, replies = start_session(rig)
     rig.run(2.0)
-    fill_s = rig.chip.fifo_capacity_bytes / rig.chip.frame_size() / rate_hz
+    fill_s = fifo_fill_s(rig)
     rig.clock.advance(1.5 * fill_s)
     rig.sampler.poll_once()
     assert rig.channel.counters.overflows == 1
