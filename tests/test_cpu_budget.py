@@ -129,13 +129,19 @@ def test_a_starved_daemon_degrades_honestly_and_recovers_within_a_second(
         # cut on timestamps, and a read delayed after its clock reading (the quota, the
         # shared CPU) stamps its frames early by up to the delay: allow one poll's worth.
         # Nothing twice either: when the quota stops the thread between the driver's FIFO
-        # reset and the read's return (up to 99 ms here), what the chip sampled meanwhile
+        # reset and the read's return (up to 98 ms here), what the chip sampled meanwhile
         # is in the next read, and the overflow's gap ends before it
-        # (tests/test_starvation.py plays that on the fake clock).
+        # (tests/test_starvation.py plays that on the fake clock). Above the count, one
+        # off-CPU stretch is allowed at the session's end: a session that closes before
+        # that next read counts the loss at its longest, to the return (never fewer), and
+        # a read stopped between its clock reading and its count stamps its frames early
+        # by the stop, so frames sampled just after the stop can fall inside the window
+        # (CI, 2026-11-27 18:06 UTC: the ICM-42688 counted 4057 of 4000).
         accounted = sensor["samples"] + sensor["dropped"]
         expected = 1000 * manifest["duration_s"]
         slack = len(gaps) + 2 + 1000 * POLL_S
-        assert abs(accounted - expected) <= slack, (sensor["name"], accounted, expected, len(gaps))
+        assert expected - slack <= accounted <= expected + slack + 98, (
+            sensor["name"], accounted, expected, len(gaps))
         assert starved[sensor["name"]]["overflows"] > 0
     # recovered within a second of the quota being lifted: nothing lost after that
     for name, counters in later["status"]["sensors"].items():
