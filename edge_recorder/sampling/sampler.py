@@ -34,8 +34,8 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 1.0  # a probe is one 1-byte read: cheap enough to try every second
 DRIVER_ERROR_LOG_S = 60.0  # the same driver failure is logged again at most this often
 POLL_MIN_S = 0.005
-PENDING_POLLS = 4  # a restarted FIFO with no frame after this many polls: the loss ends
 POLL_MAX_S = 0.1
+PENDING_POLLS = 4  # a restarted FIFO with no frame after this many polls: the loss ends
 
 
 @dataclass

@@ -37,7 +37,7 @@ class FrameTimebase:
         self.window_ns = window_s * 1e9
         self.next_frame = 0  # index the next frame read will get
         self._last_ts: int | None = None
-        self._last_obs_ns: int | None = None
+        self._last_obs_ns: int | None = None  # the running fit's last observation
         # The period is pooled over the fits a loss cut apart, each weighted by what it
         # knows (its centred Σw·x², decaying with the window as a fit's own sums do): a
         # few reads after an overflow give a period up to 1 % off, and a gap is counted
@@ -60,7 +60,7 @@ class FrameTimebase:
         self._k0 = 0
         self._t0 = 0
         self._s0 = self._sx = self._sxx = self._sy = self._sxy = 0.0
-        self._last_obs_ns: int | None = None
+        self._last_obs_ns = None
         self._bound_k: int | None = None  # the frame the phase bounds below refer to
         self._upper = self._lower = 0.0  # t(_bound_k) ≤ _upper and > _lower
         self._bound_read_ns = 0
