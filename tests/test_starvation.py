@@ -71,37 +71,6 @@ def starve(rig: Rig, rng: random.Random, fill_s: float, rounds: int = 25) -> Non
         rig.recorder.pump()
 
 
-@pytest.mark.parametrize("driver_name, chip_cls, rate_hz", CHIPS,
-                         ids=[c[1].__name__ for c in CHIPS])
-def test_starved_sampler_counts_every_lost_sample_once_and_recovers(
-        tmp_path, driver_name, chip_cls, rate_hz):
-    rig = chip_rig(tmp_path, driver_name, chip_cls, rate_hz)
-    rng = random.Random(3)
-    session_id, replies = start_session(rig)
-    rig.run(0.5)
-    fill_s = fifo_fill_s(rig)
-    starve(rig, rng, fill_s)
-    overflows = rig.channel.counters.overflows
-    assert overflows >= 20
-    before = rig.channel.counters.samples
-    rig.run(2.0)  # the CPU is back
-    assert rig.channel.counters.overflows == overflows
-    assert rig.channel.counters.samples - before == pytest.approx(2.0 * rate_hz, rel=0.03)
-    rig.recorder.handle(StopRequested(Trigger("mqtt"), reply=replies.append))
-    rig.finish()
-    manifest, path = stored(rig, session_id)
-    t, az = samples_of(path)
-    check_session(manifest, t, az, rate_hz)
-    counters = rig.channel.counters
-    ring_gaps = rig.ring.gaps_between(0, 2**62)
-    assert sum(g.lost for g in ring_gaps) == counters.dropped
-    assert manifest["sensors"][0]["dropped"] > 25 * 0.2 * fill_s * rate_hz
-    blocks, _ = rig.ring.read(0)
-    for b in blocks:
-        for x, y, z in zip(*b.columns[:3], strict=True):
-            assert 0.7 < math.sqrt(x * x + y * y + z * z) / STANDARD_GRAVITY_MPS2 < 1.3
-
-
 def _freeze_after_each_reset(rig: Rig, rng: random.Random, max_s: float) -> list[float]:
     """From now on the sampler's thread is stopped right after the driver resets the FIFO
     (the quota runs out inside the read that found the overflow): the chip samples on
@@ -118,35 +87,45 @@ def _freeze_after_each_reset(rig: Rig, rng: random.Random, max_s: float) -> list
     return frozen
 
 
+@pytest.mark.parametrize("frozen_after_reset", [False, True], ids=["", "frozen-after-reset"])
 @pytest.mark.parametrize("driver_name, chip_cls, rate_hz", CHIPS,
                          ids=[c[1].__name__ for c in CHIPS])
-def test_a_thread_frozen_between_the_fifo_reset_and_the_return_counts_nothing_twice(
-        tmp_path, driver_name, chip_cls, rate_hz):
-    # Every driver resets its FIFO inside the read that found it overflowed (Linux does
-    # the same: inv_mpu6050 inv_reset_fifo() from inv_mpu6050_read_fifo() on
+def test_starved_sampler_counts_every_lost_sample_once_and_recovers(
+        tmp_path, driver_name, chip_cls, rate_hz, frozen_after_reset):
+    # frozen_after_reset: the thread is also stopped right after each of the driver's FIFO
+    # resets. Every driver resets its FIFO inside the read that found it overflowed (Linux
+    # does the same: inv_mpu6050 inv_reset_fifo() from inv_mpu6050_read_fifo() on
     # INV_MPU6050_BIT_FIFO_OVERFLOW_INT; inv_icm42600 flushes on FIFO_FULL). Whatever the
     # chip samples after that reset is in the FIFO for the next read, however long the
     # read takes to return: it belongs there, and not in the overflow's gap as well.
     rig = chip_rig(tmp_path, driver_name, chip_cls, rate_hz)
-    rng = random.Random(5)
+    rng = random.Random(5 if frozen_after_reset else 3)
     session_id, replies = start_session(rig)
     # sampled whole for a while first, as a daemon samples from boot: the chip's period is
     # known to a few ppm, and the short stretches between overflows must not unlearn it (a
     # period 0.1 % off counts a 5 s gap 4 samples wrong at 833 Hz)
     rig.run(5.0)
     fill_s = fifo_fill_s(rig)
-    frozen = _freeze_after_each_reset(rig, rng, 0.6 * fill_s)  # never long enough to overflow
-    starve(rig, rng, fill_s)
+    frozen = _freeze_after_each_reset(rig, rng, 0.6 * fill_s) if frozen_after_reset else []
+    starve(rig, rng, fill_s)  # each freeze is too short to overflow again
     rig.driver.reset_fifo = type(rig.driver).reset_fifo.__get__(rig.driver)
     overflows = rig.channel.counters.overflows
-    assert overflows >= 20 and len(frozen) >= overflows
-    rig.run(2.0)
+    assert overflows >= 20
+    assert len(frozen) >= overflows if frozen_after_reset else not frozen
+    before = rig.channel.counters.samples
+    rig.run(2.0)  # the CPU is back
+    assert rig.channel.counters.overflows == overflows
+    assert rig.channel.counters.samples - before == pytest.approx(2.0 * rate_hz, rel=0.03)
     rig.recorder.handle(StopRequested(Trigger("mqtt"), reply=replies.append))
     rig.finish()
     manifest, path = stored(rig, session_id)
     t, az = samples_of(path)
     check_session(manifest, t, az, rate_hz)
+    counters = rig.channel.counters
+    ring_gaps = rig.ring.gaps_between(0, 2**62)
+    assert sum(g.lost for g in ring_gaps) == counters.dropped
     sensor = manifest["sensors"][0]
+    assert sensor["dropped"] > 25 * 0.2 * fill_s * rate_hz
     # Exact: every instant of the session is a sample or lost, once. A gap's `lost` rounds
     # to the nearest frame, and the window's two edges cut the grid: one frame each.
     # (Before: each freeze after a reset was counted in the gap and again in the next read,
@@ -155,6 +134,10 @@ def test_a_thread_frozen_between_the_fifo_reset_and_the_return_counts_nothing_tw
     expected = rate_hz * manifest["duration_s"]
     assert abs(sensor["samples"] + sensor["dropped"] - expected) <= slack, (
         sensor["samples"] + sensor["dropped"], expected, len(sensor["gaps"]))
+    blocks, _ = rig.ring.read(0)
+    for b in blocks:
+        for x, y, z in zip(*b.columns[:3], strict=True):
+            assert 0.7 < math.sqrt(x * x + y * y + z * z) / STANDARD_GRAVITY_MPS2 < 1.3
 
 
 def test_frames_sampled_while_the_read_that_reset_the_fifo_was_frozen_keep_their_instants(

@@ -216,21 +216,16 @@ class BusSampler:
         s.timebase.skip(0, until_ns=earliest_ns)
         # a session that must close before the next frame comes takes the loss at its
         # most (never fewer); the next frame replaces it with the loss as it was
-        since = s.last_ts_ns
-        lost = round((latest_ns - since) / s.period_ns)
-        s.ring.set_provisional_gap(
-            Gap(int(since + s.period_ns), latest_ns, lost, reason) if lost > 0 else None)
+        s.ring.set_provisional_gap(self._loss_gap(s, s.last_ts_ns, latest_ns, reason))
 
-    @staticmethod
-    def _outage_so_far(s: SensorChannel, now: int) -> None:
+    def _outage_so_far(self, s: SensorChannel, now: int) -> None:
         """While a sensor does not answer, the ring lists its outage so far as a loss still
         running: a session that closes meanwhile counts it (its gap ends at the session's
         end), instead of ending short without a word. Its own gap replaces it when the
         sensor is back."""
         assert s.down_since_ns is not None
-        lost = round((now - s.down_since_ns) / s.period_ns)
-        s.ring.set_provisional_gap(Gap(int(s.down_since_ns + s.period_ns), now, lost,
-                                       "sensor_unreachable") if lost > 0 else None)
+        s.ring.set_provisional_gap(self._loss_gap(s, s.down_since_ns, now,
+                                                  "sensor_unreachable"))
 
     def _end_pending(self, s: SensorChannel, end_ns: int) -> None:
         """Count the pending loss up to ``end_ns``, kept within the call that restarted
@@ -256,15 +251,22 @@ class BusSampler:
         a :class:`PendingLoss` ending (its gap replaces the ring's provisional one; the
         frames after it are already numbered, so the timebase keeps its count). Returns
         how many."""
-        lost = round((now - since_ns) / s.period_ns)
+        gap = self._loss_gap(s, since_ns, now, reason)
+        lost = gap.lost if gap is not None else 0
         # no later frame is stamped before ``now``
         s.timebase.skip(0 if pending else lost, resync=not pending, until_ns=now)
-        gap = Gap(int(since_ns + s.period_ns), now, lost, reason) if lost > 0 else None
         self._add_gap(s, gap, settles_pending=pending)
         if gap is not None and announce:
             log.warning("sensor %s: %d samples lost (%s)", s.name, lost, reason)
         s.last_ts_ns = max(now, s.last_ts_ns or now)
-        return max(lost, 0)
+        return lost
+
+    @staticmethod
+    def _loss_gap(s: SensorChannel, since_ns: int, until_ns: int, reason: str) -> Gap | None:
+        """What was sampled after ``since_ns`` until ``until_ns``, at the chip's period, as
+        a gap (None: not one sample)."""
+        lost = round((until_ns - since_ns) / s.period_ns)
+        return Gap(int(since_ns + s.period_ns), until_ns, lost, reason) if lost > 0 else None
 
     @staticmethod
     def _add_gap(s: SensorChannel, gap: Gap | None, *, settles_pending: bool = False) -> None:
