@@ -93,11 +93,12 @@ def _freeze_after_each_reset(rig: Rig, rng: random.Random, max_s: float) -> list
 def test_starved_sampler_counts_every_lost_sample_once_and_recovers(
         tmp_path, driver_name, chip_cls, rate_hz, frozen_after_reset):
     # frozen_after_reset: the thread is also stopped right after each of the driver's FIFO
-    # resets. Every driver resets its FIFO inside the read that found it overflowed (Linux
-    # does the same: inv_mpu6050 inv_reset_fifo() from inv_mpu6050_read_fifo() on
-    # INV_MPU6050_BIT_FIFO_OVERFLOW_INT; inv_icm42600 flushes on FIFO_FULL). Whatever the
-    # chip samples after that reset is in the FIFO for the next read, however long the
-    # read takes to return: it belongs there, and not in the overflow's gap as well.
+    # resets. Every driver resets its FIFO inside the read that found it overflowed, as
+    # Linux's does (drivers/iio/imu/inv_mpu6050/inv_mpu_ring.c, inv_mpu6050_read_fifo():
+    # "Handle fifo overflow by resetting fifo", goto flush_fifo -> inv_reset_fifo(); older
+    # kernels on INV_MPU6050_BIT_FIFO_OVERFLOW_INT). Whatever the chip samples after that
+    # reset is in the FIFO for the next read, however long the read takes to return: it
+    # belongs there, and not in the overflow's gap as well.
     rig = chip_rig(tmp_path, driver_name, chip_cls, rate_hz)
     rng = random.Random(5 if frozen_after_reset else 3)
     session_id, replies = start_session(rig)
@@ -142,9 +143,11 @@ def test_starved_sampler_counts_every_lost_sample_once_and_recovers(
 
 def test_frames_sampled_while_the_read_that_reset_the_fifo_was_frozen_keep_their_instants(
         tmp_path):
-    # The ICM-42688 reports FIFO_FULL in INT_STATUS before its data is read (DS-000347
-    # §14.1; Linux inv_icm42600_buffer.c flushes the FIFO on it), so every frame the chip
-    # delivers reaches the ring and can be lined up with the instant it was really sampled.
+    # The ICM-42688 flags a full FIFO in INT_STATUS bit 1 (Linux inv_icm42600.h,
+    # INV_ICM42600_INT_STATUS_FIFO_FULL; its interrupt handler warns "FIFO full data
+    # lost!"), which our driver reads before the FIFO's data: no burst is read and then
+    # thrown away, so every frame the chip delivers reaches the ring and can be lined up
+    # with the instant it was really sampled.
     rig = Rig(tmp_path, rate_hz=1000, driver_name="icm42688", poll_s=None)
     rng = random.Random(11)
     rig.run(0.5)
