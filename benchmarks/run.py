@@ -295,10 +295,10 @@ def bench_timestamps(tmp: Path, seconds: float) -> None:
         tb = rig.channel.timebase
         original = tb.stamp
 
-        def stamp(frames: int, read_ns: int, _orig: Any = original,
+        def stamp(frames: int, read_ns: int, latest_ns: int | None = None, _orig: Any = original,
                   _nominal: float = tb.nominal_period_ns, naive: list[int] = naive) -> list[int]:
             naive.extend(int(read_ns - (frames - 1 - i) * _nominal) for i in range(frames))
-            return _orig(frames, read_ns)
+            return _orig(frames, read_ns, latest_ns)
 
         tb.stamp = stamp  # type: ignore[method-assign]
         rig.run(seconds)

@@ -174,10 +174,8 @@ def test_a_stop_before_the_reset_loses_nothing_uncounted(tmp_path, driver_name, 
     # The thread stopped inside the read that finds the overflow, before the driver's
     # reset: what the chip sampled until the reset is lost (in the gap), what it sampled
     # after is read next (not in the gap). Compared with the chip's own count of what it
-    # sampled: every sample is read, lost, or still in its FIFO.
-    # (Not covered: a second stop in the next read, between the sampler's clock reading
-    # and the count. That read's frames are stamped early by the stop, a limit of stamping
-    # from the clock read before the transfer, and the gap ends early with them.)
+    # sampled: every sample is read, lost, or still in its FIFO. (A second stop, before the
+    # next read's count: the test after next.)
     rig = chip_rig(tmp_path, driver_name, chip_cls, rate_hz, buffer_s=100)
     rig.run(3.0)
 
@@ -256,3 +254,93 @@ def test_a_session_closed_before_an_overflows_end_is_known_counts_it_at_its_most
     assert [g["reason"] for g in sensor["gaps"]][-1:] == ["fifo_overflow"]
     expected = rate_hz * manifest["duration_s"]  # the window's edges cut the grid: ±1 each
     assert -2 <= sensor["samples"] + sensor["dropped"] - expected <= len(sensor["gaps"]) + 2
+
+
+def _stop_before_the_count(rig: Rig, rng: random.Random, max_s: float,
+                           after_reset_only: bool) -> list[float]:
+    """The sampler's thread is stopped between its clock reading and the transfer that
+    reads the FIFO count (the first transfer of a poll): after every FIFO reset, or on a
+    third of all polls. The chip samples on meanwhile, so the count it gives includes
+    frames taken after the sampler read its clock. Returns the stops, as they happen."""
+    real_read, real_reset, real_poll = rig.bus.read, rig.driver.reset_fifo, rig.sampler.poll_once
+    stops: list[float] = []
+    state = {"armed": False, "first": False}
+
+    def reset() -> None:
+        real_reset()
+        state["armed"] = True
+
+    def poll_once() -> None:
+        state["first"] = True
+        real_poll()
+
+    def read(address: int, register: int, length: int) -> bytes:
+        due = state["armed"] if after_reset_only else rng.random() < 1 / 3
+        if state["first"] and due:
+            stops.append(rng.uniform(0.3, 1.0) * max_s)
+            rig.clock.advance(stops[-1])
+            state["armed"] = False
+        state["first"] = False
+        return real_read(address, register, length)
+
+    rig.bus.read, rig.driver.reset_fifo, rig.sampler.poll_once = read, reset, poll_once
+    return stops
+
+
+@pytest.mark.parametrize("driver_name, chip_cls, rate_hz", CHIPS,
+                         ids=[c[1].__name__ for c in CHIPS])
+def test_a_stop_before_the_count_is_read_does_not_stamp_frames_early(
+        tmp_path, driver_name, chip_cls, rate_hz):
+    # The count a read returns is the chip's when that transfer ran, not when the sampler
+    # last read its clock: Linux stamps a FIFO's frames from the interrupt's time and the
+    # count read in its handler (drivers/iio/imu/inv_mpu6050/inv_mpu_ring.c,
+    # inv_mpu6050_read_fifo(): fifo_count from INV_MPU6050_REG_FIFO_COUNT_H, then
+    # inv_sensors_timestamp_interrupt(ts, fifo_count / bytes_per_datum, pf->timestamp)).
+    # A thread stopped in between (a CPU quota, a preempting task) must not make the frames
+    # sampled during the stop look as if they were in the FIFO before it.
+    # (Before: such frames were stamped up to the stop too early.)
+    rig = chip_rig(tmp_path, driver_name, chip_cls, rate_hz)
+    rig.run(3.0)
+    rng = random.Random(17)
+    poll_s = rig.channel.poll_ns / 1e9
+    stops = _stop_before_the_count(rig, rng, poll_s, after_reset_only=False)
+    rig.run(10.0)
+    assert len(stops) > 20 and rig.channel.counters.overflows == 0
+    blocks, _ = rig.ring.read(0)
+    stamps = [t for b in blocks for t in b.t_ns]
+    truth = rig.chip.delivered_true_ns[-len(stamps):]  # the ring holds the last 10 s
+    period_ns = 1e9 / rate_hz
+    worst = max(abs(a - b) for a, b in zip(stamps, truth, strict=True))
+    assert worst < period_ns, (worst, max(stops))
+
+
+@pytest.mark.parametrize("driver_name, chip_cls, rate_hz", CHIPS,
+                         ids=[c[1].__name__ for c in CHIPS])
+def test_a_stop_before_the_count_after_an_overflow_loses_nothing_uncounted(
+        tmp_path, driver_name, chip_cls, rate_hz):
+    # The read after an overflow ends its gap at its first frame (see above); a stop before
+    # its count must not move that end, nor the frames, earlier than they were sampled.
+    # (Before: the gap ended early by the stop, and that many samples went uncounted.)
+    rig = chip_rig(tmp_path, driver_name, chip_cls, rate_hz, buffer_s=100)
+    rig.run(3.0)
+    rng = random.Random(23)
+    fill_s = fifo_fill_s(rig)
+
+    def accounted() -> int:
+        c = rig.channel.counters
+        return c.samples + c.dropped + len(rig.chip.fifo) // rig.chip.frame_size()
+
+    before = (rig.chip.samples_generated, accounted())
+    stops = _stop_before_the_count(rig, rng, 0.5 * fill_s, after_reset_only=True)
+    starve(rig, rng, fill_s, rounds=10)
+    rig.run(2.0)
+    assert rig.channel.counters.overflows >= 10 and len(stops) >= 10
+    generated = rig.chip.samples_generated - before[0]
+    # a gap's `lost` rounds to the nearest frame: one each at most
+    assert abs(accounted() - before[1] - generated) <= len(rig.ring.gaps_between(0, 2**62))
+    blocks, _ = rig.ring.read(0)
+    stamps = [t for b in blocks for t in b.t_ns]
+    # the LSM6DSOX's first (bootstrap) samples were delivered, and dropped by the driver
+    truth = rig.chip.delivered_true_ns[-len(stamps):]
+    worst = max(abs(a - b) for a, b in zip(stamps, truth, strict=True))
+    assert worst < 1e9 / rate_hz, (worst, max(stops))

@@ -25,11 +25,6 @@ from edge_recorder.sensors.base import ImuDriver
 log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 3
-ASSUMED_BUS_HZ = 400_000  # where the bus does not say (config.ASSUMED_BUS_HZ)
-# The FIFO count a read returns is the chip's count when its first byte is clocked out:
-# after the start, address+W, register, repeated start and address+R (9 bit-times a byte),
-# ~70 µs after the read began at 400 kHz, ~280 µs at 100 kHz. Frames are stamped from then.
-COUNT_LATCH_BITS = 2 + 9 * 3
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 1.0  # a probe is one 1-byte read: cheap enough to try every second
 DRIVER_ERROR_LOG_S = 60.0  # the same driver failure is logged again at most this often
@@ -96,8 +91,6 @@ class SensorChannel:
     def __post_init__(self) -> None:
         self.timebase = FrameTimebase(1e9 / self.driver.rate_hz)
         self.counters.rate_hz = self.driver.rate_hz
-        clock_hz = getattr(self.driver.bus, "clock_hz", None) or ASSUMED_BUS_HZ
-        self.count_latch_ns = round(COUNT_LATCH_BITS * 1e9 / clock_hz)
         self.fifo_frames = self.driver.fifo_frames  # set again when the chip is identified
         self.poll_ns = int(poll_interval_s([self.driver]) * 1e9)
 
@@ -133,6 +126,8 @@ class BusSampler:
         self.bus_name = bus_name
         self.sensors = sensors
         self.clock = clock
+        for s in sensors:  # the drivers time their count reads on it; frames are stamped on it
+            s.driver.clock = clock
         self._auto_interval = not interval_s
         self.interval_s = interval_s or poll_interval_s([s.driver for s in sensors])
         self.last_loop_s = time.monotonic()  # heartbeat for the watchdog
@@ -183,7 +178,10 @@ class BusSampler:
             s.counters.overflows += 1
             # lost from the last instant accounted for until the driver's reset, somewhere
             # in this read (another overflow before the next frame: on to its reset)
-            self._restarted(s, now, self.clock(), "fifo_overflow")
+            # the driver reset the FIFO after reading the count that showed the overflow
+            counted = read.count_window_ns
+            self._restarted(s, now if counted is None else max(now, counted[1]), self.clock(),
+                            "fifo_overflow", sampling_on=True)
         elif s.pending is not None and not (frames or lost) and \
                 now - s.pending.latest_ns > max(2 * s.period_ns, PENDING_POLLS * s.poll_ns):
             self._end_pending(s, s.pending.latest_ns)  # restarted, yet no frame since
@@ -191,7 +189,9 @@ class BusSampler:
             taken = frames + lost
             # frames the driver dropped (unpaired, invalid) took a slot in the chip's
             # timeline; assume the earliest
-            first, step = s.timebase.stamp(taken, now + s.count_latch_ns)
+            # stamped from when the count was latched (as the driver timed it), not from
+            # ``now``: the thread may have been stopped in between
+            first, step = s.timebase.stamp(taken, *(read.count_window_ns or (now, now)))
             if s.pending is not None:  # the loss ended just before the first of these
                 self._end_pending(s, first - step)
             if lost:
@@ -204,16 +204,19 @@ class BusSampler:
             s.last_ts_ns = first + (lost + frames - 1) * step
 
     def _restarted(self, s: SensorChannel, earliest_ns: int, latest_ns: int,
-                   reason: str) -> None:
+                   reason: str, *, sampling_on: bool = False) -> None:
         """The FIFO restarted empty between ``earliest_ns`` and ``latest_ns``: what was
         sampled since the last instant accounted for until then is lost; when exactly, the
-        next frames say (:class:`PendingLoss`). Frames after it are a new timeline."""
+        next frames say (:class:`PendingLoss`). Frames after it are a new timeline.
+        ``sampling_on``: only the FIFO restarted, the chip sampled on at its pace (an
+        overflow's reset), so its first frame after was sampled within a period of it."""
         if s.last_ts_ns is None:
             s.last_ts_ns = earliest_ns - int(s.period_ns)
         if s.pending is not None:  # one gap, named for what began it
             reason = s.pending.reason
         s.pending = PendingLoss(earliest_ns, latest_ns, reason)
-        s.timebase.skip(0, until_ns=earliest_ns)
+        s.timebase.skip(0, until_ns=earliest_ns,
+                        restarted=(earliest_ns, latest_ns) if sampling_on else None)
         # a session that must close before the next frame comes takes the loss at its
         # most (never fewer); the next frame replaces it with the loss as it was
         s.ring.set_provisional_gap(self._loss_gap(s, s.last_ts_ns, latest_ns, reason))

@@ -26,6 +26,11 @@ MAX_RATE_ERROR = 0.1  # an estimate outside ±10 % of nominal is rejected as non
 # a period): 1e7 frames² is ~100 ppm, e.g. 3 s of reads at 1 kHz, 8 s at 200 Hz.
 FORGOTTEN_MIN_SXX = 1e7
 BOUND_RELAX = 1e-6  # ns of slack per ns elapsed (1 µs a second) for the phase bounds
+# A count latched somewhere in a window wider than this (a quarter period, 100 µs at least):
+# the thread was stopped around the count's transfer. Such a read bounds the phase but is
+# kept out of the fit, which takes each read as latched at the window's start.
+STOPPED_FRACTION = 0.25
+STOPPED_MIN_NS = 100_000
 
 
 class FrameTimebase:
@@ -65,22 +70,30 @@ class FrameTimebase:
         self._upper = self._lower = 0.0  # t(_bound_k) ≤ _upper and > _lower
         self._bound_read_ns = 0
 
-    def stamp(self, frames: int, read_ns: int) -> tuple[int, int]:
-        """Timestamps for ``frames`` (≥ 1) new frames whose newest was present at
-        ``read_ns``: ``(first_ns, step_ns)``, frame ``i`` of them at ``first_ns + i·step_ns``
-        (ns, int64). Evenly spaced within a read, so they are kept as two numbers."""
+    def stamp(self, frames: int, read_ns: int, latest_ns: int | None = None) -> tuple[int, int]:
+        """Timestamps for ``frames`` (≥ 1) new frames whose newest was present when the
+        count was latched, at ``read_ns`` (or somewhere up to ``latest_ns``, when the count's
+        transfer was timed so): ``(first_ns, step_ns)``, frame ``i`` of them at
+        ``first_ns + i·step_ns`` (ns, int64). Evenly spaced within a read, so they are kept
+        as two numbers."""
         newest = self.next_frame + frames - 1
         self.next_frame += frames
-        self._observe(newest, read_ns)
         p = self.period_ns
-        start = int(self._bound(newest, read_ns, p) - (frames - 1) * p)
+        upper = read_ns
+        if latest_ns is not None and latest_ns - read_ns > max(STOPPED_FRACTION * p,
+                                                               STOPPED_MIN_NS):
+            upper = latest_ns  # stopped around the count: a bound, not an observation
+        else:
+            self._observe(newest, read_ns)
+            p = self.period_ns
+        start = int(self._bound(newest, read_ns, upper, p) - (frames - 1) * p)
         # Within one read the period is taken to the whole ns (≤ 0.5 ns × frames of error,
         # far below a sample period); every read re-anchors on the fit, so nothing adds up.
         step = round(p)
         last = start + (frames - 1) * step
-        if last > read_ns:  # never into the future: frame ``newest`` predates the read
-            start -= last - read_ns
-            last = read_ns
+        if last > upper:  # never into the future: frame ``newest`` predates the count
+            start -= last - upper
+            last = upper
         # and, above all, never step backwards between reads (nor into a gap): more frames
         # than fit since the last stamp means the phase was late, so this wins
         floor = int((self._last_ts or 0) + p / 2)
@@ -90,9 +103,10 @@ class FrameTimebase:
         self._last_ts = last
         return start, step
 
-    def _bound(self, newest: int, read_ns: int, p: float) -> float:
-        """Frame ``newest``'s instant: the middle of what every read so far allows."""
-        upper, lower = float(read_ns), read_ns - p
+    def _bound(self, newest: int, read_ns: int, upper_ns: int, p: float) -> float:
+        """Frame ``newest``'s instant: the middle of what every read so far allows (this
+        one: after ``read_ns − p``, at or before ``upper_ns``)."""
+        upper, lower = float(upper_ns), read_ns - p
         bound_k = self._bound_k
         if bound_k is not None:
             shift = (newest - bound_k) * p
@@ -113,9 +127,13 @@ class FrameTimebase:
             newest, upper, lower, read_ns
         return (upper + lower) / 2
 
-    def skip(self, frames: int, *, resync: bool = True, until_ns: int | None = None) -> None:
+    def skip(self, frames: int, *, resync: bool = True, until_ns: int | None = None,
+             restarted: tuple[int, int] | None = None) -> None:
         """``frames`` were lost (overflow, outage); with ``resync`` the phase is re-learnt.
-        ``until_ns``: the loss ran until then, so no later frame is stamped before it."""
+        ``until_ns``: the loss ran until then, so no later frame is stamped before it.
+        ``restarted``: the FIFO restarted empty between these two instants while the chip
+        sampled on, so the next frame was sampled within a period after it: the phase
+        bounds until the next read says more."""
         self.next_frame += max(0, frames)
         if until_ns is not None:
             self._last_ts = max(self._last_ts or 0, until_ns)
@@ -123,6 +141,11 @@ class FrameTimebase:
             period = self.period_ns
             self._reset_fit()
             self.period_ns = period
+        if restarted is not None:  # the frame before the next one: in (earliest − P, latest]
+            earliest, latest = restarted
+            self._bound_k = self.next_frame - 1
+            self._upper, self._lower = float(latest), earliest - self.period_ns
+            self._bound_read_ns = latest
 
     def forget_period(self) -> None:
         """The chip may have been swapped (it did not answer for a while): what was

@@ -3,7 +3,8 @@
 A driver configures its chip, then hands over whatever the chip's FIFO holds: the bytes
 of its whole, valid frames and the :class:`FrameLayout` that decodes them into SI units
 (accelerations in m/s², angular rates in rad/s, temperature in °C) when they are wanted.
-It does not timestamp: the sampler does, from the read time and the frame count.
+It does not timestamp: the sampler does, from the frame count and when the count was read
+(:attr:`FifoRead.count_window_ns`, timed on the sampler's clock).
 """
 
 from __future__ import annotations
@@ -185,6 +186,14 @@ def use_numpy(enabled: bool = True) -> bool:
 
 MAX_CACHED_STRUCTS = 256
 
+ASSUMED_BUS_HZ = 400_000  # where the bus does not say (config.ASSUMED_BUS_HZ)
+# A register read returns the chip's registers as they are when its first data byte is
+# clocked out: after START, address+W, register, repeated START and address+R (9 bit-times
+# a byte), ~70 µs after the transfer began at 400 kHz, ~280 µs at 100 kHz. Then its data
+# bytes follow, 9 bit-times each.
+COUNT_LATCH_BITS = 2 + 9 * 3
+BITS_PER_DATA_BYTE = 9
+
 
 class FifoRead(NamedTuple):
     """One drain of a chip's FIFO.
@@ -200,6 +209,11 @@ class FifoRead(NamedTuple):
     frames: int
     overflowed: bool = False
     lost_frames: int = 0  # frames the driver knows it discarded (misaligned, incomplete)
+    count_window_ns: tuple[int, int] | None = None
+    """When the chip latched the count these frames were read by: at the earliest and the
+    latest, on the driver's :attr:`~ImuDriver.clock` (see :meth:`ImuDriver.read_count`).
+    The newest frame was sampled within one period before that instant. None: no count
+    was read."""
 
     @property
     def columns(self) -> tuple[array[float], ...]:
@@ -247,6 +261,12 @@ class ImuDriver(ABC):
         self.variant = ""
         self.layout = FrameLayout("<", ())  # set by configure(), once the scales are known
         self._written: dict[int, int] = {}
+        # The clock the count's transfer is timed on: the sampler's (it sets this), as its
+        # frames are stamped on it.
+        self.clock: Callable[[], int] = time.monotonic_ns
+        bit_ns = 1e9 / (getattr(bus, "clock_hz", None) or ASSUMED_BUS_HZ)
+        self._latch_ns = round(COUNT_LATCH_BITS * bit_ns)
+        self._data_byte_ns = round(BITS_PER_DATA_BYTE * bit_ns)
 
     @property
     def fifo_bytes(self) -> int:
@@ -314,6 +334,25 @@ class ImuDriver(ABC):
     def read_fifo(self) -> FifoRead:
         """Drain every complete frame the FIFO holds, in as few transfers as possible."""
 
-    def nothing(self, overflowed: bool = False) -> FifoRead:
-        """A read that found no whole frame (or found the FIFO overflowed)."""
-        return FifoRead(b"", self.layout, 0, overflowed)
+    def read_count(self, register: int, length: int) -> tuple[bytes, tuple[int, int]]:
+        """Read the registers that hold the FIFO's count (from ``register`` on), timed: the
+        bytes, and when the chip latched them, between the earliest and the latest instant
+        the clock allows (:attr:`FifoRead.count_window_ns`). On the wire alone the two are
+        the same instant: the clock read before the transfer plus the bits before its first
+        data byte, the clock read after it less the data bytes. A thread stopped before or
+        during the transfer (a CPU quota, a task of higher priority) widens the window, and
+        the count says no more than that: the frames it counts may have been sampled while
+        the thread was stopped."""
+        clock = self.clock
+        before = clock()
+        data = self.bus.read(self.address, register, length)
+        after = clock()
+        earliest = before + self._latch_ns
+        latest = after - length * self._data_byte_ns
+        return data, (earliest, latest if latest > earliest else earliest)
+
+    def nothing(self, overflowed: bool = False,
+                counted: tuple[int, int] | None = None) -> FifoRead:
+        """A read that found no whole frame (or found the FIFO overflowed, and reset it
+        after the count ``counted`` was read)."""
+        return FifoRead(b"", self.layout, 0, overflowed, count_window_ns=counted)

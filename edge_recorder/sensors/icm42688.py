@@ -141,10 +141,11 @@ class Icm42688(ImuDriver):
 
     def read_fifo(self) -> FifoRead:
         bus, addr = self.bus, self.address
-        status, hi, lo = bus.read(addr, INT_STATUS, 3)  # INT_STATUS, FIFO_COUNTH, FIFO_COUNTL
+        # INT_STATUS, FIFO_COUNTH, FIFO_COUNTL
+        (status, hi, lo), counted = self.read_count(INT_STATUS, 3)
         if status & FIFO_FULL_INT:
             self.reset_fifo()
-            return self.nothing(overflowed=True)
+            return self.nothing(overflowed=True, counted=counted)
         size = PACKET.size
         packets = ((hi << 8) | lo) // size
         if packets == 0:
@@ -157,11 +158,12 @@ class Icm42688(ImuDriver):
         if headers.translate(HEADER_NOT_ACCEL_GYRO).find(1) >= 0:
             # not on a packet boundary: this read is unusable; counted as a loss
             self.reset_fifo()
-            return self.nothing(overflowed=True)
+            return self.nothing(overflowed=True, counted=counted)
         lost = 0
         if INVALID_BYTES in raw:  # perhaps a sample the chip could not take: drop those packets
             kept = [raw[i:i + size] for i in range(0, len(raw), size)
                     if INVALID not in PACKET.unpack_from(raw, i)[1:7]]
             lost = packets - len(kept)
             raw = b"".join(kept)
-        return FifoRead(raw, self.layout, packets - lost, lost_frames=lost)
+        return FifoRead(raw, self.layout, packets - lost, lost_frames=lost,
+                        count_window_ns=counted)

@@ -204,18 +204,19 @@ class Lsm6ds(ImuDriver):
 
     # --- DSO/DSOX: tagged words -------------------------------------------------------
     def _read_tagged(self) -> FifoRead:
-        bus, addr = self.bus, self.address
-        s1, s2 = bus.read(addr, FIFO_STATUS1, 2)
+        (s1, s2), counted = self.read_count(FIFO_STATUS1, 2)
         if s2 & STATUS2_OVR_LATCHED:  # words were overwritten since the last status read
             self.reset_fifo()
-            return self.nothing(overflowed=True)
+            return self.nothing(overflowed=True, counted=counted)
         words = ((s2 << 8) | s1) & DSOX_DIFF_MASK
         if words == 0:
             return self.nothing()
-        return self.tagged_words(bus.read(addr, FIFO_DATA_OUT_TAG, words * TAGGED_WORD_BYTES))
+        return self.tagged_words(
+            self.bus.read(self.address, FIFO_DATA_OUT_TAG, words * TAGGED_WORD_BYTES), counted)
 
-    def tagged_words(self, data: bytes) -> FifoRead:
-        """What a burst of tagged words holds. The usual burst (whole pairs in one order,
+    def tagged_words(self, data: bytes, counted: tuple[int, int] | None = None) -> FifoRead:
+        """What a burst of tagged words holds (``counted``: when its count was latched,
+        :attr:`FifoRead.count_window_ns`). The usual burst (whole pairs in one order,
         counters matching, nothing that may be a bootstrap sample, nothing waiting from the
         last read) is checked with a few C-speed bytes operations and handed on as it is;
         anything else is paired word by word."""
@@ -227,10 +228,11 @@ class Lsm6ds(ImuDriver):
                 and tags[::2].translate(TAG_COUNTER) == tags[1::2].translate(TAG_COUNTER) \
                 and BOOTSTRAP_HIGH_BYTE not in data[2::TAGGED_WORD_BYTES]:
             self._last_cnt = tags[-1] >> 1 & 0x3
-            return FifoRead(data, self._layouts[order], len(kinds) // 2)
-        return self._read_tagged_word_by_word(data)
+            return FifoRead(data, self._layouts[order], len(kinds) // 2, count_window_ns=counted)
+        return self._read_tagged_word_by_word(data, counted)
 
-    def _read_tagged_word_by_word(self, data: bytes) -> FifoRead:
+    def _read_tagged_word_by_word(self, data: bytes,
+                                  counted: tuple[int, int] | None = None) -> FifoRead:
         """Pair the words one by one (Linux ``st_lsm6dsx_read_tagged_fifo``): a word whose
         partner never came, and a bootstrap sample, are dropped and counted; a word whose
         partner may come with the next read waits for it. Pairs out as gyro-first frames."""
@@ -258,20 +260,20 @@ class Lsm6ds(ImuDriver):
                 out += gyro
                 out += accel
         return FifoRead(bytes(out), self._layouts["GA"], len(out) // self.frame_bytes,
-                        lost_frames=lost)
+                        lost_frames=lost, count_window_ns=counted)
 
     # --- DS3/DS3TR-C: a fixed pattern of 16-bit words ------------------------------------
     def _read_pattern(self) -> FifoRead:
-        bus, addr = self.bus, self.address
-        s1, s2, p3, p4 = bus.read(addr, FIFO_STATUS1, 4)
+        (s1, s2, p3, p4), counted = self.read_count(FIFO_STATUS1, 4)
         if s2 & STATUS2_OVERRUN:
             self.reset_fifo()
-            return self.nothing(overflowed=True)
+            return self.nothing(overflowed=True, counted=counted)
         words = ((s2 << 8) | s1) & DS3_DIFF_MASK
         position = ((p4 & 0x03) << 8) | p3  # next word's index in the 6-word pattern
         skip = (6 - position) % 6
         if words < skip + 6:
             return self.nothing()
         frames = (words - skip) // 6
-        data = bus.read(addr, DS3_FIFO_DATA_OUT_L, (skip + frames * 6) * 2)[skip * 2:]
-        return FifoRead(data, self.layout, frames, lost_frames=1 if skip else 0)
+        data = self.bus.read(self.address, DS3_FIFO_DATA_OUT_L, (skip + frames * 6) * 2)[skip * 2:]
+        return FifoRead(data, self.layout, frames, lost_frames=1 if skip else 0,
+                        count_window_ns=counted)

@@ -147,7 +147,7 @@ class Mpu6050(ImuDriver):
         name: v.fifo_bytes for name, v in VARIANTS.items()}
     frame_bytes: ClassVar[int] = FRAME.size
     overflow_flag_stuck = False  # some parts always report overflow (Linux commit 6e82ae6b)
-    _unverified: bytes | None = None
+    _unverified: tuple[bytes, tuple[int, int]] | None = None  # a burst, when it was counted
 
     @property
     def chip(self) -> Variant:
@@ -193,30 +193,30 @@ class Mpu6050(ImuDriver):
                         self.variant, addr)
 
     def read_fifo(self) -> FifoRead:
-        bus, addr = self.bus, self.address
         if self._unverified is not None:  # last poll's burst, its overflow check failed
-            return self._checked(self._unverified)
-        hi, lo = bus.read(addr, FIFO_COUNT_H, 2)
+            return self._checked(*self._unverified)
+        (hi, lo), counted = self.read_count(FIFO_COUNT_H, 2)
         count = (hi << 8) | lo
         if count >= self._nearly_full:
             # (nearly) full: the oldest bytes are being overwritten and frames misalign
             self.reset_fifo()
-            return self.nothing(overflowed=True)
+            return self.nothing(overflowed=True, counted=counted)
         frames = count // FRAME.size
         if frames == 0:
             return self.nothing()
-        self._unverified = bus.read(addr, FIFO_R_W, frames * FRAME.size)
-        return self._checked(self._unverified)
+        self._unverified = (self.bus.read(self.address, FIFO_R_W, frames * FRAME.size), counted)
+        return self._checked(*self._unverified)
 
-    def _checked(self, raw: bytes) -> FifoRead:
+    def _checked(self, raw: bytes, counted: tuple[int, int]) -> FifoRead:
         """Hand over a burst once the overflow flag says it is whole. If reading the flag
         fails, the burst is kept and checked again on the next call (the bus error is
-        the sampler's to count and retry), so a glitch there loses nothing."""
+        the sampler's to count and retry), so a glitch there loses nothing; it keeps the
+        time of its own count, so it is stamped as if handed over at once."""
         status = self.bus.read(self.address, INT_STATUS, 1)[0]
         self._unverified = None
         if status & FIFO_OFLOW_INT and not self.overflow_flag_stuck:
             # overflowed since the last check (e.g. the reader stalled between the count
             # and the burst): this burst may start mid-frame, so none of it can be trusted
             self.reset_fifo()
-            return self.nothing(overflowed=True)
-        return FifoRead(raw, self.layout, len(raw) // FRAME.size)
+            return self.nothing(overflowed=True, counted=counted)
+        return FifoRead(raw, self.layout, len(raw) // FRAME.size, count_window_ns=counted)
