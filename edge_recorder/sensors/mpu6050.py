@@ -188,6 +188,9 @@ class Mpu6050(ImuDriver):
         self._written[USER_CTRL] = USER_FIFO_EN.encode(1)
         bus.read(addr, INT_STATUS, 1)  # clear a stale overflow flag
         if not self.overflow_flag_stuck and bus.read(addr, INT_STATUS, 1)[0] & FIFO_OFLOW_INT:
+            hi, lo = bus.read(addr, FIFO_COUNT_H, 2)
+            if ((hi << 8) | lo) >= self._nearly_full:
+                return  # it overflowed again (this thread was stopped): the next read says so
             self.overflow_flag_stuck = True  # set again on an empty FIFO: it means nothing
             log.warning("%s at 0x%02x: FIFO overflow flag stuck; relying on the FIFO count",
                         self.variant, addr)
