@@ -120,6 +120,7 @@ class ReplayBus:
 
 def make_rig(tmp: Path, driver: str, rate_hz: float, **kw: Any) -> Rig:
     kw.setdefault("poll_s", None)  # the product's own poll interval
+    kw.setdefault("record_truth", False)  # as in the daemon: the truth costs per sample
     return Rig(tmp, rate_hz=rate_hz, driver_name=driver,
                settings=SessionConfig(duration_s=None, max_duration_s=3600), **kw)
 
@@ -289,8 +290,8 @@ def bench_timestamps(tmp: Path, seconds: float) -> None:
     print(f"\n[3] timestamp error at 1 kHz, ±2 % clock error, {seconds / 60:g} min emulated",
           flush=True)
     for clock_error in (0.02, -0.02):
-        rig = make_rig(tmp / f"ts{clock_error}", "mpu6050", 1000.0, clock_error=clock_error,
-                       jitter_s=0.005, buffer_s=seconds + 10)
+        rig = make_rig(tmp / f"ts{clock_error}", "mpu6050", 1000.0, record_truth=True,
+                       clock_error=clock_error, jitter_s=0.005, buffer_s=seconds + 10)
         naive: list[int] = []
         tb = rig.channel.timebase
         original = tb.stamp

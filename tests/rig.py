@@ -69,6 +69,7 @@ class Rig:
     faults: Faults = field(default_factory=Faults)
     driver_name: str = "mpu6050"
     chip_cls: type[EmulatedChip] | None = None  # a family variant (default: EMULATORS')
+    record_truth: bool = True  # the chip keeps each frame's true instant (not in the daemon)
 
     def __post_init__(self) -> None:
         self.clock = FakeClock()
@@ -76,7 +77,7 @@ class Rig:
         address = driver_cls.default_address
         chip_cls = self.chip_cls or EMULATORS[self.driver_name]
         self.chip = chip_cls(clock=self.clock, clock_error=self.clock_error,
-                             faults=self.faults, record_truth=True)
+                             faults=self.faults, record_truth=self.record_truth)
         self.bus = EmulatedBus({address: self.chip}, clock=self.clock,
                                wait_until=self.clock.advance_to)
         self.driver = driver_cls(self.bus, address, rate_hz=self.rate_hz, accel_range_g=4,

@@ -62,11 +62,8 @@ class EmulatedMpu6050(EmulatedChip):
         )
 
     def frame_size(self) -> int:
-        if not self.regs[reg.USER_CTRL] & 0x40:
-            return 0
-        enabled = self.regs[reg.FIFO_EN]
-        return 2 * (3 * bool(enabled & reg.FIFO_EN_ACCEL) + bool(enabled & reg.FIFO_EN_TEMP)
-                    + sum(bool(enabled & bit) for bit in (0x40, 0x20, 0x10)))
+        regs = self.regs
+        return FRAME_BYTES_BY_FIFO_EN[regs[reg.FIFO_EN]] if regs[reg.USER_CTRL] & 0x40 else 0
 
     def fifo_frame(self, accel: Vector, gyro: Vector, temp_c: float) -> bytes:
         if not self.regs[reg.USER_CTRL] & 0x40:
@@ -115,6 +112,13 @@ class EmulatedMpu6050(EmulatedChip):
         self.regs[register] = value
         if register in (reg.PWR_MGMT_1, reg.SMPLRT_DIV, reg.CONFIG):
             self.restart_sampling()
+
+
+FRAME_BYTES_BY_FIFO_EN = tuple(
+    2 * (3 * bool(enabled & reg.FIFO_EN_ACCEL) + bool(enabled & reg.FIFO_EN_TEMP)
+         + sum(bool(enabled & bit) for bit in (0x40, 0x20, 0x10)))  # XG, YG, ZG
+    for enabled in range(256))
+"""A FIFO frame's bytes for each value of FIFO_EN (read on every transfer: looked up)."""
 
 
 class EmulatedMpu9250(EmulatedMpu6050):
