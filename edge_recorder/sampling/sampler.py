@@ -178,10 +178,10 @@ class BusSampler:
             s.counters.overflows += 1
             # lost from the last instant accounted for until the driver's reset, somewhere
             # in this read (another overflow before the next frame: on to its reset)
-            # the driver reset the FIFO after reading the count that showed the overflow
-            counted = read.count_window_ns
-            self._restarted(s, now if counted is None else max(now, counted[1]), self.clock(),
-                            "fifo_overflow", sampling_on=True)
+            # when the driver's reset let the FIFO store again (as it timed it, else
+            # somewhere in this read)
+            restart = read.restart_window_ns or (now, self.clock())
+            self._restarted(s, *restart, "fifo_overflow", sampling_on=True)
         elif s.pending is not None and not (frames or lost) and \
                 now - s.pending.latest_ns > max(2 * s.period_ns, PENDING_POLLS * s.poll_ns):
             self._end_pending(s, s.pending.latest_ns)  # restarted, yet no frame since
@@ -209,14 +209,18 @@ class BusSampler:
         sampled since the last instant accounted for until then is lost; when exactly, the
         next frames say (:class:`PendingLoss`). Frames after it are a new timeline.
         ``sampling_on``: only the FIFO restarted, the chip sampled on at its pace (an
-        overflow's reset), so its first frame after was sampled within a period of it."""
+        overflow's reset), so its first frame after was sampled within a period of it, and
+        the last one lost within a period before."""
         if s.last_ts_ns is None:
             s.last_ts_ns = earliest_ns - int(s.period_ns)
         if s.pending is not None:  # one gap, named for what began it
             reason = s.pending.reason
+        restarted = None
+        if sampling_on:
+            restarted = (earliest_ns, latest_ns)
+            earliest_ns -= int(s.period_ns)
         s.pending = PendingLoss(earliest_ns, latest_ns, reason)
-        s.timebase.skip(0, until_ns=earliest_ns,
-                        restarted=(earliest_ns, latest_ns) if sampling_on else None)
+        s.timebase.skip(0, until_ns=earliest_ns, restarted=restarted)
         # a session that must close before the next frame comes takes the loss at its
         # most (never fewer); the next frame replaces it with the loss as it was
         s.ring.set_provisional_gap(self._loss_gap(s, s.last_ts_ns, latest_ns, reason))

@@ -26,11 +26,14 @@ MAX_RATE_ERROR = 0.1  # an estimate outside ±10 % of nominal is rejected as non
 # a period): 1e7 frames² is ~100 ppm, e.g. 3 s of reads at 1 kHz, 8 s at 200 Hz.
 FORGOTTEN_MIN_SXX = 1e7
 BOUND_RELAX = 1e-6  # ns of slack per ns elapsed (1 µs a second) for the phase bounds
-# A count latched somewhere in a window wider than this (a quarter period, 100 µs at least):
-# the thread was stopped around the count's transfer. Such a read bounds the phase but is
-# kept out of the fit, which takes each read as latched at the window's start.
+# A count whose window is wider than this bus's usual window by more than this (a quarter
+# period, 100 µs at least): the thread was stopped around the count's transfer. Such a read
+# bounds the phase but is kept out of the fit, which takes each read as latched at its
+# window's start. The usual window (the narrowest lately: syscall, completion, a bus slower
+# than its nominal clock) follows a narrower one at once and a wider one by this much a read.
 STOPPED_FRACTION = 0.25
 STOPPED_MIN_NS = 100_000
+USUAL_WIDTH_CREEP_NS = 2_000
 
 
 class FrameTimebase:
@@ -41,6 +44,7 @@ class FrameTimebase:
         self.period_ns = nominal_period_ns
         self.window_ns = window_s * 1e9
         self.next_frame = 0  # index the next frame read will get
+        self._usual_width_ns: int | None = None  # see USUAL_WIDTH_CREEP_NS
         self._last_ts: int | None = None
         self._last_obs_ns: int | None = None  # the running fit's last observation
         # The period is pooled over the fits a loss cut apart, each weighted by what it
@@ -79,11 +83,17 @@ class FrameTimebase:
         newest = self.next_frame + frames - 1
         self.next_frame += frames
         p = self.period_ns
-        upper = read_ns
-        if latest_ns is not None and latest_ns - read_ns > max(STOPPED_FRACTION * p,
-                                                               STOPPED_MIN_NS):
-            upper = latest_ns  # stopped around the count: a bound, not an observation
+        upper = read_ns  # what the read says for certain: newest ≤ upper, newest + 1 > read − p
+        if latest_ns is not None:
+            upper = max(read_ns, latest_ns)
+            width = upper - read_ns
+            usual = self._usual_width_ns
+            usual = width if usual is None else min(width, usual + USUAL_WIDTH_CREEP_NS)
+            self._usual_width_ns = usual
+            stopped = width - usual > max(STOPPED_FRACTION * p, STOPPED_MIN_NS)
         else:
+            stopped = False
+        if not stopped:
             self._observe(newest, read_ns)
             p = self.period_ns
         start = int(self._bound(newest, read_ns, upper, p) - (frames - 1) * p)

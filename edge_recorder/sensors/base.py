@@ -214,6 +214,10 @@ class FifoRead(NamedTuple):
     latest, on the driver's :attr:`~ImuDriver.clock` (see :meth:`ImuDriver.read_count`).
     The newest frame was sampled within one period before that instant. None: no count
     was read."""
+    restart_window_ns: tuple[int, int] | None = None
+    """With ``overflowed``: when the driver's reset let the FIFO store again (the clock
+    before and after that write, :meth:`ImuDriver.write_restarting`); what the chip sampled
+    before is lost, what it sampled after is in the FIFO."""
 
     @property
     def columns(self) -> tuple[array[float], ...]:
@@ -264,6 +268,7 @@ class ImuDriver(ABC):
         # The clock the count's transfer is timed on: the sampler's (it sets this), as its
         # frames are stamped on it.
         self.clock: Callable[[], int] = time.monotonic_ns
+        self.restart_window_ns: tuple[int, int] | None = None  # see write_restarting
         bit_ns = 1e9 / (getattr(bus, "clock_hz", None) or ASSUMED_BUS_HZ)
         self._latch_ns = round(COUNT_LATCH_BITS * bit_ns)
         self._data_byte_ns = round(BITS_PER_DATA_BYTE * bit_ns)
@@ -351,8 +356,18 @@ class ImuDriver(ABC):
         latest = after - length * self._data_byte_ns
         return data, (earliest, latest if latest > earliest else earliest)
 
-    def nothing(self, overflowed: bool = False,
-                counted: tuple[int, int] | None = None) -> FifoRead:
-        """A read that found no whole frame (or found the FIFO overflowed, and reset it
-        after the count ``counted`` was read)."""
-        return FifoRead(b"", self.layout, 0, overflowed, count_window_ns=counted)
+    def write_restarting(self, register: int, value: int) -> None:
+        """The write of :meth:`reset_fifo` after which the FIFO stores samples again, timed:
+        :attr:`restart_window_ns`. A stop before it (a CPU quota) loses what the chip samples
+        meanwhile; a stop after it leaves that in the FIFO. Either way the sampler knows
+        which, from when this write ran."""
+        clock = self.clock
+        before = clock()
+        self.bus.write(self.address, register, value)
+        self.restart_window_ns = (before, clock())
+
+    def nothing(self, overflowed: bool = False) -> FifoRead:
+        """A read that found no whole frame, or found the FIFO overflowed (and reset it:
+        when it restarted goes with it)."""
+        return FifoRead(b"", self.layout, 0, overflowed,
+                        restart_window_ns=self.restart_window_ns if overflowed else None)

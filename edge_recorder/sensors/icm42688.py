@@ -136,7 +136,7 @@ class Icm42688(ImuDriver):
         bus.read(addr, FIFO_COUNTH, 2)  # the first count after a reset reads 0: spend it here
 
     def reset_fifo(self) -> None:
-        self.bus.write(self.address, SIGNAL_PATH_RESET, FIFO_FLUSH)
+        self.write_restarting(SIGNAL_PATH_RESET, FIFO_FLUSH)  # stream mode stores on
         self.bus.read(self.address, INT_STATUS, 1)  # clear a stale FIFO_FULL
 
     def read_fifo(self) -> FifoRead:
@@ -145,7 +145,7 @@ class Icm42688(ImuDriver):
         (status, hi, lo), counted = self.read_count(INT_STATUS, 3)
         if status & FIFO_FULL_INT:
             self.reset_fifo()
-            return self.nothing(overflowed=True, counted=counted)
+            return self.nothing(overflowed=True)
         size = PACKET.size
         packets = ((hi << 8) | lo) // size
         if packets == 0:
@@ -158,7 +158,7 @@ class Icm42688(ImuDriver):
         if headers.translate(HEADER_NOT_ACCEL_GYRO).find(1) >= 0:
             # not on a packet boundary: this read is unusable; counted as a loss
             self.reset_fifo()
-            return self.nothing(overflowed=True, counted=counted)
+            return self.nothing(overflowed=True)
         lost = 0
         if INVALID_BYTES in raw:  # perhaps a sample the chip could not take: drop those packets
             kept = [raw[i:i + size] for i in range(0, len(raw), size)

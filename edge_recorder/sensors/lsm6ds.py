@@ -178,11 +178,16 @@ class Lsm6ds(ImuDriver):
         self.reset_fifo()
 
     def _fifo_mode(self, mode: int) -> None:
+        """Bypass (empty, storing nothing) or continuous mode (storing: the write after
+        which it stores again is timed, :meth:`write_restarting`)."""
         if self.tagged:
-            self.bus.write(self.address, FIFO_CTRL4, mode)
+            register, value = FIFO_CTRL4, mode
         else:
-            odr = ODR_CODE[self.rate_hz] if mode else 0
-            self.bus.write(self.address, DS3_FIFO_CTRL5, (odr << 3) | mode)
+            register, value = DS3_FIFO_CTRL5, ((ODR_CODE[self.rate_hz] if mode else 0) << 3) | mode
+        if mode == FIFO_MODE_CONTINUOUS:
+            self.write_restarting(register, value)
+        else:
+            self.bus.write(self.address, register, value)
 
     def reset_fifo(self) -> None:
         """Empty the FIFO (bypass mode) and restart it in continuous mode."""
@@ -207,7 +212,7 @@ class Lsm6ds(ImuDriver):
         (s1, s2), counted = self.read_count(FIFO_STATUS1, 2)
         if s2 & STATUS2_OVR_LATCHED:  # words were overwritten since the last status read
             self.reset_fifo()
-            return self.nothing(overflowed=True, counted=counted)
+            return self.nothing(overflowed=True)
         words = ((s2 << 8) | s1) & DSOX_DIFF_MASK
         if words == 0:
             return self.nothing()
@@ -267,7 +272,7 @@ class Lsm6ds(ImuDriver):
         (s1, s2, p3, p4), counted = self.read_count(FIFO_STATUS1, 4)
         if s2 & STATUS2_OVERRUN:
             self.reset_fifo()
-            return self.nothing(overflowed=True, counted=counted)
+            return self.nothing(overflowed=True)
         words = ((s2 << 8) | s1) & DS3_DIFF_MASK
         position = ((p4 & 0x03) << 8) | p3  # next word's index in the 6-word pattern
         skip = (6 - position) % 6

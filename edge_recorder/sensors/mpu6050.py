@@ -183,8 +183,8 @@ class Mpu6050(ImuDriver):
     def reset_fifo(self) -> None:
         bus, addr = self.bus, self.address
         self._unverified = None
-        bus.write(addr, USER_CTRL, USER_FIFO_RESET.encode(1))
-        bus.write(addr, USER_CTRL, USER_FIFO_EN.encode(1))
+        bus.write(addr, USER_CTRL, USER_FIFO_RESET.encode(1))  # FIFO_EN 0: nothing stored
+        self.write_restarting(USER_CTRL, USER_FIFO_EN.encode(1))
         self._written[USER_CTRL] = USER_FIFO_EN.encode(1)
         bus.read(addr, INT_STATUS, 1)  # clear a stale overflow flag
         if not self.overflow_flag_stuck and bus.read(addr, INT_STATUS, 1)[0] & FIFO_OFLOW_INT:
@@ -203,7 +203,7 @@ class Mpu6050(ImuDriver):
         if count >= self._nearly_full:
             # (nearly) full: the oldest bytes are being overwritten and frames misalign
             self.reset_fifo()
-            return self.nothing(overflowed=True, counted=counted)
+            return self.nothing(overflowed=True)
         frames = count // FRAME.size
         if frames == 0:
             return self.nothing()
@@ -221,5 +221,5 @@ class Mpu6050(ImuDriver):
             # overflowed since the last check (e.g. the reader stalled between the count
             # and the burst): this burst may start mid-frame, so none of it can be trusted
             self.reset_fifo()
-            return self.nothing(overflowed=True, counted=counted)
+            return self.nothing(overflowed=True)
         return FifoRead(raw, self.layout, len(raw) // FRAME.size, count_window_ns=counted)
