@@ -65,6 +65,7 @@ class PendingLoss:
     earliest_ns: int
     latest_ns: int
     reason: str
+    announce: bool = True  # log the loss when it is counted (else the caller logged it)
 
 
 @dataclass
@@ -204,7 +205,7 @@ class BusSampler:
             s.last_ts_ns = first + (lost + frames - 1) * step
 
     def _restarted(self, s: SensorChannel, earliest_ns: int, latest_ns: int,
-                   reason: str, *, sampling_on: bool = False) -> None:
+                   reason: str, *, sampling_on: bool = False, announce: bool = True) -> None:
         """The FIFO restarted empty between ``earliest_ns`` and ``latest_ns``: what was
         sampled since the last instant accounted for until then is lost; when exactly, the
         next frames say (:class:`PendingLoss`). Frames after it are a new timeline.
@@ -219,7 +220,7 @@ class BusSampler:
         if sampling_on:
             restarted = (earliest_ns, latest_ns)
             earliest_ns -= int(s.period_ns)
-        s.pending = PendingLoss(earliest_ns, latest_ns, reason)
+        s.pending = PendingLoss(earliest_ns, latest_ns, reason, announce)
         s.timebase.skip(0, until_ns=earliest_ns, restarted=restarted)
         # a session that must close before the next frame comes takes the loss at its
         # most (never fewer); the next frame replaces it with the loss as it was
@@ -240,7 +241,8 @@ class BusSampler:
         pending, s.pending = s.pending, None
         assert pending is not None and s.last_ts_ns is not None
         end_ns = min(max(end_ns, pending.earliest_ns), pending.latest_ns)
-        self._record_loss(s, s.last_ts_ns, end_ns, pending.reason, pending=True)
+        self._record_loss(s, s.last_ts_ns, end_ns, pending.reason, pending=True,
+                          announce=pending.announce)
 
     def _settle(self, s: SensorChannel) -> None:
         """Before another loss is counted from the last instant accounted for: a loss
@@ -306,23 +308,34 @@ class BusSampler:
         reason = describe(exc)
         s.counters.last_error = reason
         reset_error = ""
+        restart = None
         try:
             s.driver.reset_fifo()
+            restart = s.driver.restart_window()
         except OSError as bus_exc:  # the FIFO keeps filling; the next read finds it full
             s.counters.bus_errors += 1
             reset_error = f"; resetting its FIFO failed too ({describe(bus_exc)})"
         self._settle(s)
-        since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
-        lost = self._record_loss(s, since, self.clock(), "driver_error", announce=False)
+        if restart is not None and restart[0] >= now:  # this reset's, as the driver timed it
+            # lost until the FIFO stored again; the next read's first frame says when
+            if s.last_ts_ns is None:
+                s.last_ts_ns = now - int(s.period_ns)
+            gap = self._loss_gap(s, s.last_ts_ns, restart[1], "driver_error")
+            self._restarted(s, *restart, "driver_error", sampling_on=True, announce=False)
+            lost, lost_is = (gap.lost if gap is not None else 0), "up to "
+        else:
+            since = s.last_ts_ns if s.last_ts_ns is not None else now - int(s.period_ns)
+            lost = self._record_loss(s, since, self.clock(), "driver_error", announce=False)
+            lost_is = ""
         if reason == s.driver_error_logged and \
                 now - s.driver_error_logged_ns < DRIVER_ERROR_LOG_S * 1e9:
             s.driver_errors_unlogged += 1
             return
         repeats = (f" (the previous failure repeated {s.driver_errors_unlogged} more times)"
                    if s.driver_errors_unlogged else "")
-        log.error("sensor %s: driver %s failed reading its FIFO: %s; %d samples lost "
-                  "(driver_error), FIFO reset%s%s", s.name, s.driver.name, reason, lost,
-                  reset_error, repeats)
+        log.error("sensor %s: driver %s failed reading its FIFO: %s; %s%d samples lost "
+                  "(driver_error), FIFO reset%s%s", s.name, s.driver.name, reason, lost_is,
+                  lost, reset_error, repeats)
         s.driver_error_logged, s.driver_error_logged_ns = reason, now
         s.driver_errors_unlogged = 0
 

@@ -29,10 +29,12 @@ BOUND_RELAX = 1e-6  # ns of slack per ns elapsed (1 µs a second) for the phase 
 # A count whose window is wider than this bus's usual window by more than this (a quarter
 # period, 100 µs at least): the thread was stopped around the count's transfer. Such a read
 # bounds the phase but is kept out of the fit, which takes each read as latched at its
-# window's start. The usual window (the narrowest lately: syscall, completion, a bus slower
-# than its nominal clock) follows a narrower one at once and a wider one by this much a read.
+# window's start. The usual window (syscall, completion, a bus slower than its nominal
+# clock) follows a narrower window at once and a wider one by an eighth of the difference
+# a read (2 µs at least): one stop moves it little, a lasting change within tens of reads.
 STOPPED_FRACTION = 0.25
 STOPPED_MIN_NS = 100_000
+USUAL_WIDTH_FOLLOW_SHIFT = 3  # an eighth
 USUAL_WIDTH_CREEP_NS = 2_000
 
 
@@ -88,7 +90,10 @@ class FrameTimebase:
             upper = max(read_ns, latest_ns)
             width = upper - read_ns
             usual = self._usual_width_ns
-            usual = width if usual is None else min(width, usual + USUAL_WIDTH_CREEP_NS)
+            if usual is None or width <= usual:
+                usual = width
+            else:
+                usual += max(USUAL_WIDTH_CREEP_NS, (width - usual) >> USUAL_WIDTH_FOLLOW_SHIFT)
             self._usual_width_ns = usual
             stopped = width - usual > max(STOPPED_FRACTION * p, STOPPED_MIN_NS)
         else:

@@ -368,6 +368,14 @@ class ImuDriver(ABC):
 
     def nothing(self, overflowed: bool = False) -> FifoRead:
         """A read that found no whole frame, or found the FIFO overflowed (and reset it:
-        when it restarted goes with it)."""
+        when it restarted goes with it, :meth:`restart_window`)."""
         return FifoRead(b"", self.layout, 0, overflowed,
-                        restart_window_ns=self.restart_window_ns if overflowed else None)
+                        restart_window_ns=self.restart_window() if overflowed else None)
+
+    def restart_window(self) -> tuple[int, int] | None:
+        """When the last :meth:`reset_fifo` let the FIFO store again: from just before its
+        restarting write (:meth:`write_restarting`) until now, its return. What the reset
+        read after that write (a stale flag cleared) belongs in the window: a FIFO that
+        filled up again meanwhile had its new overflow's flag cleared with the stale one."""
+        window = self.restart_window_ns
+        return None if window is None else (window[0], max(window[1], self.clock()))
