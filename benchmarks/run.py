@@ -472,7 +472,8 @@ def daemon_config(tmp: Path, port: int, buffer_s: float = 60.0, **session: Any) 
     return path
 
 
-def command(sub: Subscriber, port: int, payload: dict[str, Any]) -> dict[str, Any]:
+def command(sub: Subscriber, port: int, payload: dict[str, Any],
+            timeout_s: float = 10.0) -> dict[str, Any]:
     rid = f"b{time.monotonic_ns()}"
     pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
     pub.connect("127.0.0.1", port)
@@ -481,7 +482,8 @@ def command(sub: Subscriber, port: int, payload: dict[str, Any]) -> dict[str, An
                 qos=1).wait_for_publish(5)
     reply = wait_until(lambda: next(
         (json.loads(p) for t, p in list(sub.payloads.items()) if t.endswith("/cmd/reply")
-         and json.loads(p).get("request_id") == rid), None), 10, "a command reply", 0.005)
+         and json.loads(p).get("request_id") == rid), None), timeout_s, "a command reply",
+        0.005)
     pub.disconnect()
     pub.loop_stop()
     return dict(reply)
@@ -643,6 +645,9 @@ def stop_daemon(proc: subprocess.Popen[bytes], sub: Subscriber) -> None:
         proc.wait()
 
 
+REPLY_UNDER_QUOTA_S = 120.0  # a command's reply under the quota: a step fails past it
+
+
 def budget_daemon_step(tmp: Path, port: int, pct: float, session_s: float) -> BudgetStep:
     """One session of ``session_s`` recorded with the daemon held to ``pct`` % of a core."""
     from edge_recorder.devtools import CpuQuota
@@ -654,9 +659,15 @@ def budget_daemon_step(tmp: Path, port: int, pct: float, session_s: float) -> Bu
             quota.add(proc.pid)
             period_us = quota.set_share(pct / 100)
             time.sleep(2.0)  # FIFOs and threads settle to the quota's rhythm
-            before = command(sub, port, {"cmd": "status"})["status"]["sensors"]
-            t0 = time.perf_counter()
-            started = command(sub, port, {"cmd": "start", "duration_s": session_s})
+            try:  # starved, a command may wait its turn for long (9.5 s at 2 %, 20:57 UTC)
+                before = command(sub, port, {"cmd": "status"},
+                                 REPLY_UNDER_QUOTA_S)["status"]["sensors"]
+                t0 = time.perf_counter()
+                started = command(sub, port, {"cmd": "start", "duration_s": session_s},
+                                  REPLY_UNDER_QUOTA_S)
+            except TimeoutError:
+                return BudgetStep("ours", pct, 0, 0, expected, None, None,
+                                  f"no reply within {REPLY_UNDER_QUOTA_S:.0f} s", period_us)
             replies = [time.perf_counter() - t0]
             topic = f"edge-recorder/bench/sessions/{started['session_id']}/manifest"
             try:
@@ -665,7 +676,12 @@ def budget_daemon_step(tmp: Path, port: int, pct: float, session_s: float) -> Bu
                 return BudgetStep("ours", pct, 0, 0, expected, None, None,
                                   "session not published within 60 s", period_us)
             t0 = time.perf_counter()
-            status = command(sub, port, {"cmd": "status"})["status"]
+            try:
+                status = command(sub, port, {"cmd": "status"}, REPLY_UNDER_QUOTA_S)["status"]
+            except TimeoutError:
+                return BudgetStep("ours", pct, 0, 0, expected, None, None,
+                                  f"no status reply within {REPLY_UNDER_QUOTA_S:.0f} s",
+                                  period_us)
             replies.append(time.perf_counter() - t0)
         finally:
             quota.set_share(None)
