@@ -320,6 +320,10 @@ def test_the_daemon_gives_its_samplers_the_cpu_first_and_leaves_its_caller_as_it
     runner.start()
     try:
         wait_until(lambda: nice(runner) == BACKGROUND_NICE, 20, "the daemon running", 0.05)
+        # the supervisor's watcher starts once the daemon is ready, a moment after that
+        # (CI, 2026-11-27 22:57 UTC: KeyError 'supervisor-watch')
+        wait_until(lambda: any(t.name == "supervisor-watch" for t in threading.enumerate()),
+                   20, "the supervisor's watcher started", 0.05)
         threads = {t.name: t for t in threading.enumerate()}
         assert nice(threads["sampler-emulated"]) == caller_nice
         background = [threads["recorder"], threads["publisher"], threads["supervisor-watch"],
