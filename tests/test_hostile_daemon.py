@@ -389,6 +389,8 @@ def test_a_trigger_that_cannot_be_built_rolls_the_reload_back(tmp_path, bad_pin)
 
     try:
         wait_until(lambda: daemon.channels[0].counters.state == "up", WAIT_S, "sensor up")
+        # the sensors come up before the triggers are wired: a press before is not seen
+        wait_until(lambda: daemon.triggers, WAIT_S, "the buttons wired")
         assert press(5) == ["v1"]
         bad = {**doc, "session": {"duration_s": 0.3, "labels": ["v2"]},
                "triggers": {"mqtt": False, "gpio": [{"pin": 6, "action": "start"},

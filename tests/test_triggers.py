@@ -152,6 +152,8 @@ def test_the_daemon_wires_a_mock_button_to_a_session(tmp_path, factory):
     thread.start()
     try:
         wait_until(lambda: daemon.channels[0].counters.state == "up", 5, "sensor up")
+        # the sensors come up before the triggers are wired: a press before is not seen
+        wait_until(lambda: daemon.led is not None, 5, "the button and the LED wired")
         factory.pin(5).drive_low()
         wait_until(lambda: factory.pin(6).state, 3, "the LED on while recording")
         factory.pin(5).drive_high()
