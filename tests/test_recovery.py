@@ -87,3 +87,28 @@ def test_recovery_makes_every_removal_and_replacement_durable(tmp_path, synced_d
     # the leftover removed, the copy renamed over the torn file: both fsync'd, before the
     # move to the outbox
     assert synced_dirs.count(rig_recording) >= 3, synced_dirs
+
+
+def test_a_quarantined_session_has_its_reason_before_it_shows_as_failed(tmp_path, monkeypatch):
+    """The manifest's folder is the state: whoever sees ``failed`` must find the reason.
+    (CI, 2026-11-28 00:00 UTC: the publisher's quarantine was seen with ``failure_reason``
+    empty, because the manifest moved first and the reason was written last.)"""
+    import edge_recorder.recording.store as store_mod
+
+    store = DeviceStore(tmp_path / "s", 1 << 30)
+    sid = "20261127T000000000Z-dmgd"
+    store.path(OUTBOX, sid).write_bytes(b"\x89MCAP0\r\n damaged")
+    store.path(OUTBOX, sid, ".json").write_text(json.dumps({"session_id": sid}))
+    seen: list[tuple[str | None, str]] = []
+    real = store_mod.move_durable
+
+    def watched(src: Path, dst: Path) -> None:
+        real(src, dst)
+        seen.append((store.find(sid), store.failure_reason(sid)))
+
+    monkeypatch.setattr(store_mod, "move_durable", watched)
+    store.quarantine(sid, OUTBOX, "bad CRC")
+    assert store.find(sid) == FAILED and store.failure_reason(sid) == "bad CRC"
+    assert store.path(FAILED, sid).read_bytes().endswith(b"damaged")
+    assert [state for state, _ in seen] == [OUTBOX, FAILED]  # the manifest moved last
+    assert all(reason == "bad CRC" for state, reason in seen if state == FAILED)

@@ -272,11 +272,19 @@ class DeviceStore:
                     self._move(sid, src, dst)
 
     def quarantine(self, session_id: str, state: str, reason: str) -> None:
-        """Move a damaged session's files to ``failed/`` with a ``.reason`` file; never retried."""
-        for p in sorted((self.root / state).glob(f"{session_id}.*")):  # ids have no dots
-            move_durable(p, self.root / FAILED / p.name)
+        """Move a damaged session's files to ``failed/`` with a ``.reason`` file; never retried.
+
+        The reason first and the manifest last: the manifest's folder is the state, so whoever
+        sees the session failed finds its reason there (and a crash part-way leaves it in
+        ``state``, for recovery or the next try to quarantine again)."""
         write_atomic(self.path(FAILED, session_id, ".reason"), (reason + "\n").encode())
-        if not self.path(FAILED, session_id, ".json").exists():  # listed even without one
+        manifest = self.path(state, session_id, ".json")
+        for p in sorted((self.root / state).glob(f"{session_id}.*")):  # ids have no dots
+            if p != manifest:
+                move_durable(p, self.root / FAILED / p.name)
+        if manifest.exists():
+            move_durable(manifest, self.path(FAILED, session_id, ".json"))
+        else:  # listed even without one
             write_json_atomic(self.path(FAILED, session_id, ".json"), {"session_id": session_id})
         self.quarantined += 1
         log.error("store: session %s quarantined to %s: %s", session_id, self.root / FAILED,
