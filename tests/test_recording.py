@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import random
 import statistics
+from datetime import datetime
 
 import pytest
 
@@ -429,3 +430,30 @@ def test_frames_read_between_the_recorders_read_and_its_stop_check_are_not_lost(
     t, _ = samples_of(path)
     assert len(t) == sensor["samples"]
     assert abs(sensor["samples"] + sensor["dropped"] - rate_hz * manifest["duration_s"]) <= 2
+
+
+@pytest.mark.parametrize("pause_s", [0.05, 0.3])
+def test_a_session_holds_nothing_past_its_deadline_when_the_pump_pauses(tmp_path, pause_s):
+    """The pump reads the clock once, then pauses between its steps under a CPU quota
+    (``Recorder._pace``) while the samplers go on. A deadline that passes during a pause
+    must still cut the file: nothing stamped at or after it is written. (Under a 3 % quota,
+    2026-11-28 00:43 UTC, a 10 s session's ICM-42688 held 8371 samples up to 10.212 s, and
+    with its 1843 dropped counted 102.1 % of its window.)"""
+    rig = Rig(tmp_path, rate_hz=200, settings=SessionConfig(duration_s=1.0))
+    rig.run(0.5)
+    sid = start(rig)
+
+    def pause() -> None:  # the samplers keep polling while the recorder waits
+        rig.clock.advance(pause_s)
+        rig.sampler.poll_once()
+
+    rig.recorder._pace = pause  # type: ignore[method-assign]
+    rig.finish(2.5)
+    manifest, path = stored(rig, sid)
+    t, _ = samples_of(path)
+    (sensor,) = manifest["sensors"]
+    assert sensor["dropped"] == 0
+    assert abs(sensor["samples"] - 200) <= 1, sensor["samples"]
+    started = datetime.fromisoformat(manifest["started_at"].replace("Z", "+00:00"))
+    start_ns = int(started.timestamp()) * 1_000_000_000 + started.microsecond * 1000
+    assert max(t) - start_ns < 1_000_000_000, (max(t) - start_ns) / 1e9

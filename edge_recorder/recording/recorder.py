@@ -354,7 +354,10 @@ class Recorder:
     def _write_new(self, s: OpenSession, src: SensorSource,
                    encoded: dict[tuple[str, int, int, int], bytes]) -> None:
         """Append what ``src``'s ring holds past the session's cursor to its file."""
-        blocks, missed = src.ring.read(s.cursors[src.name], s.window_start_ns, s.stop_ns)
+        # cut at the deadline too, before the stop is marked: the pump read its clock before
+        # pausing between steps (_pace), and the sampler went on appending meanwhile
+        end_ns = s.stop_ns if s.stop_ns is not None else s.deadline_ns
+        blocks, missed = src.ring.read(s.cursors[src.name], s.window_start_ns, end_ns)
         if missed:
             s.overrun[src.name] += missed
             log.warning("session %s: %d %s samples were evicted from the ring before "
