@@ -5,8 +5,10 @@ takes from a VM as used), so two versions are compared session by session, alter
 which goes first: each session is the CPU-budget section's step (a fresh daemon with 2 ×
 1 kHz emulated sensors, moved into a cgroup quota with a 40 ms period, one session started
 by MQTT). Prints per session: dropped, accounted (samples + dropped over rate × duration),
-the start command's reply time, when the manifest arrived, and the time throttled; then a
-summary per checkout. Needs root and a writable cgroup cpu controller, like section 9.
+the samples in its file stamped outside its window (``[started_at, stopped_at)``: none
+belong there), the start command's reply time, when the manifest arrived, and the time
+throttled; then a summary per checkout. Needs root and a writable cgroup cpu controller,
+like section 9.
 
     .venv/bin/python -m benchmarks.paired_quota PCT PAIRS CHECKOUT [CHECKOUT ...]
 
@@ -20,10 +22,13 @@ import json
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from benchmarks import run as bench
 from edge_recorder.devtools import Broker, CpuQuota, wait_until
+from edge_recorder.sessionfile import iter_batches
 
 SESSION_S = 10
 
@@ -37,7 +42,8 @@ def one_session(tmp: Path, port: int, checkout: Path, pct: float, name: str) -> 
             quota.set_share(pct / 100)
             time.sleep(2.0)  # the daemon follows the quota within a second
             t0 = time.monotonic()
-            started = bench.command(sub, port, {"cmd": "start", "duration_s": SESSION_S})
+            started = bench.command(sub, port, {"cmd": "start", "duration_s": SESSION_S},
+                                    bench.REPLY_UNDER_QUOTA_S)
             reply_s = time.monotonic() - t0
             topic = f"edge-recorder/bench/sessions/{started['session_id']}/manifest"
             wait_until(lambda: topic in sub.got, 300, "the manifest", 0.05)
@@ -49,9 +55,26 @@ def one_session(tmp: Path, port: int, checkout: Path, pct: float, name: str) -> 
     manifest = json.loads(sub.payloads[topic])
     sensors = manifest["sensors"]
     expected = sum(s["rate_hz"] for s in sensors) * manifest["duration_s"]
+    (path,) = (tmp / name).rglob(f"{started['session_id']}.mcap")
     return {"dropped": sum(s["dropped"] for s in sensors),
             "accounted": sum(s["samples"] + s["dropped"] for s in sensors) / expected,
+            "outside": outside_window(path, manifest),
             "reply_s": reply_s, "done_s": done_s, "throttled_s": throttled_s}
+
+
+def outside_window(path: Path, manifest: dict[str, Any]) -> int:
+    """Samples in the session file stamped before ``started_at`` or at/after ``stopped_at``."""
+    begin, end = iso_ns(manifest["started_at"]), iso_ns(manifest["stopped_at"])
+    outside = 0
+    for _sensor, batch in iter_batches(path):
+        outside += sum(1 for t in batch["t_ns"] if t < begin or t >= end)
+    return outside
+
+
+def iso_ns(text: str) -> int:
+    """``2026-11-28T00:43:32.917485Z`` (the manifest's form, µs) as ns since the epoch."""
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
 def main(argv: list[str]) -> int:
@@ -75,16 +98,19 @@ def main(argv: list[str]) -> int:
                 r = one_session(tmp, broker.port, checkout, pct, f"p{pair}-{checkout.name}")
                 results[checkout].append(r)
                 print(f"pair {pair} {checkout}: dropped {r['dropped']}, accounted "
-                      f"{r['accounted']:.2%}, start reply {r['reply_s']:.2f} s, manifest "
-                      f"after {r['done_s']:.1f} s, throttled {r['throttled_s']:.1f} s",
+                      f"{r['accounted']:.2%}, {r['outside']} outside the window, start reply "
+                      f"{r['reply_s']:.2f} s, manifest after {r['done_s']:.1f} s, throttled "
+                      f"{r['throttled_s']:.1f} s",
                       flush=True)
     finally:
         broker.stop()
     for checkout, rows in results.items():
         accounted = ", ".join(f"{r['accounted']:.2%}" for r in rows)
         replies = ", ".join(f"{r['reply_s']:.1f}" for r in rows)
+        outside = sum(r["outside"] for r in rows)
         print(f"{checkout}: {sum(r['dropped'] == 0 for r in rows)} of {len(rows)} drop-free; "
-              f"accounted {accounted}; start replies {replies} s")
+              f"accounted {accounted}; {outside} samples outside their window; start replies "
+              f"{replies} s")
     return 0
 
 
