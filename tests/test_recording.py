@@ -457,3 +457,39 @@ def test_a_session_holds_nothing_past_its_deadline_when_the_pump_pauses(tmp_path
     started = datetime.fromisoformat(manifest["started_at"].replace("Z", "+00:00"))
     start_ns = int(started.timestamp()) * 1_000_000_000 + started.microsecond * 1000
     assert max(t) - start_ns < 1_000_000_000, (max(t) - start_ns) / 1e9
+
+
+def test_samples_evicted_past_the_deadline_are_not_counted_lost(tmp_path):
+    """Once a session's ring is read up to its deadline, what the ring evicts after it is
+    no loss of that session's. (Review, 2026-11-28: a ring of 0.5 s and pump pauses of
+    0.1 s counted 1 dropped beside all 200 samples of a 1 s window at 200 Hz.)"""
+    rig = Rig(tmp_path, rate_hz=200, buffer_s=0.5, settings=SessionConfig(duration_s=1.0))
+    rig.run(0.5)
+    sid = start(rig)
+
+    def pause() -> None:
+        rig.clock.advance(0.1)
+        rig.sampler.poll_once()
+
+    rig.recorder._pace = pause  # type: ignore[method-assign]
+    rig.finish(3.0)
+    manifest, _ = stored(rig, sid)
+    (sensor,) = manifest["sensors"]
+    assert (sensor["samples"], sensor["dropped"]) == (200, 0)
+
+
+def test_a_stop_that_comes_after_the_deadline_stops_at_the_deadline(tmp_path):
+    """The deadline passed, the pump that would mark it has not run yet, a stop command
+    comes: the window still ends at the deadline, and says so (``duration``)."""
+    rig = Rig(tmp_path, rate_hz=200, settings=SessionConfig(duration_s=1.0))
+    rig.run(0.5)
+    sid = start(rig)
+    rig.run(0.95)
+    rig.clock.advance(0.08)  # past the deadline, no pump since
+    rig.sampler.poll_once()
+    stop(rig)
+    rig.finish(2.0)
+    manifest, path = stored(rig, sid)
+    assert manifest["stop_reason"] == "duration" and manifest["duration_s"] == 1.0
+    (sensor,) = manifest["sensors"]
+    assert abs(sensor["samples"] - 200) <= 1 and sensor["dropped"] == 0

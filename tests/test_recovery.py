@@ -112,3 +112,66 @@ def test_a_quarantined_session_has_its_reason_before_it_shows_as_failed(tmp_path
     assert store.path(FAILED, sid).read_bytes().endswith(b"damaged")
     assert [state for state, _ in seen] == [OUTBOX, FAILED]  # the manifest moved last
     assert all(reason == "bad CRC" for state, reason in seen if state == FAILED)
+
+
+class PowerCut(BaseException):
+    """Raised in place of a move: the process ends there (nothing after it runs)."""
+
+
+@pytest.mark.parametrize("state", [RECORDING, OUTBOX, "published"])
+def test_a_quarantine_cut_short_by_a_crash_is_finished_at_the_next_start(tmp_path, monkeypatch,
+                                                                          state):
+    """The file moved to failed/, the power went before the manifest did: the next start
+    finishes the quarantine, keeping its reason. (Review, 2026-11-28: the recording/ case
+    left an orphan that nothing listed or deleted but storage counted; the outbox case
+    was quarantined again as "its session file is missing", its real reason lost.)"""
+    import edge_recorder.recording.store as store_mod
+
+    store = DeviceStore(tmp_path / "s", 1 << 30)
+    sid = "20261127T000000000Z-half"
+    store.path(state, sid).write_bytes(b"\x89MCAP0\r\n" + b"x" * 5000)
+    store.path(state, sid, ".json").write_text(json.dumps({"session_id": sid}))
+    real = store_mod.move_durable
+
+    def cut_after_the_file(src: Path, dst: Path) -> None:
+        if src.suffix == ".json":
+            raise PowerCut
+        real(src, dst)
+
+    monkeypatch.setattr(store_mod, "move_durable", cut_after_the_file)
+    with pytest.raises(PowerCut):
+        store.quarantine(sid, state, "bad CRC in chunk 3")
+    monkeypatch.setattr(store_mod, "move_durable", real)
+    assert store.find(sid) == state and store.path(FAILED, sid).exists()
+
+    restarted = DeviceStore(tmp_path / "s", 1 << 30)
+    assert recover(restarted) == []
+    assert restarted.find(sid) == FAILED and restarted.ids(FAILED) == [sid]
+    assert restarted.failure_reason(sid).startswith("bad CRC in chunk 3")
+    assert restarted.path(FAILED, sid).stat().st_size == 5008
+    assert not [p for p in (restarted.root / state).iterdir() if p.name.startswith(sid)]
+    restarted.max_bytes = 1  # and room can be made from it: nothing is left uncounted
+    restarted.make_room(0)
+    assert restarted.used_bytes() == 0
+
+
+def test_a_reason_that_cannot_be_written_does_not_stop_the_quarantine(tmp_path, monkeypatch,
+                                                                      caplog):
+    """A full disk: the reason is only in the log, but the session still goes to failed/
+    (else it would head the outbox again at every round, ahead of every good session)."""
+    import errno
+
+    import edge_recorder.recording.store as store_mod
+
+    store = DeviceStore(tmp_path / "s", 1 << 30)
+    sid = "20261127T000000000Z-full"
+    store.path(OUTBOX, sid).write_bytes(b"\x89MCAP0\r\n")
+    store.path(OUTBOX, sid, ".json").write_text(json.dumps({"session_id": sid}))
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "write_atomic", full)
+    store.quarantine(sid, OUTBOX, "bad CRC")
+    assert store.find(sid) == FAILED and store.path(FAILED, sid).exists()
+    assert "cannot write the reason" in caplog.text and "No space left" in caplog.text

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_recorder import __version__
@@ -104,6 +104,14 @@ class OpenSession:
     stop_ns: int | None = None
     stop_reason: str | None = None
     last_flush_ns: int = 0
+    # sensors whose ring has been read up to the session's end: nothing after it is this
+    # session's, so it is not read again (an eviction there is no loss of this session's)
+    read_to_end: set[str] = field(default_factory=set)
+
+    @property
+    def end_ns(self) -> int | None:
+        """Where the window ends as far as known: the stop once marked, else the deadline."""
+        return self.stop_ns if self.stop_ns is not None else self.deadline_ns
 
     def summary(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "labels": list(self.labels),
@@ -298,6 +306,10 @@ class Recorder:
         return ok(stopped=tuple(s.session_id for s in targets))
 
     def _mark_stop(self, s: OpenSession, at_ns: int, reason: str) -> None:
+        """Stop at ``at_ns``, or at the deadline if that came first (the pump that would
+        have marked it had not run yet): a window never outlasts its deadline."""
+        if s.deadline_ns is not None and at_ns >= s.deadline_ns:
+            at_ns, reason = s.deadline_ns, s.deadline_reason
         s.stop_ns = max(s.window_start_ns, at_ns)
         s.stop_reason = reason
 
@@ -353,10 +365,15 @@ class Recorder:
 
     def _write_new(self, s: OpenSession, src: SensorSource,
                    encoded: dict[tuple[str, int, int, int], bytes]) -> None:
-        """Append what ``src``'s ring holds past the session's cursor to its file."""
-        # cut at the deadline too, before the stop is marked: the pump read its clock before
-        # pausing between steps (_pace), and the sampler went on appending meanwhile
-        end_ns = s.stop_ns if s.stop_ns is not None else s.deadline_ns
+        """Append what ``src``'s ring holds past the session's cursor to its file, up to the
+        session's end: the deadline too, before the stop is marked (the pump read its clock
+        before pausing between steps, _pace, and the sampler went on appending meanwhile)."""
+        if src.name in s.read_to_end:
+            return
+        end_ns = s.end_ns
+        # looked at before reading: a sample at or past the end there means the read below
+        # gets (or counts as evicted) everything before the end
+        newest = src.ring.newest_t_ns() if end_ns is not None else None
         blocks, missed = src.ring.read(s.cursors[src.name], s.window_start_ns, end_ns)
         if missed:
             s.overrun[src.name] += missed
@@ -373,6 +390,8 @@ class Recorder:
             s.cursors[src.name] = block.end_seq
         elif missed:
             s.cursors[src.name] = src.ring.oldest_seq
+        if newest is not None and end_ns is not None and newest >= end_ns:
+            s.read_to_end.add(src.name)
 
     def _finalise(self, s: OpenSession) -> None:
         assert s.stop_ns is not None and s.stop_reason is not None

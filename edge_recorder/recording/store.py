@@ -265,7 +265,14 @@ class DeviceStore:
         os.utime(self.path(dst, session_id, ".json"))  # when it entered ``dst``: see since()
 
     def finish_moves(self) -> None:
-        """Complete moves a crash interrupted (the file moved, its manifest not yet)."""
+        """Complete moves a crash interrupted (the file moved, its manifest not yet), a
+        quarantine's included: one whose reason or file is in ``failed/`` already."""
+        for state in (RECORDING, OUTBOX, PUBLISHED, STORED):
+            for sid in self.ids(state):
+                if self.path(FAILED, sid, ".reason").exists() or (
+                        self.path(FAILED, sid).exists() and not self.path(state, sid).exists()):
+                    reason = self.failure_reason(sid) or "its quarantine was cut short"
+                    self.quarantine(sid, state, f"{reason} (finished after a restart)")
         for src, dst in ((OUTBOX, PUBLISHED), (OUTBOX, STORED), (PUBLISHED, STORED)):
             for sid in self.ids(src):
                 if not self.path(src, sid).exists() and self.path(dst, sid).exists():
@@ -276,8 +283,14 @@ class DeviceStore:
 
         The reason first and the manifest last: the manifest's folder is the state, so whoever
         sees the session failed finds its reason there (and a crash part-way leaves it in
-        ``state``, for recovery or the next try to quarantine again)."""
-        write_atomic(self.path(FAILED, session_id, ".reason"), (reason + "\n").encode())
+        ``state`` with its reason or file in ``failed/``: :meth:`finish_moves` completes it).
+        A reason that cannot be written (a full disk) is in the log only: the session still
+        goes, or it would be first in the outbox again and again, ahead of the rest."""
+        try:
+            write_atomic(self.path(FAILED, session_id, ".reason"), (reason + "\n").encode())
+        except OSError as exc:
+            log.error("store: cannot write the reason session %s is quarantined for (%s)",
+                      session_id, describe(exc))
         manifest = self.path(state, session_id, ".json")
         for p in sorted((self.root / state).glob(f"{session_id}.*")):  # ids have no dots
             if p != manifest:
