@@ -175,3 +175,52 @@ def test_a_reason_that_cannot_be_written_does_not_stop_the_quarantine(tmp_path, 
     store.quarantine(sid, OUTBOX, "bad CRC")
     assert store.find(sid) == FAILED and store.path(FAILED, sid).exists()
     assert "cannot write the reason" in caplog.text and "No space left" in caplog.text
+
+
+def test_room_is_not_made_from_a_session_half_way_through_its_quarantine(tmp_path,
+                                                                         monkeypatch):
+    """The publisher quarantines a published session (its resend failed) while the
+    recorder's thread makes room, and published sessions are the last to go: the deletion
+    waits for the quarantine, so neither fails half-way and nothing is left unlisted.
+    (Review, 2026-11-28: reasoned, a FileNotFoundError part-way and an orphan file.)"""
+    import threading
+
+    import edge_recorder.recording.store as store_mod
+
+    store = DeviceStore(tmp_path / "s", 1 << 30)
+    sid = "20261127T000000000Z-race"
+    store.path("published", sid).write_bytes(b"\x89MCAP0\r\n" + b"x" * 5000)
+    store.path("published", sid, ".json").write_text(json.dumps({"session_id": sid}))
+    real = store_mod.move_durable
+    paused, go = threading.Event(), threading.Event()
+
+    def slow(src: Path, dst: Path) -> None:
+        real(src, dst)
+        if src.suffix == ".mcap":  # the file is in failed/, the manifest not yet
+            paused.set()
+            go.wait(5)
+
+    monkeypatch.setattr(store_mod, "move_durable", slow)
+    errors: list[BaseException] = []
+
+    def run(fn, *args) -> None:  # type: ignore[no-untyped-def]
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    quarantining = threading.Thread(target=run, args=(store.quarantine, sid, "published",
+                                                      "cannot be sent again"))
+    quarantining.start()
+    assert paused.wait(5)
+    store.max_bytes = 1
+    making_room = threading.Thread(target=run, args=(store.make_room, 0))
+    making_room.start()
+    making_room.join(0.3)  # it would delete the published manifest here, were it not held
+    go.set()
+    quarantining.join(5)
+    making_room.join(5)
+    assert errors == []
+    leftovers = [p.name for state in ("published", "failed")
+                 for p in (store.root / state).iterdir()]
+    assert leftovers == [], leftovers  # quarantined, then deleted whole to make room

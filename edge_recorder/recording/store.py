@@ -10,8 +10,10 @@ Layout under ``storage.dir`` (a session's state is the directory its manifest is
                                      quarantined, never retried, kept for a human to look at
 
 This module is the only one that changes a session's state or builds its paths; the others
-ask it (:meth:`find`, :meth:`claim_stored`, :meth:`quarantine`, ...). Every state change is a
-rename followed by a directory fsync, so the state survives a crash or power cut.
+ask it (:meth:`find`, :meth:`mark_stored`, :meth:`quarantine`, ...). Every state change is a
+rename followed by a directory fsync, so the state survives a crash or power cut, and is
+made under one lock, so two threads (the recorder making room, the publisher moving or
+quarantining) never interleave their changes to one session.
 
 With ``delivery.require_receipt: false`` a broker's acknowledgement is the end of the road:
 ``published/`` is then terminal, as it was before receipts existed.
@@ -31,6 +33,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,10 @@ class DeviceStore:
         self.refused = 0
         self.quarantined = 0  # by this run; ``count(FAILED)`` is the total on disk
         self._alive_paths: dict[str, str] = {}  # note_alive's target per open session
+        # Held by every change of a session's state (a move, a quarantine, a deletion): the
+        # recorder's thread makes room while the publisher's moves and quarantines, and a
+        # session half-way through one must not be half-way through another.
+        self._lock = threading.RLock()
         self._dirs = {state: str(root / state) for state in STATES}  # scanned often
         for state in STATES:
             (root / state).mkdir(parents=True, exist_ok=True)
@@ -153,9 +160,10 @@ class DeviceStore:
         size, digest = file_digest(src)
         checked = file_fields_added(manifest, nbytes=size, sha256=digest,
                                     parts=max(1, math.ceil(size / self.part_bytes)))
-        move_durable(src, self.path(OUTBOX, session_id))
-        write_json_atomic(self.path(OUTBOX, session_id, ".json"), checked.to_dict())
-        self.path(RECORDING, session_id, ".json").unlink(missing_ok=True)
+        with self._lock:
+            move_durable(src, self.path(OUTBOX, session_id))
+            write_json_atomic(self.path(OUTBOX, session_id, ".json"), checked.to_dict())
+            self.path(RECORDING, session_id, ".json").unlink(missing_ok=True)
         self._alive_paths.pop(session_id, None)
         return checked.to_dict()
 
@@ -248,21 +256,24 @@ class DeviceStore:
         """The collector's receipt came. Moves the session from ``published/`` (or from the
         outbox, when the receipt beat the broker's last acknowledgement) to ``stored/``;
         returns the state it was in."""
-        state = self.find(session_id)
-        if state not in (OUTBOX, PUBLISHED):
-            raise ValueError(f"session {session_id} is {state or 'not here'}, "
-                             "not awaiting a receipt")
-        self.path(OUTBOX, session_id, ".sent").unlink(missing_ok=True)
-        self._move(session_id, state, STORED)
-        return state
+        with self._lock:
+            state = self.find(session_id)
+            if state not in (OUTBOX, PUBLISHED):
+                raise ValueError(f"session {session_id} is {state or 'not here'}, "
+                                 "not awaiting a receipt")
+            self.path(OUTBOX, session_id, ".sent").unlink(missing_ok=True)
+            self._move(session_id, state, STORED)
+            return state
 
     def _move(self, session_id: str, src: str, dst: str) -> None:
         """File first, manifest last: the manifest's folder is the state, so a crash between
         the two leaves the old state with its file already moved (recovery finishes it)."""
-        if self.path(src, session_id).exists():
-            move_durable(self.path(src, session_id), self.path(dst, session_id))
-        move_durable(self.path(src, session_id, ".json"), self.path(dst, session_id, ".json"))
-        os.utime(self.path(dst, session_id, ".json"))  # when it entered ``dst``: see since()
+        with self._lock:
+            if self.path(src, session_id).exists():
+                move_durable(self.path(src, session_id), self.path(dst, session_id))
+            move_durable(self.path(src, session_id, ".json"),
+                         self.path(dst, session_id, ".json"))
+            os.utime(self.path(dst, session_id, ".json"))  # when it entered ``dst``: since()
 
     def finish_moves(self) -> None:
         """Complete moves a crash interrupted (the file moved, its manifest not yet), a
@@ -285,21 +296,31 @@ class DeviceStore:
         sees the session failed finds its reason there (and a crash part-way leaves it in
         ``state`` with its reason or file in ``failed/``: :meth:`finish_moves` completes it).
         A reason that cannot be written (a full disk) is in the log only: the session still
-        goes, or it would be first in the outbox again and again, ahead of the rest."""
-        try:
-            write_atomic(self.path(FAILED, session_id, ".reason"), (reason + "\n").encode())
-        except OSError as exc:
-            log.error("store: cannot write the reason session %s is quarantined for (%s)",
-                      session_id, describe(exc))
-        manifest = self.path(state, session_id, ".json")
-        for p in sorted((self.root / state).glob(f"{session_id}.*")):  # ids have no dots
-            if p != manifest:
-                move_durable(p, self.root / FAILED / p.name)
-        if manifest.exists():
-            move_durable(manifest, self.path(FAILED, session_id, ".json"))
-        else:  # listed even without one
-            write_json_atomic(self.path(FAILED, session_id, ".json"), {"session_id": session_id})
-        self.quarantined += 1
+        goes, or it would be first in the outbox again and again, ahead of the rest.
+        Nothing of it left in ``state`` (room was made, a receipt moved it, meanwhile): no
+        change."""
+        with self._lock:
+            files = sorted((self.root / state).glob(f"{session_id}.*"))  # ids have no dots
+            if not files:
+                log.info("store: session %s is no longer in %s/; not quarantined (%s)",
+                         session_id, state, reason)
+                return
+            try:
+                write_atomic(self.path(FAILED, session_id, ".reason"),
+                             (reason + "\n").encode())
+            except OSError as exc:
+                log.error("store: cannot write the reason session %s is quarantined for (%s)",
+                          session_id, describe(exc))
+            manifest = self.path(state, session_id, ".json")
+            for p in files:
+                if p != manifest:
+                    move_durable(p, self.root / FAILED / p.name)
+            if manifest.exists():
+                move_durable(manifest, self.path(FAILED, session_id, ".json"))
+            else:  # listed even without one
+                write_json_atomic(self.path(FAILED, session_id, ".json"),
+                                  {"session_id": session_id})
+            self.quarantined += 1
         log.error("store: session %s quarantined to %s: %s", session_id, self.root / FAILED,
                   reason)
 
@@ -390,7 +411,12 @@ class DeviceStore:
 
     def make_room(self, need_bytes: int, *, disk_full: bool = False) -> None:
         """Delete sessions, least needed first, until ``need_bytes`` fit in
-        ``storage.max_bytes`` (and, with ``disk_full``, on the disk too); else StoreFull."""
+        ``storage.max_bytes`` (and, with ``disk_full``, on the disk too); else StoreFull.
+        Under the store's lock: no session is deleted half-way through a move."""
+        with self._lock:
+            self._make_room(need_bytes, disk_full)
+
+    def _make_room(self, need_bytes: int, disk_full: bool) -> None:
         used = self.used_bytes()
         disk_need = need_bytes + DISK_MARGIN_BYTES if disk_full else 0
         freed = 0
