@@ -510,3 +510,32 @@ def test_the_age_of_an_awaited_receipt_ignores_wall_clock_steps(tmp_path, monkey
     assert publisher.awaiting_receipt() == {"sessions": 1, "oldest_s": 5.0}
     publisher.require_receipt = False
     assert publisher.awaiting_receipt() == {"sessions": 0, "oldest_s": 0.0}
+
+
+@pytest.mark.parametrize("gone_before", ["manifest", "mark_stored"])
+def test_a_receipt_for_a_session_deleted_to_make_room_meanwhile_is_ignored(
+        tmp_path, monkeypatch, gone_before):
+    """The recorder's thread makes room with a published session between the publisher's
+    look at it and its move to stored/: the receipt is ignored, the publisher goes on.
+    (Review, 2026-11-28: a ValueError or FileNotFoundError escaped to the publisher's loop
+    and skipped the rest of its turn.)"""
+    from edge_recorder.documents import Receipt
+
+    store = DeviceStore(tmp_path / "s", 1 << 30, part_bytes=PART)
+    m = put_session(store, "20261127T000000000Z-gone")
+    sid = m["session_id"]
+    store.mark_published(sid)
+    publisher = Publisher(store, AckingLink(), ROOT, part_bytes=PART,  # type: ignore[arg-type]
+                          receipt_timeout_s=60)
+    real = getattr(store, gone_before)
+
+    def deleted_first(*args, **kw):  # type: ignore[no-untyped-def]
+        store.max_bytes = 1
+        store.make_room(0)  # takes the published session (the only one)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store, gone_before, deleted_first)
+    publisher._receipts.append(Receipt(session_id=sid, device_id="dev1", sha256=m["sha256"],
+                                       bytes=m["bytes"], duplicate=False))
+    publisher._take_receipts()  # no exception
+    assert store.find(sid) is None and publisher.stored == 0

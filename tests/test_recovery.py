@@ -224,3 +224,53 @@ def test_room_is_not_made_from_a_session_half_way_through_its_quarantine(tmp_pat
     leftovers = [p.name for state in ("published", "failed")
                  for p in (store.root / state).iterdir()]
     assert leftovers == [], leftovers  # quarantined, then deleted whole to make room
+
+
+def test_making_room_holds_the_lock_for_one_deletion_at_a_time(tmp_path, monkeypatch):
+    """A full disk may take every session, a directory fsync each (tens of ms on a busy SD
+    card): the publisher's receipt, or the recorder's next session, waits for one deletion,
+    not for all of them. (Review, 2026-11-28: the whole run under the lock, 40 sessions at
+    25 ms an fsync kept the recorder's ``complete`` waiting 1.1 s; ~200 would pass the 5 s
+    watchdog.)"""
+    import threading
+    import time
+
+    import edge_recorder.recording.store as store_mod
+
+    store = DeviceStore(tmp_path / "s", 1 << 30)
+    for n in range(20):
+        sid = f"20261127T0000{n:02d}000Z-old{n:02d}"
+        store.path("stored", sid).write_bytes(b"x" * 1000)
+        store.path("stored", sid, ".json").write_text(json.dumps({"session_id": sid}))
+    waiting = "20261127T010000000Z-wait"
+    store.path(OUTBOX, waiting).write_bytes(b"y")
+    store.path(OUTBOX, waiting, ".json").write_text(json.dumps({"session_id": waiting}))
+    real = store_mod.fsync_dir
+    deleting = threading.Event()
+
+    def slow_fsync(path: Path) -> None:
+        if Path(path).name == "stored" and not deleting.is_set():
+            deleting.set()
+        time.sleep(0.01)
+        real(path)
+
+    monkeypatch.setattr(store_mod, "fsync_dir", slow_fsync)
+    done: dict[str, float] = {}
+
+    def make_room() -> None:
+        store.make_room(0)
+        done["room"] = time.monotonic()
+
+    def receipt() -> None:
+        deleting.wait(5)
+        store.mark_stored(waiting)
+        done["receipt"] = time.monotonic()
+
+    store.max_bytes = 200  # every stored session must go (the waiting one fits)
+    threads = [threading.Thread(target=make_room), threading.Thread(target=receipt)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert store.find(waiting) == "stored" and store.count("stored") == 1
+    assert done["receipt"] < done["room"], "the receipt waited for every deletion"

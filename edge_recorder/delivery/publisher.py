@@ -159,14 +159,24 @@ class Publisher:
                 log.info("publisher: receipt for session %s, which this device does not hold "
                          "(%s); ignored", r.session_id, state or "unknown here")
                 continue
-            manifest = self.store.manifest(r.session_id, state)
+            try:
+                manifest = self.store.manifest(r.session_id, state)
+            except FileNotFoundError:  # the recorder's thread made room with it meanwhile
+                log.info("publisher: receipt for session %s, deleted to make room before it "
+                         "came; ignored", r.session_id)
+                continue
             if (r.sha256, r.bytes) != (manifest.get("sha256"), manifest.get("bytes")):
                 log.error("session %s: the collector's receipt is for different content "
                           "(%d bytes, sha256 %s…; ours: %s bytes, %s…); still awaiting a "
                           "matching one", r.session_id, r.bytes, r.sha256[:12],
                           manifest.get("bytes"), str(manifest.get("sha256"))[:12])
                 continue
-            self.store.mark_stored(r.session_id)
+            try:
+                self.store.mark_stored(r.session_id)
+            except ValueError:  # (as above, between the look and the move)
+                log.info("publisher: receipt for session %s, deleted to make room before it "
+                         "was taken; ignored", r.session_id)
+                continue
             self._due.pop(r.session_id, None)
             with self._lock:
                 self._resends.pop(r.session_id, None)
@@ -320,14 +330,17 @@ class Publisher:
             return True
         try:
             manifest = self.store.checked_manifest(session_id, state)
+            total = manifest["parts"]
+            wanted = sorted(n for n in parts if 0 <= n < total) if parts else range(total)
+            if not self._send(session_id, state, manifest, wanted):
+                return False
         except DamagedSession as exc:
             self.store.quarantine(session_id, state, f"cannot be sent again: {exc}")
             self.on_change(session_id)
             return True
-        total = manifest["parts"]
-        wanted = sorted(n for n in parts if 0 <= n < total) if parts else range(total)
-        if not self._send(session_id, state, manifest, wanted):
-            return False
+        except FileNotFoundError:  # the recorder's thread made room with it meanwhile
+            log.info("publisher: resend of %s skipped: deleted to make room", session_id)
+            return True
         self.resent += 1
         log.info("session %s: sent %d part(s) and the manifest again", session_id, len(wanted))
         return True

@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -227,8 +228,11 @@ class DeviceStore:
                         "%d it is %d parts now: manifest updated", session_id,
                         manifest["parts"], self.part_bytes, parts)
             manifest["parts"] = parts
-            write_json_atomic(self.path(state, session_id, ".json"), manifest)
-            self.path(state, session_id, ".sent").unlink(missing_ok=True)  # parts moved
+            with self._lock:  # not brought back if room was made with it meanwhile
+                if not self.path(state, session_id, ".json").exists():
+                    raise FileNotFoundError(f"session {session_id} left {state}/")
+                write_json_atomic(self.path(state, session_id, ".json"), manifest)
+                self.path(state, session_id, ".sent").unlink(missing_ok=True)  # parts moved
         return manifest
 
     def note_parts_sent(self, session_id: str, parts: int) -> None:
@@ -412,11 +416,11 @@ class DeviceStore:
     def make_room(self, need_bytes: int, *, disk_full: bool = False) -> None:
         """Delete sessions, least needed first, until ``need_bytes`` fit in
         ``storage.max_bytes`` (and, with ``disk_full``, on the disk too); else StoreFull.
-        Under the store's lock: no session is deleted half-way through a move."""
-        with self._lock:
-            self._make_room(need_bytes, disk_full)
 
-    def _make_room(self, need_bytes: int, disk_full: bool) -> None:
+        Each deletion is made under the store's lock, the session's state checked again
+        there: none is deleted half-way through a move, and no other thread waits for more
+        than one deletion (a full disk may take every session, a directory fsync each). A
+        session that changed state meanwhile is looked for again in a second round."""
         used = self.used_bytes()
         disk_need = need_bytes + DISK_MARGIN_BYTES if disk_full else 0
         freed = 0
@@ -428,15 +432,24 @@ class DeviceStore:
         # published is last while it awaits a receipt; without receipts it is terminal
         order = (STORED, FAILED, PUBLISHED) if self.require_receipt else \
             (STORED, PUBLISHED, FAILED)
-        for state in order:
-            if not short():
-                break  # the usual case: nothing to list, nothing to delete
-            for sid in self.ids(state):
+        for _round in range(2):
+            moved = False
+            for state in order:
                 if not short():
-                    break
-                size = self._delete(state, sid)
-                used -= size
-                freed += size
+                    break  # the usual case: nothing to list, nothing to delete
+                for sid in self.ids(state):
+                    if not short():
+                        break
+                    with self._lock:
+                        if self.find(sid) != state:
+                            moved = True
+                            continue
+                        size = self._delete(state, sid)
+                    used -= size
+                    freed += size
+                    time.sleep(0)  # a thread waiting for the lock gets it between two
+            if not moved or not short():
+                break
         if short():
             self.refused += 1
             why = "the disk is full" if disk_full and self._disk_free() < disk_need else \
