@@ -539,3 +539,29 @@ def test_a_receipt_for_a_session_deleted_to_make_room_meanwhile_is_ignored(
                                        bytes=m["bytes"], duplicate=False))
     publisher._take_receipts()  # no exception
     assert store.find(sid) is None and publisher.stored == 0
+
+
+def test_a_parts_count_rewrite_does_not_bring_back_a_session_deleted_meanwhile(tmp_path,
+                                                                               monkeypatch):
+    """mqtt.max_payload_bytes changed, so a resend rewrites the manifest's part count; the
+    recorder's thread makes room with the session just before: no manifest comes back
+    without its file (review, 2026-11-28: it did, and the session was then quarantined as
+    damaged)."""
+    import edge_recorder.recording.store as store_mod
+
+    store = DeviceStore(tmp_path / "s", 1 << 30, part_bytes=PART)
+    sid = put_session(store, "20261127T000000000Z-prts")["session_id"]
+    store.mark_published(sid)
+    smaller = DeviceStore(tmp_path / "s", 1 << 30, part_bytes=PART // 2)  # a restart
+    real_warning = store_mod.log.warning
+
+    def deleted_then_warned(*args, **kw):  # type: ignore[no-untyped-def]
+        smaller.max_bytes = 1
+        smaller.make_room(0)
+        real_warning(*args, **kw)
+
+    monkeypatch.setattr(store_mod.log, "warning", deleted_then_warned)
+    with pytest.raises(FileNotFoundError):
+        smaller.checked_manifest(sid, "published")
+    assert smaller.find(sid) is None
+    assert list((smaller.root / "published").iterdir()) == []
