@@ -22,12 +22,12 @@ import json
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks import run as bench
 from edge_recorder.devtools import Broker, CpuQuota, wait_until
+from edge_recorder.recording.restamp import iso_ns
 from edge_recorder.sessionfile import iter_batches
 
 SESSION_S = 10
@@ -69,12 +69,6 @@ def outside_window(path: Path, manifest: dict[str, Any]) -> int:
     for _sensor, batch in iter_batches(path):
         outside += sum(1 for t in batch["t_ns"] if t < begin or t >= end)
     return outside
-
-
-def iso_ns(text: str) -> int:
-    """``2026-11-28T00:43:32.917485Z`` (the manifest's form, µs) as ns since the epoch."""
-    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
 def main(argv: list[str]) -> int:

@@ -105,7 +105,7 @@ def test_a_starved_daemon_degrades_honestly_and_recovers_within_a_second(
     # fixed 1 % starved the command path for minutes on a slow host (2026-11-27 21:50 UTC),
     # a fixed 2 % kept up on a fast one (18:50 UTC). Half the need took 80–130 s (the start
     # command alone waited 41 s behind the samplers, 2026-11-28 00:25 UTC); 70 % and a 2 s
-    # session, 14–66 s. Commands wait their turn: answered is what is asked, not fast.
+    # session, 14–102 s. Commands wait their turn: answered is what is asked, not fast.
     before = cpu_seconds(daemon.proc.pid)
     time.sleep(3.0)
     need = (cpu_seconds(daemon.proc.pid) - before) / 3.0
